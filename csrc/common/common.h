@@ -1,0 +1,56 @@
+// Host/device helpers shared by every op's math header. No torch types here: this header is
+// included by the CPU glue (compiled by the host compiler) and by the CUDA kernels (compiled by
+// nvcc without torch headers).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define HOST_DEVICE __host__ __device__
+#define INLINE __forceinline__
+#else
+#define HOST_DEVICE
+#define INLINE inline
+#endif
+
+namespace invrender {
+
+// Pointwise math that resolves to the right overload for float and double on host and device.
+template <typename T>
+HOST_DEVICE INLINE T floor_(T x) {
+  return ::floor(x);
+}
+template <typename T>
+HOST_DEVICE INLINE T exp_(T x) {
+  return ::exp(x);
+}
+template <typename T>
+HOST_DEVICE INLINE T sin_(T x) {
+  return ::sin(x);
+}
+template <typename T>
+HOST_DEVICE INLINE T cos_(T x) {
+  return ::cos(x);
+}
+
+template <typename T>
+struct Vec3 {
+  T x, y, z;
+};
+
+// Row-major 3x3 matrix times vector.
+template <typename T>
+HOST_DEVICE INLINE Vec3<T> matvec(const T* m, Vec3<T> v) {
+  return {m[0] * v.x + m[1] * v.y + m[2] * v.z, m[3] * v.x + m[4] * v.y + m[5] * v.z,
+          m[6] * v.x + m[7] * v.y + m[8] * v.z};
+}
+
+// Transposed row-major 3x3 matrix times vector: m^T v.
+template <typename T>
+HOST_DEVICE INLINE Vec3<T> matTvec(const T* m, Vec3<T> v) {
+  return {m[0] * v.x + m[3] * v.y + m[6] * v.z, m[1] * v.x + m[4] * v.y + m[7] * v.z,
+          m[2] * v.x + m[5] * v.y + m[8] * v.z};
+}
+
+}  // namespace invrender

@@ -1,0 +1,24 @@
+"""invrender: differentiable rendering kernels and single-image 3D reconstruction for PyTorch.
+
+The ops (``invrender.rotation_matrix``, ``rotate_voxels``, ``project_voxels``, ...) are C++/CUDA
+kernels registered under ``torch.ops.invrender`` with autograd and fake (meta) kernels, so they work
+with ``torch.compile``. ``invrender.reference`` holds pure-PyTorch versions of the same functions.
+Conventions (coordinate frames, grid layout, image layout) are in the README.
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
+from . import reference
+from ._build import build_info
+from .ops import project_voxels, rotate_voxels, rotation_matrix
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "build_info",
+    "project_voxels",
+    "reference",
+    "rotate_voxels",
+    "rotation_matrix",
+]

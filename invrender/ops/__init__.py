@@ -1,0 +1,10 @@
+"""Differentiable ops backed by the compiled kernels (``torch.ops.invrender``).
+
+Each public function validates and broadcasts its arguments, then calls a registered op whose
+autograd formula and fake (meta) kernel are registered here, so the ops trace under
+``torch.compile(fullgraph=True)``.
+"""
+
+from .voxel import project_voxels, rotate_voxels, rotation_matrix
+
+__all__ = ["project_voxels", "rotate_voxels", "rotation_matrix"]

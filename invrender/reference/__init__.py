@@ -1,0 +1,9 @@
+"""Pure-PyTorch implementations of the invrender ops, with the same signatures.
+
+Clear before fast: they are the oracle of the tests, the baseline of the benchmarks, and the place
+to read what an op computes.
+"""
+
+from .voxel import project_voxels, rotate_voxels, rotation_matrix
+
+__all__ = ["project_voxels", "rotate_voxels", "rotation_matrix"]
