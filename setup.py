@@ -61,10 +61,12 @@ def _extension():
     debug = _env_flag("INVRENDER_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     defines = [("TORCH_VERSION_STRING", '"%s"' % torch.__version__.split("+")[0])]
-    cxx = opt + ["-Wall", "-Wno-unknown-pragmas"]
+    # -fopenmp: at::parallel_for is inline OpenMP in the headers; without it the loops run serially.
+    cxx = opt + ["-Wall", "-Wno-unknown-pragmas", "-fopenmp"]
     if not _want_cuda():
         return CppExtension("invrender._C", sources, include_dirs=[os.path.join(ROOT, "csrc")],
-                            define_macros=defines, extra_compile_args={"cxx": cxx})
+                            define_macros=defines, extra_compile_args={"cxx": cxx},
+                            extra_link_args=["-fopenmp"])
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # No GPU visible at build time: torch would guess an empty or host-specific list.
         os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(_nvcc_version())
@@ -76,7 +78,8 @@ def _extension():
     nvcc = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
     sources += sorted(glob.glob("csrc/*/*.cu"))
     return CUDAExtension("invrender._C", sources, include_dirs=[os.path.join(ROOT, "csrc")],
-                         define_macros=defines, extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+                         define_macros=defines, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                         extra_link_args=["-fopenmp"])
 
 
 setup(

@@ -69,7 +69,7 @@ __global__ void rotate_forward_kernel(Geometry g, const T* vox, const T* rot, T*
        i += int64_t(blockDim.x) * gridDim.x) {
     const int64_t w = i % g.Wo, h = (i / g.Wo) % g.Ho, d = (i / (g.Wo * g.Ho)) % g.Do,
                   b = i / (g.Wo * g.Ho * g.Do);
-    rotate_forward_voxel<T, Nearest>(g, vox, rot, out, b, d, h, w);
+    rotate_forward_span<T, Nearest>(g, vox, rot, out, b, d, h, w, w + 1);
   }
 }
 
@@ -82,8 +82,8 @@ __global__ void rotate_backward_kernel(Geometry g, const T* gout, const T* vox, 
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(blockDim.x) * gridDim.x) {
       const int64_t w = i % g.Wo, h = (i / g.Wo) % g.Ho, d = i / (g.Wo * g.Ho);
-      rotate_backward_voxel<T, Nearest>(g, gout, vox, rot, gvox, acc, b, d, h, w,
-                                        AtomicScatter());
+      rotate_backward_span<T, Nearest>(g, gout, vox, rot, gvox, acc, b, d, h, w, w + 1,
+                                       AtomicScatter());
     }
     if (!Nearest) add_rotation_grad(acc, grot + 9 * b);
   }

@@ -90,10 +90,11 @@ HOST_DEVICE INLINE Vec3<T> index_per_object(const Geometry& g) {
 
 template <typename T>
 struct Trilinear {
-  bool inside;  // false: every corner is outside, value 0, gradient 0
-  T fw, fh, fd;
-  int64_t off[8];  // offsets into a (D, H, W) volume; corner k = (d: k>>2, h: (k>>1)&1, w: k&1)
-  bool valid[8];
+  bool inside;    // false: every corner is outside, value 0, gradient 0
+  bool interior;  // all 8 corners inside the grid (the common, branch-free case)
+  T fw, fh, fd;   // fractional position in the cell
+  int64_t base;   // offset of corner (d0, h0, w0); may be out of range unless `interior`
+  int64_t d0, h0, w0;
 };
 
 template <typename T>
@@ -101,54 +102,144 @@ HOST_DEVICE INLINE void trilinear_setup(const Geometry& g, Vec3<T> u, Trilinear<
   s.inside = u.x > T(-1) && u.x < T(g.W) && u.y > T(-1) && u.y < T(g.H) && u.z > T(-1) &&
              u.z < T(g.D);
   if (!s.inside) return;
-  const T w0f = floor_(u.x), h0f = floor_(u.y), d0f = floor_(u.z);
-  s.fw = u.x - w0f;
-  s.fh = u.y - h0f;
-  s.fd = u.z - d0f;
-  const int64_t w0 = static_cast<int64_t>(w0f), h0 = static_cast<int64_t>(h0f),
-                d0 = static_cast<int64_t>(d0f);
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    const int64_t d = d0 + (k >> 2), h = h0 + ((k >> 1) & 1), w = w0 + (k & 1);
-    s.valid[k] = d >= 0 && d < g.D && h >= 0 && h < g.H && w >= 0 && w < g.W;
-    s.off[k] = (d * g.H + h) * g.W + w;
+  s.w0 = floor_int(u.x);
+  s.h0 = floor_int(u.y);
+  s.d0 = floor_int(u.z);
+  s.fw = u.x - T(s.w0);
+  s.fh = u.y - T(s.h0);
+  s.fd = u.z - T(s.d0);
+  s.interior = s.w0 >= 0 && s.w0 + 1 < g.W && s.h0 >= 0 && s.h0 + 1 < g.H && s.d0 >= 0 &&
+               s.d0 + 1 < g.D;
+  s.base = (s.d0 * g.H + s.h0) * g.W + s.w0;
+}
+
+// Offset of corner k = (d: k>>2, h: (k>>1)&1, w: k&1) relative to `base`, and whether it exists.
+template <typename T>
+HOST_DEVICE INLINE int64_t corner_offset(const Geometry& g, int k) {
+  return (k >> 2) * g.H * g.W + ((k >> 1) & 1) * g.W + (k & 1);
+}
+
+template <typename T>
+HOST_DEVICE INLINE bool corner_valid(const Geometry& g, const Trilinear<T>& s, int k) {
+  const int64_t d = s.d0 + (k >> 2), h = s.h0 + ((k >> 1) & 1), w = s.w0 + (k & 1);
+  return d >= 0 && d < g.D && h >= 0 && h < g.H && w >= 0 && w < g.W;
+}
+
+// The 8 corner values, zero for corners outside the grid.
+template <typename T>
+HOST_DEVICE INLINE void trilinear_load(const Geometry& g, const Trilinear<T>& s, const T* vol,
+                                       T* v) {
+  if (s.interior) {
+    const T* p = vol + s.base;
+    const int64_t W = g.W, HW = g.H * g.W;
+    v[0] = p[0];
+    v[1] = p[1];
+    v[2] = p[W];
+    v[3] = p[W + 1];
+    v[4] = p[HW];
+    v[5] = p[HW + 1];
+    v[6] = p[HW + W];
+    v[7] = p[HW + W + 1];
+  } else {
+    for (int k = 0; k < 8; ++k)
+      v[k] = corner_valid(g, s, k) ? vol[s.base + corner_offset<T>(g, k)] : T(0);
   }
 }
 
 template <typename T>
-HOST_DEVICE INLINE T trilinear_weight(const Trilinear<T>& s, int k) {
-  return ((k >> 2) ? s.fd : T(1) - s.fd) * (((k >> 1) & 1) ? s.fh : T(1) - s.fh) *
-         ((k & 1) ? s.fw : T(1) - s.fw);
+HOST_DEVICE INLINE T lerp_(T a, T b, T t) {
+  return a + t * (b - a);
 }
 
 template <typename T>
-HOST_DEVICE INLINE T trilinear_value(const Trilinear<T>& s, const T* vol) {
-  if (!s.inside) return T(0);
-  T v = 0;
-#pragma unroll
-  for (int k = 0; k < 8; ++k)
-    if (s.valid[k]) v += trilinear_weight(s, k) * vol[s.off[k]];
-  return v;
+HOST_DEVICE INLINE T trilinear_interp(const Trilinear<T>& s, const T* v) {
+  const T c0 = lerp_(lerp_(v[0], v[1], s.fw), lerp_(v[2], v[3], s.fw), s.fh);
+  const T c1 = lerp_(lerp_(v[4], v[5], s.fw), lerp_(v[6], v[7], s.fw), s.fh);
+  return lerp_(c0, c1, s.fd);
 }
 
-// Adds g * weight to the grid gradient (through `scatter`) and returns g * d(value)/du.
+template <typename T>
+HOST_DEVICE INLINE T trilinear_value(const Geometry& g, const Trilinear<T>& s, const T* vol) {
+  if (!s.inside) return T(0);
+  T v[8];
+  trilinear_load(g, s, vol, v);
+  return trilinear_interp(s, v);
+}
+
+// Adds g * weight to the grid gradient (through `scatter`, skipped when gvol is null) and
+// returns g * d(value)/du.
 template <typename T, typename Scatter>
-HOST_DEVICE INLINE Vec3<T> trilinear_backward(const Trilinear<T>& s, const T* vol, T* gvol, T g,
+HOST_DEVICE INLINE Vec3<T> trilinear_backward(const Geometry& g, const Trilinear<T>& s,
+                                              const T* vol, T* gvol, T grad,
                                               const Scatter& scatter) {
   Vec3<T> gu = {T(0), T(0), T(0)};
   if (!s.inside) return gu;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    if (!s.valid[k]) continue;
-    const int a = k >> 2, b = (k >> 1) & 1, c = k & 1;
-    const T wd = a ? s.fd : T(1) - s.fd, wh = b ? s.fh : T(1) - s.fh, ww = c ? s.fw : T(1) - s.fw;
-    if (gvol != nullptr) scatter(gvol + s.off[k], g * wd * wh * ww);
-    const T gv = g * vol[s.off[k]];
-    gu.x += gv * wd * wh * (c ? T(1) : T(-1));
-    gu.y += gv * wd * (b ? T(1) : T(-1)) * ww;
-    gu.z += gv * (a ? T(1) : T(-1)) * wh * ww;
+  T v[8];
+  trilinear_load(g, s, vol, v);
+  const T fw = s.fw, fh = s.fh, fd = s.fd;
+  const T c00 = lerp_(v[0], v[1], fw), c01 = lerp_(v[2], v[3], fw);
+  const T c10 = lerp_(v[4], v[5], fw), c11 = lerp_(v[6], v[7], fw);
+  const T c0 = lerp_(c00, c01, fh), c1 = lerp_(c10, c11, fh);
+  gu.z = grad * (c1 - c0);
+  gu.y = grad * ((T(1) - fd) * (c01 - c00) + fd * (c11 - c10));
+  gu.x = grad * ((T(1) - fd) * ((T(1) - fh) * (v[1] - v[0]) + fh * (v[3] - v[2])) +
+                 fd * ((T(1) - fh) * (v[5] - v[4]) + fh * (v[7] - v[6])));
+  if (gvol != nullptr) {
+    const T g0 = grad * (T(1) - fd), g1 = grad * fd;
+    const T g00 = g0 * (T(1) - fh), g01 = g0 * fh, g10 = g1 * (T(1) - fh), g11 = g1 * fh;
+    const T wk[8] = {g00 * (T(1) - fw), g00 * fw, g01 * (T(1) - fw), g01 * fw,
+                     g10 * (T(1) - fw), g10 * fw, g11 * (T(1) - fw), g11 * fw};
+    if (s.interior) {
+      T* p = gvol + s.base;
+      const int64_t W = g.W, HW = g.H * g.W;
+      scatter(p, wk[0]);
+      scatter(p + 1, wk[1]);
+      scatter(p + W, wk[2]);
+      scatter(p + W + 1, wk[3]);
+      scatter(p + HW, wk[4]);
+      scatter(p + HW + 1, wk[5]);
+      scatter(p + HW + W, wk[6]);
+      scatter(p + HW + W + 1, wk[7]);
+    } else {
+      for (int k = 0; k < 8; ++k)
+        if (corner_valid(g, s, k)) scatter(gvol + s.base + corner_offset<T>(g, k), wk[k]);
+    }
   }
   return gu;
+}
+
+// Range of sample indices [first, last] along a line u(t) = u0 + t du, t in [0, n), that can fall
+// inside the trilinear support (-1, N) on every axis. Conservative by one sample at each end (the
+// per-sample test stays), so rounding never drops a sample; empty when first > last.
+template <typename T>
+HOST_DEVICE INLINE void clip_line(const Geometry& g, Vec3<T> u0, Vec3<T> du, int64_t n,
+                                  int64_t* first, int64_t* last) {
+  T lo = T(0), hi = T(n - 1);
+  const T u0s[3] = {u0.x, u0.y, u0.z}, dus[3] = {du.x, du.y, du.z};
+  const T ns[3] = {T(g.W), T(g.H), T(g.D)};
+  for (int a = 0; a < 3; ++a) {
+    if (dus[a] == T(0)) {
+      if (!(u0s[a] > T(-1) && u0s[a] < ns[a])) hi = T(-1);
+      continue;
+    }
+    T t0 = (T(-1) - u0s[a]) / dus[a], t1 = (ns[a] - u0s[a]) / dus[a];
+    if (t0 > t1) {
+      const T tmp = t0;
+      t0 = t1;
+      t1 = tmp;
+    }
+    lo = t0 > lo ? t0 : lo;
+    hi = t1 < hi ? t1 : hi;
+  }
+  if (!(lo <= hi)) {  // also catches NaN
+    *first = 0;
+    *last = -1;
+    return;
+  }
+  *first = floor_int(lo);
+  *last = floor_int(hi) + 1;
+  if (*first < 0) *first = 0;
+  if (*last > n - 1) *last = n - 1;
 }
 
 // Nearest ("floor") sampling: the cell containing the point, i.e. floor(u + 1/2).
@@ -157,9 +248,9 @@ HOST_DEVICE INLINE int64_t nearest_offset(const Geometry& g, Vec3<T> u) {
   const bool inside = u.x >= T(-0.5) && u.x < T(g.W) - T(0.5) && u.y >= T(-0.5) &&
                       u.y < T(g.H) - T(0.5) && u.z >= T(-0.5) && u.z < T(g.D) - T(0.5);
   if (!inside) return -1;
-  const int64_t w = static_cast<int64_t>(floor_(u.x + T(0.5)));
-  const int64_t h = static_cast<int64_t>(floor_(u.y + T(0.5)));
-  const int64_t d = static_cast<int64_t>(floor_(u.z + T(0.5)));
+  const int64_t w = floor_int(u.x + T(0.5));
+  const int64_t h = floor_int(u.y + T(0.5));
+  const int64_t d = floor_int(u.z + T(0.5));
   // Rounding of u + 0.5 can land exactly on N; clamp to stay in bounds.
   if (w >= g.W || h >= g.H || d >= g.D) return -1;
   return (d * g.H + h) * g.W + w;
@@ -180,78 +271,142 @@ HOST_DEVICE INLINE void accumulate_rotation_grad(const Geometry& g, Vec3<T> gu, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Lines of samples. Both ops sample along straight lines of output positions p(t) = p0 + t dp
+// (rows of the output grid for rotate, rays for project); the input index is affine in t too.
+
+template <typename T>
+struct SampleLine {
+  Vec3<T> p0, dp;  // view positions
+  Vec3<T> u0, du;  // input indices
+};
+
+template <typename T>
+HOST_DEVICE INLINE SampleLine<T> make_line(const Geometry& g, const T* Rb, Vec3<T> p0, Vec3<T> p1) {
+  SampleLine<T> l;
+  l.p0 = p0;
+  l.dp = {p1.x - p0.x, p1.y - p0.y, p1.z - p0.z};
+  l.u0 = object_to_index(g, matTvec(Rb, p0));
+  const Vec3<T> u1 = object_to_index(g, matTvec(Rb, p1));
+  l.du = {u1.x - l.u0.x, u1.y - l.u0.y, u1.z - l.u0.z};
+  return l;
+}
+
+template <typename T>
+HOST_DEVICE INLINE Vec3<T> line_at(Vec3<T> a, Vec3<T> da, T t) {
+  return {a.x + t * da.x, a.y + t * da.y, a.z + t * da.z};
+}
+
+// ---------------------------------------------------------------------------------------------
 // rotate_voxels: out[b, c, d, h, w] = sample(vox[b, c], R_b^T p_view(d, h, w)).
+// One call handles output voxels w in [w_begin, w_end) of row (b, d, h); `out` is zero-initialised.
+
+template <typename T>
+HOST_DEVICE INLINE SampleLine<T> rotate_row(const Geometry& g, const T* R, int64_t b, int64_t d,
+                                            int64_t h) {
+  return make_line(g, R + 9 * b, output_position<T>(g, d, h, 0), output_position<T>(g, d, h, 1));
+}
 
 template <typename T, bool Nearest>
-HOST_DEVICE INLINE void rotate_forward_voxel(const Geometry& g, const T* vox, const T* R, T* out,
-                                             int64_t b, int64_t d, int64_t h, int64_t w) {
-  const Vec3<T> u = object_to_index(g, matTvec(R + 9 * b, output_position<T>(g, d, h, w)));
+HOST_DEVICE INLINE void rotate_forward_span(const Geometry& g, const T* vox, const T* R, T* out,
+                                            int64_t b, int64_t d, int64_t h, int64_t w_begin,
+                                            int64_t w_end) {
+  const SampleLine<T> l = rotate_row(g, R, b, d, h);
+  int64_t first = w_begin, last = w_end - 1;
+  if (w_end - w_begin > 1) {
+    clip_line(g, l.u0, l.du, g.Wo, &first, &last);
+    first = first > w_begin ? first : w_begin;
+    last = last < w_end - 1 ? last : w_end - 1;
+  }
   const int64_t in_vol = g.D * g.H * g.W, out_vol = g.Do * g.Ho * g.Wo;
-  const int64_t o = (d * g.Ho + h) * g.Wo + w;
   const T* src = vox + b * g.C * in_vol;
-  T* dst = out + b * g.C * out_vol + o;
-  if (Nearest) {
-    const int64_t off = nearest_offset(g, u);
-    for (int64_t c = 0; c < g.C; ++c) dst[c * out_vol] = off < 0 ? T(0) : src[c * in_vol + off];
-  } else {
-    Trilinear<T> s;
-    trilinear_setup(g, u, s);
-    for (int64_t c = 0; c < g.C; ++c) dst[c * out_vol] = trilinear_value(s, src + c * in_vol);
+  T* row = out + b * g.C * out_vol + (d * g.Ho + h) * g.Wo;
+  for (int64_t w = first; w <= last; ++w) {
+    const Vec3<T> u = line_at(l.u0, l.du, T(w));
+    if (Nearest) {
+      const int64_t off = nearest_offset(g, u);
+      if (off < 0) continue;
+      for (int64_t c = 0; c < g.C; ++c) row[c * out_vol + w] = src[c * in_vol + off];
+    } else {
+      Trilinear<T> s;
+      trilinear_setup(g, u, s);
+      if (!s.inside) continue;
+      for (int64_t c = 0; c < g.C; ++c)
+        row[c * out_vol + w] = trilinear_value(g, s, src + c * in_vol);
+    }
   }
 }
 
-// Backward of one output voxel over all channels: scatters into gvox[b] and accumulates dL/dR_b.
+// Backward of a span over all channels: scatters into gvox[b] and accumulates dL/dR_b into gR.
 template <typename T, bool Nearest, typename Acc, typename Scatter>
-HOST_DEVICE INLINE void rotate_backward_voxel(const Geometry& g, const T* gout, const T* vox,
-                                              const T* R, T* gvox, Acc* gR, int64_t b, int64_t d,
-                                              int64_t h, int64_t w, const Scatter& scatter) {
-  const Vec3<T> pv = output_position<T>(g, d, h, w);
-  const Vec3<T> u = object_to_index(g, matTvec(R + 9 * b, pv));
+HOST_DEVICE INLINE void rotate_backward_span(const Geometry& g, const T* gout, const T* vox,
+                                             const T* R, T* gvox, Acc* gR, int64_t b, int64_t d,
+                                             int64_t h, int64_t w_begin, int64_t w_end,
+                                             const Scatter& scatter) {
+  const SampleLine<T> l = rotate_row(g, R, b, d, h);
+  int64_t first = w_begin, last = w_end - 1;
+  if (w_end - w_begin > 1) {
+    clip_line(g, l.u0, l.du, g.Wo, &first, &last);
+    first = first > w_begin ? first : w_begin;
+    last = last < w_end - 1 ? last : w_end - 1;
+  }
   const int64_t in_vol = g.D * g.H * g.W, out_vol = g.Do * g.Ho * g.Wo;
-  const int64_t o = (d * g.Ho + h) * g.Wo + w;
-  const T* go = gout + b * g.C * out_vol + o;
-  if (Nearest) {
-    const int64_t off = nearest_offset(g, u);
-    if (off < 0) return;
-    for (int64_t c = 0; c < g.C; ++c) scatter(gvox + (b * g.C + c) * in_vol + off, go[c * out_vol]);
-    return;
+  const T* go = gout + b * g.C * out_vol + (d * g.Ho + h) * g.Wo;
+  const int64_t base = b * g.C * in_vol;
+  for (int64_t w = first; w <= last; ++w) {
+    const Vec3<T> u = line_at(l.u0, l.du, T(w));
+    if (Nearest) {
+      const int64_t off = nearest_offset(g, u);
+      if (off < 0) continue;
+      for (int64_t c = 0; c < g.C; ++c)
+        scatter(gvox + base + c * in_vol + off, go[c * out_vol + w]);
+      continue;
+    }
+    Trilinear<T> s;
+    trilinear_setup(g, u, s);
+    if (!s.inside) continue;
+    Vec3<T> gu = {T(0), T(0), T(0)};
+    for (int64_t c = 0; c < g.C; ++c) {
+      const T gc = go[c * out_vol + w];
+      if (gc == T(0)) continue;
+      const Vec3<T> guc =
+          trilinear_backward(g, s, vox + base + c * in_vol, gvox + base + c * in_vol, gc, scatter);
+      gu.x += guc.x;
+      gu.y += guc.y;
+      gu.z += guc.z;
+    }
+    accumulate_rotation_grad(g, gu, line_at(l.p0, l.dp, T(w)), gR);
   }
-  Trilinear<T> s;
-  trilinear_setup(g, u, s);
-  if (!s.inside) return;
-  Vec3<T> gu = {T(0), T(0), T(0)};
-  for (int64_t c = 0; c < g.C; ++c) {
-    const int64_t base = (b * g.C + c) * in_vol;
-    const Vec3<T> gc = trilinear_backward(s, vox + base, gvox + base, go[c * out_vol], scatter);
-    gu.x += gc.x;
-    gu.y += gc.y;
-    gu.z += gc.z;
-  }
-  accumulate_rotation_grad(g, gu, pv, gR);
 }
 
 // ---------------------------------------------------------------------------------------------
 // project_voxels: img[b, c, h, w] = 1 - exp(-tau * sum_d sample(vox[b, c], R_b^T p_view(d, h, w))).
-// Channels are processed in chunks so that one stencil serves up to kChunk channels.
+// One ray per pixel, one sample per depth slice. Channels are processed in chunks so that one
+// stencil serves up to kChunk channels.
 
 constexpr int kChunk = 4;
 
-template <typename T, bool Nearest>
+template <typename T>
+HOST_DEVICE INLINE SampleLine<T> project_ray(const Geometry& g, const T* R, int64_t b, int64_t h,
+                                             int64_t w) {
+  return make_line(g, R + 9 * b, output_position<T>(g, 0, h, w), output_position<T>(g, 1, h, w));
+}
+
+// Chunk is the number of channels sharing one stencil: 1 (the common single-channel case, fully
+// unrolled) or kChunk.
+template <typename T, bool Nearest, int Chunk = kChunk>
 HOST_DEVICE INLINE void project_forward_pixel(const Geometry& g, const T* vox, const T* R, T* img,
                                               T tau, int64_t b, int64_t h, int64_t w) {
   const int64_t in_vol = g.D * g.H * g.W, plane = g.Ho * g.Wo;
-  const T* Rb = R + 9 * b;
-  // Sample positions along the ray are start + d * step (computed, not accumulated).
-  const Vec3<T> u0 = object_to_index(g, matTvec(Rb, output_position<T>(g, 0, h, w)));
-  const Vec3<T> u1 = object_to_index(g, matTvec(Rb, output_position<T>(g, 1, h, w)));
-  const Vec3<T> du = {u1.x - u0.x, u1.y - u0.y, u1.z - u0.z};
-  for (int64_t c0 = 0; c0 < g.C; c0 += kChunk) {
-    const int nc = static_cast<int>((g.C - c0) < kChunk ? (g.C - c0) : kChunk);
+  const SampleLine<T> l = project_ray(g, R, b, h, w);
+  int64_t first, last;
+  clip_line(g, l.u0, l.du, g.Do, &first, &last);
+  for (int64_t c0 = 0; c0 < g.C; c0 += Chunk) {
+    const int nc = static_cast<int>((g.C - c0) < Chunk ? (g.C - c0) : Chunk);
     const T* src = vox + (b * g.C + c0) * in_vol;
-    T acc[kChunk] = {T(0), T(0), T(0), T(0)};
-    for (int64_t d = 0; d < g.Do; ++d) {
-      const T t = T(d);
-      const Vec3<T> u = {u0.x + t * du.x, u0.y + t * du.y, u0.z + t * du.z};
+    T acc[Chunk];
+    for (int c = 0; c < Chunk; ++c) acc[c] = T(0);
+    for (int64_t d = first; d <= last; ++d) {
+      const Vec3<T> u = line_at(l.u0, l.du, T(d));
       if (Nearest) {
         const int64_t off = nearest_offset(g, u);
         if (off < 0) continue;
@@ -260,7 +415,7 @@ HOST_DEVICE INLINE void project_forward_pixel(const Geometry& g, const T* vox, c
         Trilinear<T> s;
         trilinear_setup(g, u, s);
         if (!s.inside) continue;
-        for (int c = 0; c < nc; ++c) acc[c] += trilinear_value(s, src + c * in_vol);
+        for (int c = 0; c < nc; ++c) acc[c] += trilinear_value(g, s, src + c * in_vol);
       }
     }
     for (int c = 0; c < nc; ++c)
@@ -269,21 +424,18 @@ HOST_DEVICE INLINE void project_forward_pixel(const Geometry& g, const T* vox, c
 }
 
 // Backward of one pixel over all channels, given the forward image (d img / d sum = tau (1 - img)).
-template <typename T, bool Nearest, typename Acc, typename Scatter>
+template <typename T, bool Nearest, typename Acc, typename Scatter, int Chunk = kChunk>
 HOST_DEVICE INLINE void project_backward_pixel(const Geometry& g, const T* gimg, const T* img,
                                                const T* vox, const T* R, T* gvox, Acc* gR, T tau,
                                                int64_t b, int64_t h, int64_t w,
                                                const Scatter& scatter) {
   const int64_t in_vol = g.D * g.H * g.W, plane = g.Ho * g.Wo;
-  const T* Rb = R + 9 * b;
-  const Vec3<T> p0 = output_position<T>(g, 0, h, w);
-  const Vec3<T> u0 = object_to_index(g, matTvec(Rb, p0));
-  const Vec3<T> u1 = object_to_index(g, matTvec(Rb, output_position<T>(g, 1, h, w)));
-  const Vec3<T> du = {u1.x - u0.x, u1.y - u0.y, u1.z - u0.z};
-  const T dz = T(-2) / T(g.D);  // view z step between samples
-  for (int64_t c0 = 0; c0 < g.C; c0 += kChunk) {
-    const int nc = static_cast<int>((g.C - c0) < kChunk ? (g.C - c0) : kChunk);
-    T gs[kChunk] = {T(0), T(0), T(0), T(0)};
+  const SampleLine<T> l = project_ray(g, R, b, h, w);
+  int64_t first, last;
+  clip_line(g, l.u0, l.du, g.Do, &first, &last);
+  for (int64_t c0 = 0; c0 < g.C; c0 += Chunk) {
+    const int nc = static_cast<int>((g.C - c0) < Chunk ? (g.C - c0) : Chunk);
+    T gs[Chunk];
     bool any = false;
     for (int c = 0; c < nc; ++c) {
       const int64_t i = (b * g.C + c0 + c) * plane + h * g.Wo + w;
@@ -294,38 +446,37 @@ HOST_DEVICE INLINE void project_backward_pixel(const Geometry& g, const T* gimg,
     const int64_t base = (b * g.C + c0) * in_vol;
     Vec3<T> gsum = {T(0), T(0), T(0)};   // sum over samples of dL/du
     Vec3<T> gzsum = {T(0), T(0), T(0)};  // sum over samples of dL/du * z_view(d)
-    for (int64_t d = 0; d < g.Do; ++d) {
-      const T t = T(d);
-      const Vec3<T> u = {u0.x + t * du.x, u0.y + t * du.y, u0.z + t * du.z};
+    for (int64_t d = first; d <= last; ++d) {
+      const Vec3<T> u = line_at(l.u0, l.du, T(d));
       if (Nearest) {
         const int64_t off = nearest_offset(g, u);
         if (off < 0) continue;
         for (int c = 0; c < nc; ++c) scatter(gvox + base + c * in_vol + off, gs[c]);
-      } else {
-        Trilinear<T> s;
-        trilinear_setup(g, u, s);
-        if (!s.inside) continue;
-        const T z = p0.z + t * dz;
-        for (int c = 0; c < nc; ++c) {
-          const Vec3<T> gc = trilinear_backward(s, vox + base + c * in_vol,
-                                                gvox + base + c * in_vol, gs[c], scatter);
-          gsum.x += gc.x;
-          gsum.y += gc.y;
-          gsum.z += gc.z;
-          gzsum.x += gc.x * z;
-          gzsum.y += gc.y * z;
-          gzsum.z += gc.z * z;
-        }
+        continue;
+      }
+      Trilinear<T> s;
+      trilinear_setup(g, u, s);
+      if (!s.inside) continue;
+      const T z = l.p0.z + T(d) * l.dp.z;
+      for (int c = 0; c < nc; ++c) {
+        const Vec3<T> gc = trilinear_backward(g, s, vox + base + c * in_vol,
+                                              gvox + base + c * in_vol, gs[c], scatter);
+        gsum.x += gc.x;
+        gsum.y += gc.y;
+        gsum.z += gc.z;
+        gzsum.x += gc.x * z;
+        gzsum.y += gc.y * z;
+        gzsum.z += gc.z * z;
       }
     }
     if (!Nearest) {
-      // dL/dR[j][i] = sum_d dL/dp_obj[i] * p_view[j]; p_view = (x, y, z_d).
+      // dL/dR[j][i] = sum_d dL/dp_obj[i] * p_view[j] with p_view = (x, y, z_d) along the ray.
       const Vec3<T> k = index_per_object<T>(g);
       const T gp[3] = {gsum.x * k.x, gsum.y * k.y, gsum.z * k.z};
       const T gzp[3] = {gzsum.x * k.x, gzsum.y * k.y, gzsum.z * k.z};
       for (int i = 0; i < 3; ++i) {
-        gR[i] += Acc(gp[i] * p0.x);
-        gR[3 + i] += Acc(gp[i] * p0.y);
+        gR[i] += Acc(gp[i] * l.p0.x);
+        gR[3 + i] += Acc(gp[i] * l.p0.y);
         gR[6 + i] += Acc(gzp[i]);
       }
     }
