@@ -280,13 +280,35 @@ struct SampleLine {
   Vec3<T> u0, du;  // input indices
 };
 
+// Input index of output voxel (d, h, w), computed in index space so that the identity maps
+// indices exactly: u = c_in + M (idx - c_out) with M[i][j] = k_i R[j][i] / k_j, where k is the
+// index-per-unit-length of each axis (shared by input and output, which have the same spacing)
+// and c the centre index. Equivalent to object_to_index(R^T output_position(d, h, w)).
 template <typename T>
-HOST_DEVICE INLINE SampleLine<T> make_line(const Geometry& g, const T* Rb, Vec3<T> p0, Vec3<T> p1) {
+HOST_DEVICE INLINE Vec3<T> output_to_index(const Geometry& g, const T* Rb, int64_t d, int64_t h,
+                                           int64_t w) {
+  const Vec3<T> kv = index_per_object<T>(g);
+  const T k[3] = {kv.x, kv.y, kv.z};
+  const T q[3] = {T(w) - T(0.5) * T(g.Wo - 1), T(h) - T(0.5) * T(g.Ho - 1),
+                  T(d) - T(0.5) * T(g.Do - 1)};
+  const T c[3] = {T(0.5) * T(g.W - 1), T(0.5) * T(g.H - 1), T(0.5) * T(g.D - 1)};
+  T u[3];
+  for (int i = 0; i < 3; ++i) {
+    u[i] = c[i];
+    for (int j = 0; j < 3; ++j) u[i] += (k[i] * Rb[3 * j + i]) / k[j] * q[j];
+  }
+  return {u[0], u[1], u[2]};
+}
+
+template <typename T>
+HOST_DEVICE INLINE SampleLine<T> make_line(const Geometry& g, const T* Rb, int64_t d0, int64_t h0,
+                                           int64_t w0, int64_t d1, int64_t h1, int64_t w1) {
   SampleLine<T> l;
-  l.p0 = p0;
-  l.dp = {p1.x - p0.x, p1.y - p0.y, p1.z - p0.z};
-  l.u0 = object_to_index(g, matTvec(Rb, p0));
-  const Vec3<T> u1 = object_to_index(g, matTvec(Rb, p1));
+  l.p0 = output_position<T>(g, d0, h0, w0);
+  const Vec3<T> p1 = output_position<T>(g, d1, h1, w1);
+  l.dp = {p1.x - l.p0.x, p1.y - l.p0.y, p1.z - l.p0.z};
+  l.u0 = output_to_index(g, Rb, d0, h0, w0);
+  const Vec3<T> u1 = output_to_index(g, Rb, d1, h1, w1);
   l.du = {u1.x - l.u0.x, u1.y - l.u0.y, u1.z - l.u0.z};
   return l;
 }
@@ -303,7 +325,7 @@ HOST_DEVICE INLINE Vec3<T> line_at(Vec3<T> a, Vec3<T> da, T t) {
 template <typename T>
 HOST_DEVICE INLINE SampleLine<T> rotate_row(const Geometry& g, const T* R, int64_t b, int64_t d,
                                             int64_t h) {
-  return make_line(g, R + 9 * b, output_position<T>(g, d, h, 0), output_position<T>(g, d, h, 1));
+  return make_line(g, R + 9 * b, d, h, 0, d, h, 1);
 }
 
 template <typename T, bool Nearest>
@@ -388,7 +410,7 @@ constexpr int kChunk = 4;
 template <typename T>
 HOST_DEVICE INLINE SampleLine<T> project_ray(const Geometry& g, const T* R, int64_t b, int64_t h,
                                              int64_t w) {
-  return make_line(g, R + 9 * b, output_position<T>(g, 0, h, w), output_position<T>(g, 1, h, w));
+  return make_line(g, R + 9 * b, 0, h, w, 1, h, w);
 }
 
 // Chunk is the number of channels sharing one stencil: 1 (the common single-channel case, fully

@@ -216,6 +216,20 @@ torch.library.register_autograd("invrender::rotate_voxels_forward", _rotate_back
 torch.library.register_autograd("invrender::project_voxels_forward", _project_backward, setup_context=_project_setup)
 
 
+def _no_double_backward(name):
+    def backward(ctx, *grads):
+        raise NotImplementedError(f"invrender: double backward through {name} is not implemented")
+
+    def setup(ctx, inputs, output):
+        pass
+
+    torch.library.register_autograd(f"invrender::{name}", backward, setup_context=setup)
+
+
+for _name in ("rotation_matrix_backward", "rotate_voxels_backward", "project_voxels_backward"):
+    _no_double_backward(_name)
+
+
 def _fake_check(cond: bool, msg: str):
     torch._check(cond, lambda: msg)
 
@@ -232,6 +246,11 @@ def _(grad, azimuth, elevation, roll):
 
 
 def _fake_check_voxels(voxels, rotation, op):
+    if rotation.device != voxels.device:
+        raise ValueError(f"{op}: argument 'rotation' is on {rotation.device} but 'voxels' is on {voxels.device}; "
+                         "they must be on one device")
+    if rotation.dtype != voxels.dtype:
+        raise TypeError(f"{op}: argument 'rotation' has dtype {rotation.dtype} but 'voxels' has dtype {voxels.dtype}")
     _fake_check(voxels.dim() == 5, f"{op}: argument 'voxels' must be a 5-D tensor (B, C, D, H, W)")
     _fake_check(rotation.dim() == 3 and rotation.shape[0] == voxels.shape[0],
                 f"{op}: argument 'rotation' must have shape (B, 3, 3)")
