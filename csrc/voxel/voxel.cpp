@@ -33,7 +33,7 @@ using at::Tensor;
   } while (0)
 #endif
 
-bool parse_mode(const std::string& mode, const char* op) {
+bool parse_mode(c10::string_view mode, const char* op) {
   TORCH_CHECK_VALUE(mode == "trilinear" || mode == "nearest", op,
                     ": argument 'mode' must be \"trilinear\" or \"nearest\", got \"", mode, "\"");
   return mode == "nearest";
@@ -148,7 +148,7 @@ std::tuple<Tensor, Tensor, Tensor> rotation_matrix_backward(const Tensor& grad,
 // ---------------------------------------------------------------------------------------------
 
 Tensor rotate_voxels_forward(const Tensor& voxels, const Tensor& rotation, at::IntArrayRef size,
-                             const std::string& mode) {
+                             c10::string_view mode) {
   constexpr const char* op = "rotate_voxels";
   Geometry g = check_voxels_rotation(voxels, rotation, op);
   set_output_size(g, size, op);
@@ -175,7 +175,7 @@ Tensor rotate_voxels_forward(const Tensor& voxels, const Tensor& rotation, at::I
 
 std::tuple<Tensor, Tensor> rotate_voxels_backward(const Tensor& grad, const Tensor& voxels,
                                                   const Tensor& rotation, at::IntArrayRef size,
-                                                  const std::string& mode) {
+                                                  c10::string_view mode) {
   constexpr const char* op = "rotate_voxels_backward";
   Geometry g = check_voxels_rotation(voxels, rotation, op);
   set_output_size(g, size, op);
@@ -208,7 +208,7 @@ std::tuple<Tensor, Tensor> rotate_voxels_backward(const Tensor& grad, const Tens
 // ---------------------------------------------------------------------------------------------
 
 Tensor project_voxels_forward(const Tensor& voxels, const Tensor& rotation,
-                              const std::string& mode, double tau) {
+                              c10::string_view mode, double tau) {
   constexpr const char* op = "project_voxels";
   const Geometry g = check_voxels_rotation(voxels, rotation, op);
   const bool nearest = parse_mode(mode, op);
@@ -236,7 +236,7 @@ Tensor project_voxels_forward(const Tensor& voxels, const Tensor& rotation,
 
 std::tuple<Tensor, Tensor> project_voxels_backward(const Tensor& grad, const Tensor& image,
                                                    const Tensor& voxels, const Tensor& rotation,
-                                                   const std::string& mode, double tau) {
+                                                   c10::string_view mode, double tau) {
   constexpr const char* op = "project_voxels_backward";
   const Geometry g = check_voxels_rotation(voxels, rotation, op);
   const bool nearest = parse_mode(mode, op);

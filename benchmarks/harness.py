@@ -1,0 +1,222 @@
+"""Shared benchmark harness: times an op and its reference side by side in one run.
+
+For each case it measures forward and forward+backward separately (median of repeats after
+warm-up, synchronising CUDA), the memory an op keeps (bytes of tensors saved for backward that are
+not inputs, on every device; peak allocated memory on CUDA), and the ratio to the reference. Results
+are appended as JSON lines to ``benchmarks/results/<device>.jsonl`` and summarised in a table.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return name
+
+
+def device_slug(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "cuda-" + "".join(c if c.isalnum() else "-" for c in device_name(device).lower()).strip("-")
+    return "cpu"
+
+
+def git_commit() -> Optional[str]:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor], inputs: List[torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward, not counting the inputs themselves."""
+    input_ptrs = {t.untyped_storage().data_ptr() for t in inputs}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in input_ptrs:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[int]:
+    """Peak CUDA memory allocated by fn() above what was allocated before (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+@dataclass
+class Case:
+    """One benchmark case: `make()` returns the differentiable inputs; `ours` / `reference` map them to an output."""
+
+    op: str
+    params: Dict[str, object]
+    make: Callable[[torch.device], List[torch.Tensor]]
+    ours: Callable[..., torch.Tensor]
+    reference: Optional[Callable[..., torch.Tensor]] = None
+    extra: Dict[str, Callable[..., torch.Tensor]] = field(default_factory=dict)
+
+
+def _measure_impl(fn, inputs, device, warmup, repeats):
+    def forward():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    def forward_backward():
+        out = fn(*inputs)
+        out.backward(torch.ones_like(out))
+
+    for t in inputs:
+        t.grad = None
+    res = {
+        "forward_ms": time_fn(forward, device, warmup, repeats),
+        "forward_backward_ms": time_fn(forward_backward, device, warmup, repeats),
+        "saved_bytes": saved_bytes(lambda: fn(*inputs), inputs),
+        "peak_bytes": peak_memory(forward_backward, device),
+    }
+    for t in inputs:
+        t.grad = None
+    return res
+
+
+def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int, record: bool = True) -> List[dict]:
+    rows = []
+    meta = {
+        "commit": git_commit(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for case in cases:
+        inputs = case.make(device)
+        impls = {"invrender": case.ours}
+        if case.reference is not None:
+            impls["reference"] = case.reference
+        impls.update(case.extra)
+        results = {}
+        for name, fn in impls.items():
+            try:
+                results[name] = _measure_impl(fn, inputs, device, warmup, repeats)
+            except torch.cuda.OutOfMemoryError:  # the reference may not fit
+                results[name] = None
+                torch.cuda.empty_cache()
+        row = dict(meta, op=case.op, params=case.params, results=results)
+        ours, theirs = results.get("invrender"), results.get("reference")
+        if ours and theirs:
+            row["speedup_forward"] = theirs["forward_ms"] / ours["forward_ms"]
+            row["speedup_forward_backward"] = theirs["forward_backward_ms"] / ours["forward_backward_ms"]
+        rows.append(row)
+        print_row(row)
+        del inputs
+    if record:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        path = os.path.join(RESULTS_DIR, device_slug(device) + ".jsonl")
+        with open(path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        print(f"appended {len(rows)} results to {os.path.relpath(path)}")
+    return rows
+
+
+def _fmt_bytes(n):
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+_header_printed = set()
+
+
+def print_row(row):
+    key = row["op"]
+    if key not in _header_printed:
+        _header_printed.add(key)
+        print(f"\n{row['op']}  ({row['device']}, torch {row['torch']}, {row['threads']} threads)")
+        print(f"{'case':38s} {'impl':10s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'saved':>10s} {'peak':>10s} {'x fwd':>7s} {'x f+b':>7s}")
+    case = " ".join(f"{k}={v}" for k, v in row["params"].items())
+    for name, r in row["results"].items():
+        if r is None:
+            print(f"{case:38s} {name:10s} {'OOM':>9s}")
+            continue
+        sp = ""
+        if name == "invrender" and "speedup_forward" in row:
+            sp = f"{row['speedup_forward']:7.2f} {row['speedup_forward_backward']:7.2f}"
+        print(f"{case:38s} {name:10s} {r['forward_ms']:9.2f} {r['forward_backward_ms']:11.2f} "
+              f"{_fmt_bytes(r['saved_bytes']):>10s} {_fmt_bytes(r['peak_bytes']):>10s} {sp}")
+        case = ""
+
+
+def parse_args(description: str):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="all", help="cpu, cuda or all (every device present)")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke run)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "all":
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    else:
+        devices = [torch.device(args.device)]
+    return args, devices
