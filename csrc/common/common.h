@@ -14,6 +14,15 @@
 #define INLINE inline
 #endif
 
+// Loop unrolling hint understood by the compiler at hand (nvcc's device pass, or GCC).
+#if defined(__CUDA_ARCH__)
+#define INVRENDER_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__)
+#define INVRENDER_UNROLL _Pragma("GCC unroll 8")
+#else
+#define INVRENDER_UNROLL
+#endif
+
 namespace invrender {
 
 // Pointwise math that resolves to the right overload for float and double on host and device.

@@ -264,9 +264,9 @@ HOST_DEVICE INLINE void accumulate_rotation_grad(const Geometry& g, Vec3<T> gu, 
   const Vec3<T> k = index_per_object<T>(g);
   const T gp[3] = {gu.x * k.x, gu.y * k.y, gu.z * k.z};
   const T p[3] = {pv.x, pv.y, pv.z};
-#pragma unroll
+INVRENDER_UNROLL
   for (int j = 0; j < 3; ++j)
-#pragma unroll
+INVRENDER_UNROLL
     for (int i = 0; i < 3; ++i) gR[3 * j + i] += Acc(gp[i] * p[j]);
 }
 
