@@ -17,6 +17,8 @@
 // Loop unrolling hint understood by the compiler at hand (nvcc's device pass, or GCC).
 #if defined(__CUDA_ARCH__)
 #define INVRENDER_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define INVRENDER_UNROLL
 #elif defined(__GNUC__) && !defined(__clang__)
 #define INVRENDER_UNROLL _Pragma("GCC unroll 8")
 #else
