@@ -59,7 +59,7 @@ def main():
         if device.type == "cpu" and not args.quick:
             # B=32 at 64^3 on a 2-core CPU takes minutes for the reference alone.
             all_cases = [c for c in all_cases if not (c.params["B"] == 32 and c.params["N"] == 64)]
-        repeats = args.repeats or (2 if args.quick else (3 if device.type == "cpu" else 20))
+        repeats = args.repeats or (2 if args.quick else (5 if device.type == "cpu" else 20))
         run_cases(all_cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record)
 
 

@@ -209,7 +209,7 @@ def parse_args(description: str):
     p.add_argument("--device", default="all", help="cpu, cuda or all (every device present)")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke run)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = p.parse_args()

@@ -272,26 +272,21 @@ std::tuple<Tensor, Tensor> project_voxels_backward(const Tensor& grad, const Ten
   return {gvox, grot};
 }
 
+void register_kernels(torch::Library& m) {
+  m.impl("rotation_matrix_forward", &rotation_matrix_forward);
+  m.impl("rotation_matrix_backward", &rotation_matrix_backward);
+  m.impl("rotate_voxels_forward", &rotate_voxels_forward);
+  m.impl("rotate_voxels_backward", &rotate_voxels_backward);
+  m.impl("project_voxels_forward", &project_voxels_forward);
+  m.impl("project_voxels_backward", &project_voxels_backward);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(invrender, CPU, m) {
-  m.impl("rotation_matrix_forward", &rotation_matrix_forward);
-  m.impl("rotation_matrix_backward", &rotation_matrix_backward);
-  m.impl("rotate_voxels_forward", &rotate_voxels_forward);
-  m.impl("rotate_voxels_backward", &rotate_voxels_backward);
-  m.impl("project_voxels_forward", &project_voxels_forward);
-  m.impl("project_voxels_backward", &project_voxels_backward);
-}
-
+// One implementation per op serves both backends; it branches on the device after the checks.
+TORCH_LIBRARY_IMPL(invrender, CPU, m) { register_kernels(m); }
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(invrender, CUDA, m) {
-  m.impl("rotation_matrix_forward", &rotation_matrix_forward);
-  m.impl("rotation_matrix_backward", &rotation_matrix_backward);
-  m.impl("rotate_voxels_forward", &rotate_voxels_forward);
-  m.impl("rotate_voxels_backward", &rotate_voxels_backward);
-  m.impl("project_voxels_forward", &project_voxels_forward);
-  m.impl("project_voxels_backward", &project_voxels_backward);
-}
+TORCH_LIBRARY_IMPL(invrender, CUDA, m) { register_kernels(m); }
 #endif
 
 }  // namespace voxel

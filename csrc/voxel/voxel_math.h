@@ -328,17 +328,26 @@ HOST_DEVICE INLINE SampleLine<T> rotate_row(const Geometry& g, const T* R, int64
   return make_line(g, R + 9 * b, d, h, 0, d, h, 1);
 }
 
+// Samples of [w_begin, w_end) that can fall inside the grid (a single voxel is not clipped: on the
+// GPU one thread handles one voxel and the per-sample test suffices).
+template <typename T>
+HOST_DEVICE INLINE void clip_span(const Geometry& g, const SampleLine<T>& l, int64_t w_begin,
+                                  int64_t w_end, int64_t* first, int64_t* last) {
+  *first = w_begin;
+  *last = w_end - 1;
+  if (w_end - w_begin <= 1) return;
+  clip_line(g, l.u0, l.du, g.Wo, first, last);
+  if (*first < w_begin) *first = w_begin;
+  if (*last > w_end - 1) *last = w_end - 1;
+}
+
 template <typename T, bool Nearest>
 HOST_DEVICE INLINE void rotate_forward_span(const Geometry& g, const T* vox, const T* R, T* out,
                                             int64_t b, int64_t d, int64_t h, int64_t w_begin,
                                             int64_t w_end) {
   const SampleLine<T> l = rotate_row(g, R, b, d, h);
-  int64_t first = w_begin, last = w_end - 1;
-  if (w_end - w_begin > 1) {
-    clip_line(g, l.u0, l.du, g.Wo, &first, &last);
-    first = first > w_begin ? first : w_begin;
-    last = last < w_end - 1 ? last : w_end - 1;
-  }
+  int64_t first, last;
+  clip_span(g, l, w_begin, w_end, &first, &last);
   const int64_t in_vol = g.D * g.H * g.W, out_vol = g.Do * g.Ho * g.Wo;
   const T* src = vox + b * g.C * in_vol;
   T* row = out + b * g.C * out_vol + (d * g.Ho + h) * g.Wo;
@@ -365,12 +374,8 @@ HOST_DEVICE INLINE void rotate_backward_span(const Geometry& g, const T* gout, c
                                              int64_t h, int64_t w_begin, int64_t w_end,
                                              const Scatter& scatter) {
   const SampleLine<T> l = rotate_row(g, R, b, d, h);
-  int64_t first = w_begin, last = w_end - 1;
-  if (w_end - w_begin > 1) {
-    clip_line(g, l.u0, l.du, g.Wo, &first, &last);
-    first = first > w_begin ? first : w_begin;
-    last = last < w_end - 1 ? last : w_end - 1;
-  }
+  int64_t first, last;
+  clip_span(g, l, w_begin, w_end, &first, &last);
   const int64_t in_vol = g.D * g.H * g.W, out_vol = g.Do * g.Ho * g.Wo;
   const T* go = gout + b * g.C * out_vol + (d * g.Ho + h) * g.Wo;
   const int64_t base = b * g.C * in_vol;
