@@ -229,14 +229,17 @@ def test_rotate_noncontiguous_and_empty():
     assert invrender.rotate_voxels(torch.rand(2, 1, 4, 4, 4), torch.eye(3), size=(0, 3, 3)).shape == (2, 1, 0, 3, 3)
 
 
-def test_rotate_backward_is_deterministic_on_cpu():
+@pytest.mark.parametrize("op", ["rotate", "project"])
+def test_backward_is_deterministic_on_cpu(op):
     v = torch.rand(3, 2, 8, 8, 8, requires_grad=True)
     R = random_rotation(3, dtype=torch.float32).requires_grad_()
+    fn = invrender.rotate_voxels if op == "rotate" else invrender.project_voxels
     grads = []
+    threads_before = torch.get_num_threads()
     for threads in (1, 2, 1):
         torch.set_num_threads(threads)
-        grads.append(torch.autograd.grad(invrender.rotate_voxels(v, R).pow(2).sum(), (v, R)))
-    torch.set_num_threads(2)
+        grads.append(torch.autograd.grad(fn(v, R).pow(2).sum(), (v, R)))
+    torch.set_num_threads(threads_before)
     for g in grads[1:]:
         assert torch.equal(g[0], grads[0][0]) and torch.equal(g[1], grads[0][1])
 

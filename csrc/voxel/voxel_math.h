@@ -91,16 +91,19 @@ HOST_DEVICE INLINE Vec3<T> index_per_object(const Geometry& g) {
 template <typename T>
 struct Trilinear {
   bool inside;    // false: every corner is outside, value 0, gradient 0
-  bool interior;  // all 8 corners inside the grid (the common, branch-free case)
+  bool interior;  // all 8 corners inside the grid (the common case)
+  bool vw[2], vh[2], vd[2];  // per axis: whether the lower / upper corner index is in range
   T fw, fh, fd;   // fractional position in the cell
   int64_t base;   // offset of corner (d0, h0, w0); may be out of range unless `interior`
   int64_t d0, h0, w0;
 };
 
+// Comparisons are combined with & rather than && so that they compile to flag arithmetic instead
+// of a chain of hard-to-predict branches.
 template <typename T>
 HOST_DEVICE INLINE void trilinear_setup(const Geometry& g, Vec3<T> u, Trilinear<T>& s) {
-  s.inside = u.x > T(-1) && u.x < T(g.W) && u.y > T(-1) && u.y < T(g.H) && u.z > T(-1) &&
-             u.z < T(g.D);
+  s.inside = (u.x > T(-1)) & (u.x < T(g.W)) & (u.y > T(-1)) & (u.y < T(g.H)) & (u.z > T(-1)) &
+             (u.z < T(g.D));
   if (!s.inside) return;
   s.w0 = floor_int(u.x);
   s.h0 = floor_int(u.y);
@@ -108,21 +111,30 @@ HOST_DEVICE INLINE void trilinear_setup(const Geometry& g, Vec3<T> u, Trilinear<
   s.fw = u.x - T(s.w0);
   s.fh = u.y - T(s.h0);
   s.fd = u.z - T(s.d0);
-  s.interior = s.w0 >= 0 && s.w0 + 1 < g.W && s.h0 >= 0 && s.h0 + 1 < g.H && s.d0 >= 0 &&
-               s.d0 + 1 < g.D;
+  s.vw[0] = s.w0 >= 0;
+  s.vw[1] = s.w0 + 1 < g.W;
+  s.vh[0] = s.h0 >= 0;
+  s.vh[1] = s.h0 + 1 < g.H;
+  s.vd[0] = s.d0 >= 0;
+  s.vd[1] = s.d0 + 1 < g.D;
+  s.interior = s.vw[0] & s.vw[1] & s.vh[0] & s.vh[1] & s.vd[0] & s.vd[1];
   s.base = (s.d0 * g.H + s.h0) * g.W + s.w0;
 }
 
-// Offset of corner k = (d: k>>2, h: (k>>1)&1, w: k&1) relative to `base`, and whether it exists.
+// Corner k = (d: k>>2, h: (k>>1)&1, w: k&1): whether it exists, and its offset clamped into the
+// grid (so that reading it is always in bounds; the value is discarded when it does not exist).
 template <typename T>
-HOST_DEVICE INLINE int64_t corner_offset(const Geometry& g, int k) {
-  return (k >> 2) * g.H * g.W + ((k >> 1) & 1) * g.W + (k & 1);
+HOST_DEVICE INLINE bool corner_valid(const Trilinear<T>& s, int k) {
+  return s.vd[k >> 2] & s.vh[(k >> 1) & 1] & s.vw[k & 1];
 }
 
 template <typename T>
-HOST_DEVICE INLINE bool corner_valid(const Geometry& g, const Trilinear<T>& s, int k) {
-  const int64_t d = s.d0 + (k >> 2), h = s.h0 + ((k >> 1) & 1), w = s.w0 + (k & 1);
-  return d >= 0 && d < g.D && h >= 0 && h < g.H && w >= 0 && w < g.W;
+HOST_DEVICE INLINE int64_t corner_offset_clamped(const Geometry& g, const Trilinear<T>& s, int k) {
+  int64_t d = s.d0 + (k >> 2), h = s.h0 + ((k >> 1) & 1), w = s.w0 + (k & 1);
+  d = d < 0 ? 0 : (d >= g.D ? g.D - 1 : d);
+  h = h < 0 ? 0 : (h >= g.H ? g.H - 1 : h);
+  w = w < 0 ? 0 : (w >= g.W ? g.W - 1 : w);
+  return (d * g.H + h) * g.W + w;
 }
 
 // The 8 corner values, zero for corners outside the grid.
@@ -141,8 +153,11 @@ HOST_DEVICE INLINE void trilinear_load(const Geometry& g, const Trilinear<T>& s,
     v[6] = p[HW + W];
     v[7] = p[HW + W + 1];
   } else {
-    for (int k = 0; k < 8; ++k)
-      v[k] = corner_valid(g, s, k) ? vol[s.base + corner_offset<T>(g, k)] : T(0);
+    INVRENDER_UNROLL
+    for (int k = 0; k < 8; ++k) {
+      const T x = vol[corner_offset_clamped(g, s, k)];
+      v[k] = corner_valid(s, k) ? x : T(0);
+    }
   }
 }
 
@@ -202,7 +217,7 @@ HOST_DEVICE INLINE Vec3<T> trilinear_backward(const Geometry& g, const Trilinear
       scatter(p + HW + W + 1, wk[7]);
     } else {
       for (int k = 0; k < 8; ++k)
-        if (corner_valid(g, s, k)) scatter(gvol + s.base + corner_offset<T>(g, k), wk[k]);
+        if (corner_valid(s, k)) scatter(gvol + corner_offset_clamped(g, s, k), wk[k]);
     }
   }
   return gu;
