@@ -43,6 +43,9 @@ def _want_cuda():
     if _env_flag("FORCE_CUDA"):
         if _nvcc_version() is None:
             raise RuntimeError("FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        if torch.version.cuda is None:
+            raise RuntimeError("FORCE_CUDA=1 needs a CUDA build of torch; this torch is CPU-only "
+                               f"({torch.__version__}). Install a CUDA torch or unset FORCE_CUDA.")
         return True
     return torch.version.cuda is not None and _nvcc_version() is not None
 

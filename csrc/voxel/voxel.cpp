@@ -15,7 +15,7 @@
 #include "voxel_kernels.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace invrender {
@@ -102,7 +102,7 @@ Tensor rotation_matrix_forward(const Tensor& azimuth, const Tensor& elevation,
 #ifdef WITH_CUDA
       CUDA_LAUNCH(op, rotation_forward_cuda<scalar_t>(
                           a.data_ptr<scalar_t>(), e.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
-                          R.data_ptr<scalar_t>(), a.size(0), at::cuda::getCurrentCUDAStream()));
+                          R.data_ptr<scalar_t>(), a.size(0), c10::cuda::getCurrentCUDAStream().stream()));
 #endif
     } else {
       rotation_forward_cpu<scalar_t>(a.data_ptr<scalar_t>(), e.data_ptr<scalar_t>(),
@@ -133,7 +133,7 @@ std::tuple<Tensor, Tensor, Tensor> rotation_matrix_backward(const Tensor& grad,
       CUDA_LAUNCH(op, rotation_backward_cuda<scalar_t>(
                           g.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), e.data_ptr<scalar_t>(),
                           r.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(), ge.data_ptr<scalar_t>(),
-                          gr.data_ptr<scalar_t>(), a.size(0), at::cuda::getCurrentCUDAStream()));
+                          gr.data_ptr<scalar_t>(), a.size(0), c10::cuda::getCurrentCUDAStream().stream()));
 #endif
     } else {
       rotation_backward_cpu<scalar_t>(g.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
@@ -163,7 +163,7 @@ Tensor rotate_voxels_forward(const Tensor& voxels, const Tensor& rotation, at::I
       CUDA_LAUNCH(op, rotate_forward_cuda<scalar_t>(g, v.data_ptr<scalar_t>(),
                                                     R.data_ptr<scalar_t>(),
                                                     out.data_ptr<scalar_t>(), nearest,
-                                                    at::cuda::getCurrentCUDAStream()));
+                                                    c10::cuda::getCurrentCUDAStream().stream()));
 #endif
     } else {
       rotate_forward_cpu<scalar_t>(g, v.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(),
@@ -194,7 +194,7 @@ std::tuple<Tensor, Tensor> rotate_voxels_backward(const Tensor& grad, const Tens
       CUDA_LAUNCH(op, rotate_backward_cuda<scalar_t>(
                           g, go.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                           R.data_ptr<scalar_t>(), gvox.data_ptr<scalar_t>(),
-                          grot.data_ptr<scalar_t>(), nearest, at::cuda::getCurrentCUDAStream()));
+                          grot.data_ptr<scalar_t>(), nearest, c10::cuda::getCurrentCUDAStream().stream()));
 #endif
     } else {
       rotate_backward_cpu<scalar_t>(g, go.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
@@ -224,7 +224,7 @@ Tensor project_voxels_forward(const Tensor& voxels, const Tensor& rotation,
       CUDA_LAUNCH(op, project_forward_cuda<scalar_t>(g, v.data_ptr<scalar_t>(),
                                                      R.data_ptr<scalar_t>(),
                                                      img.data_ptr<scalar_t>(), t, nearest,
-                                                     at::cuda::getCurrentCUDAStream()));
+                                                     c10::cuda::getCurrentCUDAStream().stream()));
 #endif
     } else {
       project_forward_cpu<scalar_t>(g, v.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(),
@@ -260,7 +260,7 @@ std::tuple<Tensor, Tensor> project_voxels_backward(const Tensor& grad, const Ten
                           g, gi.data_ptr<scalar_t>(), im.data_ptr<scalar_t>(),
                           v.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(),
                           gvox.data_ptr<scalar_t>(), grot.data_ptr<scalar_t>(), t, nearest,
-                          at::cuda::getCurrentCUDAStream()));
+                          c10::cuda::getCurrentCUDAStream().stream()));
 #endif
     } else {
       project_backward_cpu<scalar_t>(g, gi.data_ptr<scalar_t>(), im.data_ptr<scalar_t>(),
