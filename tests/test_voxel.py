@@ -150,12 +150,15 @@ shapes = st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.i
 sizes = st.one_of(st.none(), st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)))
 
 
+def random_case(shape, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, dtype=torch.float64, generator=gen), random_rotation(shape[0], generator=gen)
+
+
 @HYP
 @given(shape=shapes, size=sizes, seed=st.integers(0, 2**31 - 1))
 def test_rotate_matches_reference_and_scipy_trilinear(shape, size, seed):
-    gen = torch.Generator().manual_seed(seed)
-    v = torch.rand(shape, dtype=torch.float64, generator=gen)
-    R = random_rotation(shape[0], generator=gen)
+    v, R = random_case(shape, seed)
     out = invrender.rotate_voxels(v, R, size=size)
     np.testing.assert_allclose(out.numpy(), ref.rotate_voxels(v, R, size=size).numpy(), atol=1e-12)
     np.testing.assert_allclose(out.numpy(), oracle_rotate(v, R, size), atol=1e-12)
@@ -164,9 +167,7 @@ def test_rotate_matches_reference_and_scipy_trilinear(shape, size, seed):
 @HYP
 @given(shape=shapes, size=sizes, seed=st.integers(0, 2**31 - 1))
 def test_rotate_matches_reference_and_scipy_nearest(shape, size, seed):
-    gen = torch.Generator().manual_seed(seed)
-    v = torch.rand(shape, dtype=torch.float64, generator=gen)
-    R = random_rotation(shape[0], generator=gen)
+    v, R = random_case(shape, seed)
     out = invrender.rotate_voxels(v, R, size=size, mode="nearest").numpy()
     expected_ref = ref.rotate_voxels(v, R, size=size, mode="nearest").numpy()
     expected_scipy = oracle_rotate(v, R, size, order=0)
@@ -310,9 +311,7 @@ def test_project_azimuth_quarter_turn_closed_form():
 @HYP
 @given(shape=shapes, tau=st.floats(0.05, 3.0), mode=st.sampled_from(MODES), seed=st.integers(0, 2**31 - 1))
 def test_project_matches_reference_and_scipy(shape, tau, mode, seed):
-    gen = torch.Generator().manual_seed(seed)
-    v = torch.rand(shape, dtype=torch.float64, generator=gen)
-    R = random_rotation(shape[0], generator=gen)
+    v, R = random_case(shape, seed)
     out = invrender.project_voxels(v, R, mode=mode, tau=tau).numpy()
     expected_ref = ref.project_voxels(v, R, mode=mode, tau=tau).numpy()
     expected_scipy = oracle_project(v, R, tau, order=1 if mode == "trilinear" else 0)

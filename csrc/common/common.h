@@ -28,10 +28,6 @@
 namespace invrender {
 
 // Pointwise math that resolves to the right overload for float and double on host and device.
-template <typename T>
-HOST_DEVICE INLINE T floor_(T x) {
-  return ::floor(x);
-}
 // floor(x) as an integer, for x already known to lie well inside the int64 range. Avoids the libm
 // call that ::floor becomes on baseline x86-64 (no SSE4.1 round instruction).
 template <typename T>
@@ -57,19 +53,5 @@ template <typename T>
 struct Vec3 {
   T x, y, z;
 };
-
-// Row-major 3x3 matrix times vector.
-template <typename T>
-HOST_DEVICE INLINE Vec3<T> matvec(const T* m, Vec3<T> v) {
-  return {m[0] * v.x + m[1] * v.y + m[2] * v.z, m[3] * v.x + m[4] * v.y + m[5] * v.z,
-          m[6] * v.x + m[7] * v.y + m[8] * v.z};
-}
-
-// Transposed row-major 3x3 matrix times vector: m^T v.
-template <typename T>
-HOST_DEVICE INLINE Vec3<T> matTvec(const T* m, Vec3<T> v) {
-  return {m[0] * v.x + m[3] * v.y + m[6] * v.z, m[1] * v.x + m[4] * v.y + m[7] * v.z,
-          m[2] * v.x + m[5] * v.y + m[8] * v.z};
-}
 
 }  // namespace invrender

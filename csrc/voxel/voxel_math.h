@@ -71,13 +71,6 @@ HOST_DEVICE INLINE Vec3<T> output_position(const Geometry& g, int64_t d, int64_t
   return {T(2 * w + 1 - g.Wo) / T(g.W), T(g.Ho - 2 * h - 1) / T(g.H), T(g.Do - 2 * d - 1) / T(g.D)};
 }
 
-// Continuous input index (u_w, u_h, u_d) of an object-space point (voxel centres are integers).
-template <typename T>
-HOST_DEVICE INLINE Vec3<T> object_to_index(const Geometry& g, Vec3<T> p) {
-  return {(p.x + T(1)) * T(0.5) * T(g.W) - T(0.5), (T(1) - p.y) * T(0.5) * T(g.H) - T(0.5),
-          (T(1) - p.z) * T(0.5) * T(g.D) - T(0.5)};
-}
-
 // d(index)/d(object position), diagonal.
 template <typename T>
 HOST_DEVICE INLINE Vec3<T> index_per_object(const Geometry& g) {
@@ -298,7 +291,7 @@ struct SampleLine {
 // Input index of output voxel (d, h, w), computed in index space so that the identity maps
 // indices exactly: u = c_in + M (idx - c_out) with M[i][j] = k_i R[j][i] / k_j, where k is the
 // index-per-unit-length of each axis (shared by input and output, which have the same spacing)
-// and c the centre index. Equivalent to object_to_index(R^T output_position(d, h, w)).
+// and c the centre index: u = k * (R^T p_view) + c with p_view = output_position(d, h, w).
 template <typename T>
 HOST_DEVICE INLINE Vec3<T> output_to_index(const Geometry& g, const T* Rb, int64_t d, int64_t h,
                                            int64_t w) {
