@@ -260,6 +260,8 @@ def test_backward_is_deterministic_on_cpu(op):
         (lambda: invrender.rotate_voxels(torch.rand(2, 1, 4, 4, 4), torch.eye(3), mode="cubic"), ValueError, "mode"),
         (lambda: invrender.rotate_voxels(torch.rand(2, 1, 4, 4, 4), torch.eye(3), size=(4, 4)), ValueError, "size"),
         (lambda: invrender.rotate_voxels(torch.rand(2, 1, 4, 4, 4), torch.eye(3), size=-2), ValueError, "size"),
+        # 1291^3 > 2^31 - 1 voxels per channel (an expanded view: no memory is allocated).
+        (lambda: invrender.project_voxels(torch.zeros(1).expand(1, 1, 1291, 1291, 1291)), ValueError, "voxels.*2\\^31"),
         (lambda: invrender.rotate_voxels(torch.rand(2, 1, 4, 4, 4), torch.eye(3), size="big"), TypeError, "size"),
         (lambda: invrender.rotate_voxels([[1.0]], torch.eye(3)), TypeError, "voxels"),
         (lambda: invrender.rotate_voxels(torch.rand(2, 1, 4, 4, 4), None), TypeError, "rotation"),

@@ -8,6 +8,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,10 @@ Geometry check_voxels_rotation(const Tensor& voxels, const Tensor& rotation, con
   g.D = voxels.size(2);
   g.H = voxels.size(3);
   g.W = voxels.size(4);
+  // The interior sampling path uses 32-bit offsets within one channel.
+  TORCH_CHECK_VALUE(g.D * g.H * g.W <= std::numeric_limits<int32_t>::max(), op,
+                    ": argument 'voxels' has ", g.D * g.H * g.W,
+                    " voxels per channel; at most 2^31 - 1 are supported");
   g.Do = g.D;
   g.Ho = g.H;
   g.Wo = g.W;

@@ -174,6 +174,35 @@ HOST_DEVICE INLINE T trilinear_value(const Geometry& g, const Trilinear<T>& s, c
   return trilinear_interp(s, v);
 }
 
+// grad * d(value)/du from the 8 corner values and the fractional position.
+template <typename T>
+HOST_DEVICE INLINE Vec3<T> trilinear_position_grad(const T* v, T fw, T fh, T fd, T grad) {
+  const T c00 = lerp_(v[0], v[1], fw), c01 = lerp_(v[2], v[3], fw);
+  const T c10 = lerp_(v[4], v[5], fw), c11 = lerp_(v[6], v[7], fw);
+  const T c0 = lerp_(c00, c01, fh), c1 = lerp_(c10, c11, fh);
+  Vec3<T> gu;
+  gu.z = grad * (c1 - c0);
+  gu.y = grad * ((T(1) - fd) * (c01 - c00) + fd * (c11 - c10));
+  gu.x = grad * ((T(1) - fd) * ((T(1) - fh) * (v[1] - v[0]) + fh * (v[3] - v[2])) +
+                 fd * ((T(1) - fh) * (v[5] - v[4]) + fh * (v[7] - v[6])));
+  return gu;
+}
+
+// grad times the 8 corner weights, corner order as in corner_valid.
+template <typename T>
+HOST_DEVICE INLINE void trilinear_weights(T fw, T fh, T fd, T grad, T* wk) {
+  const T g0 = grad * (T(1) - fd), g1 = grad * fd;
+  const T g00 = g0 * (T(1) - fh), g01 = g0 * fh, g10 = g1 * (T(1) - fh), g11 = g1 * fh;
+  wk[0] = g00 * (T(1) - fw);
+  wk[1] = g00 * fw;
+  wk[2] = g01 * (T(1) - fw);
+  wk[3] = g01 * fw;
+  wk[4] = g10 * (T(1) - fw);
+  wk[5] = g10 * fw;
+  wk[6] = g11 * (T(1) - fw);
+  wk[7] = g11 * fw;
+}
+
 // Adds g * weight to the grid gradient (through `scatter`, skipped when gvol is null) and
 // returns g * d(value)/du.
 template <typename T, typename Scatter>
@@ -185,18 +214,10 @@ HOST_DEVICE INLINE Vec3<T> trilinear_backward(const Geometry& g, const Trilinear
   T v[8];
   trilinear_load(g, s, vol, v);
   const T fw = s.fw, fh = s.fh, fd = s.fd;
-  const T c00 = lerp_(v[0], v[1], fw), c01 = lerp_(v[2], v[3], fw);
-  const T c10 = lerp_(v[4], v[5], fw), c11 = lerp_(v[6], v[7], fw);
-  const T c0 = lerp_(c00, c01, fh), c1 = lerp_(c10, c11, fh);
-  gu.z = grad * (c1 - c0);
-  gu.y = grad * ((T(1) - fd) * (c01 - c00) + fd * (c11 - c10));
-  gu.x = grad * ((T(1) - fd) * ((T(1) - fh) * (v[1] - v[0]) + fh * (v[3] - v[2])) +
-                 fd * ((T(1) - fh) * (v[5] - v[4]) + fh * (v[7] - v[6])));
+  gu = trilinear_position_grad(v, fw, fh, fd, grad);
   if (gvol != nullptr) {
-    const T g0 = grad * (T(1) - fd), g1 = grad * fd;
-    const T g00 = g0 * (T(1) - fh), g01 = g0 * fh, g10 = g1 * (T(1) - fh), g11 = g1 * fh;
-    const T wk[8] = {g00 * (T(1) - fw), g00 * fw, g01 * (T(1) - fw), g01 * fw,
-                     g10 * (T(1) - fw), g10 * fw, g11 * (T(1) - fw), g11 * fw};
+    T wk[8];
+    trilinear_weights(fw, fh, fd, grad, wk);
     if (s.interior) {
       T* p = gvol + s.base;
       const int64_t W = g.W, HW = g.H * g.W;
@@ -214,6 +235,12 @@ HOST_DEVICE INLINE Vec3<T> trilinear_backward(const Geometry& g, const Trilinear
     }
   }
   return gu;
+}
+
+// Point t of the line a + t da.
+template <typename T>
+HOST_DEVICE INLINE Vec3<T> line_at(Vec3<T> a, Vec3<T> da, T t) {
+  return {a.x + t * da.x, a.y + t * da.y, a.z + t * da.z};
 }
 
 // Range of sample indices [first, last] along a line u(t) = u0 + t du, t in [0, n), that can fall
@@ -248,6 +275,133 @@ HOST_DEVICE INLINE void clip_line(const Geometry& g, Vec3<T> u0, Vec3<T> du, int
   *last = floor_int(hi) + 1;
   if (*first < 0) *first = 0;
   if (*last > n - 1) *last = n - 1;
+}
+
+// Sub-range [*first, *last] of [first, last] whose trilinear stencils are all interior
+// (0 <= u < N - 1 on every axis, so floor(u) = trunc(u) and all 8 corners exist). Such samples
+// take the branch-free path of trilinear_interior_value. Along a line each axis of u is monotone in
+// t (rounding included), so the interior samples form one interval: the analytic estimate is
+// refined by exact tests at its ends. The result may be empty (*first > *last).
+template <typename T>
+HOST_DEVICE INLINE bool stencil_interior(const Geometry& g, Vec3<T> u) {
+  return (u.x >= T(0)) & (u.x < T(g.W - 1)) & (u.y >= T(0)) & (u.y < T(g.H - 1)) &
+         (u.z >= T(0)) & (u.z < T(g.D - 1));
+}
+
+template <typename T>
+HOST_DEVICE INLINE void interior_span(const Geometry& g, Vec3<T> u0, Vec3<T> du, int64_t first,
+                                      int64_t last, int64_t* ifirst, int64_t* ilast) {
+  T lo = T(first), hi = T(last);
+  const T u0s[3] = {u0.x, u0.y, u0.z}, dus[3] = {du.x, du.y, du.z};
+  const T ns[3] = {T(g.W - 1), T(g.H - 1), T(g.D - 1)};
+  for (int a = 0; a < 3; ++a) {
+    if (dus[a] == T(0)) {
+      if (!(u0s[a] >= T(0) && u0s[a] < ns[a])) hi = T(-1);
+      continue;
+    }
+    T t0 = (T(0) - u0s[a]) / dus[a], t1 = (ns[a] - u0s[a]) / dus[a];
+    if (t0 > t1) {
+      const T tmp = t0;
+      t0 = t1;
+      t1 = tmp;
+    }
+    lo = t0 > lo ? t0 : lo;
+    hi = t1 < hi ? t1 : hi;
+  }
+  *ifirst = 0;
+  *ilast = -1;
+  if (!(lo <= hi)) return;  // also catches NaN
+  int64_t a = floor_int(lo), b = floor_int(hi) + 1;
+  if (a < first) a = first;
+  if (b > last) b = last;
+  while (a <= b && !stencil_interior(g, line_at(u0, du, T(a)))) ++a;
+  while (b >= a && !stencil_interior(g, line_at(u0, du, T(b)))) --b;
+  *ifirst = a;
+  *ilast = b;
+}
+
+// Visits the samples first..last of a line: those of the interior sub-span [ifirst, ilast]
+// (trilinear_interior_* path) through `interior`, the others through `general`. The interior span
+// is skipped when `use_interior` is false (nearest sampling).
+template <typename T, typename Interior, typename General>
+HOST_DEVICE INLINE void for_each_sample(const Geometry& g, Vec3<T> u0, Vec3<T> du, int64_t first,
+                                        int64_t last, bool use_interior, const Interior& interior,
+                                        const General& general) {
+  int64_t ifirst = last + 1, ilast = last;
+  if (use_interior) interior_span(g, u0, du, first, last, &ifirst, &ilast);
+  if (ifirst > ilast) {
+    ifirst = last + 1;
+    ilast = last;
+  }
+  for (int64_t t = first; t < ifirst; ++t) general(t);
+  for (int64_t t = ifirst; t <= ilast; ++t) interior(t);
+  for (int64_t t = ilast + 1; t <= last; ++t) general(t);
+}
+
+// Interior stencil: the corner offset and fractional position of an interior sample
+// (stencil_interior(u) holds), with the arithmetic of trilinear_setup and 32-bit offsets (the glue
+// limits one channel of a grid to 2^31 - 1 voxels).
+template <typename T>
+struct InteriorStencil {
+  int32_t base, W, HW;
+  T fw, fh, fd;
+};
+
+template <typename T>
+HOST_DEVICE INLINE InteriorStencil<T> interior_stencil(const Geometry& g, Vec3<T> u) {
+  InteriorStencil<T> s;
+  const int32_t w0 = static_cast<int32_t>(u.x), h0 = static_cast<int32_t>(u.y),
+                d0 = static_cast<int32_t>(u.z);
+  s.fw = u.x - T(w0);
+  s.fh = u.y - T(h0);
+  s.fd = u.z - T(d0);
+  s.W = static_cast<int32_t>(g.W);
+  s.HW = static_cast<int32_t>(g.H * g.W);
+  s.base = (d0 * static_cast<int32_t>(g.H) + h0) * s.W + w0;
+  return s;
+}
+
+template <typename T>
+HOST_DEVICE INLINE void interior_load(const InteriorStencil<T>& s, const T* vol, T* v) {
+  const T* p = vol + s.base;
+  v[0] = p[0];
+  v[1] = p[1];
+  v[2] = p[s.W];
+  v[3] = p[s.W + 1];
+  v[4] = p[s.HW];
+  v[5] = p[s.HW + 1];
+  v[6] = p[s.HW + s.W];
+  v[7] = p[s.HW + s.W + 1];
+}
+
+// Backward at an interior sample: scatters grad * weights into gvol, returns grad * d(value)/du.
+template <typename T, typename Scatter>
+HOST_DEVICE INLINE Vec3<T> trilinear_interior_backward(const InteriorStencil<T>& s, const T* vol,
+                                                       T* gvol, T grad, const Scatter& scatter) {
+  T v[8], wk[8];
+  interior_load(s, vol, v);
+  trilinear_weights(s.fw, s.fh, s.fd, grad, wk);
+  T* p = gvol + s.base;
+  scatter(p, wk[0]);
+  scatter(p + 1, wk[1]);
+  scatter(p + s.W, wk[2]);
+  scatter(p + s.W + 1, wk[3]);
+  scatter(p + s.HW, wk[4]);
+  scatter(p + s.HW + 1, wk[5]);
+  scatter(p + s.HW + s.W, wk[6]);
+  scatter(p + s.HW + s.W + 1, wk[7]);
+  return trilinear_position_grad(v, s.fw, s.fh, s.fd, grad);
+}
+
+// Trilinear value at an interior sample: trilinear_value without the range bookkeeping.
+template <typename T>
+HOST_DEVICE INLINE T trilinear_interior_value(const Geometry& g, Vec3<T> u, const T* vol) {
+  const InteriorStencil<T> s = interior_stencil(g, u);
+  T v[8];
+  interior_load(s, vol, v);
+  const T c0 = lerp_(lerp_(v[0], v[1], s.fw), lerp_(v[2], v[3], s.fw), s.fh);
+  const T c1 = lerp_(lerp_(v[4], v[5], s.fw), lerp_(v[6], v[7], s.fw), s.fh);
+  return lerp_(c0, c1, s.fd);
 }
 
 // Nearest ("floor") sampling: the cell containing the point, i.e. floor(u + 1/2).
@@ -321,11 +475,6 @@ HOST_DEVICE INLINE SampleLine<T> make_line(const Geometry& g, const T* Rb, int64
   return l;
 }
 
-template <typename T>
-HOST_DEVICE INLINE Vec3<T> line_at(Vec3<T> a, Vec3<T> da, T t) {
-  return {a.x + t * da.x, a.y + t * da.y, a.z + t * da.z};
-}
-
 // ---------------------------------------------------------------------------------------------
 // rotate_voxels: out[b, c, d, h, w] = sample(vox[b, c], R_b^T p_view(d, h, w)).
 // One call handles output voxels w in [w_begin, w_end) of row (b, d, h); `out` is zero-initialised.
@@ -359,21 +508,27 @@ HOST_DEVICE INLINE void rotate_forward_span(const Geometry& g, const T* vox, con
   const int64_t in_vol = g.D * g.H * g.W, out_vol = g.Do * g.Ho * g.Wo;
   const T* src = vox + b * g.C * in_vol;
   T* row = out + b * g.C * out_vol + (d * g.Ho + h) * g.Wo;
-  for (int64_t w = first; w <= last; ++w) {
-    const Vec3<T> u = line_at(l.u0, l.du, T(w));
-    if (Nearest) {
-      const int64_t off = nearest_offset(g, u);
-      if (off < 0) continue;
-      for (int64_t c = 0; c < g.C; ++c) row[c * out_vol + w] = src[c * in_vol + off];
-    } else {
-      Trilinear<T> s;
-      trilinear_setup(g, u, s);
-      if (!s.inside) continue;
-      for (int64_t c = 0; c < g.C; ++c)
-        row[c * out_vol + w] = trilinear_value(g, s, src + c * in_vol);
-    }
-  }
-}
+  for_each_sample(
+      g, l.u0, l.du, first, last, !Nearest,
+      [&](int64_t w) {
+        const Vec3<T> u = line_at(l.u0, l.du, T(w));
+        for (int64_t c = 0; c < g.C; ++c)
+          row[c * out_vol + w] = trilinear_interior_value(g, u, src + c * in_vol);
+      },
+      [&](int64_t w) {
+        const Vec3<T> u = line_at(l.u0, l.du, T(w));
+        if (Nearest) {
+          const int64_t off = nearest_offset(g, u);
+          if (off < 0) return;
+          for (int64_t c = 0; c < g.C; ++c) row[c * out_vol + w] = src[c * in_vol + off];
+        } else {
+          Trilinear<T> s;
+          trilinear_setup(g, u, s);
+          if (!s.inside) return;
+          for (int64_t c = 0; c < g.C; ++c)
+            row[c * out_vol + w] = trilinear_value(g, s, src + c * in_vol);
+        }
+      });}
 
 // Backward of a span over all channels: scatters into gvox[b] and accumulates dL/dR_b into gR.
 template <typename T, bool Nearest, typename Acc, typename Scatter>
@@ -387,31 +542,46 @@ HOST_DEVICE INLINE void rotate_backward_span(const Geometry& g, const T* gout, c
   const int64_t in_vol = g.D * g.H * g.W, out_vol = g.Do * g.Ho * g.Wo;
   const T* go = gout + b * g.C * out_vol + (d * g.Ho + h) * g.Wo;
   const int64_t base = b * g.C * in_vol;
-  for (int64_t w = first; w <= last; ++w) {
-    const Vec3<T> u = line_at(l.u0, l.du, T(w));
-    if (Nearest) {
-      const int64_t off = nearest_offset(g, u);
-      if (off < 0) continue;
-      for (int64_t c = 0; c < g.C; ++c)
-        scatter(gvox + base + c * in_vol + off, go[c * out_vol + w]);
-      continue;
-    }
-    Trilinear<T> s;
-    trilinear_setup(g, u, s);
-    if (!s.inside) continue;
-    Vec3<T> gu = {T(0), T(0), T(0)};
-    for (int64_t c = 0; c < g.C; ++c) {
-      const T gc = go[c * out_vol + w];
-      if (gc == T(0)) continue;
-      const Vec3<T> guc =
-          trilinear_backward(g, s, vox + base + c * in_vol, gvox + base + c * in_vol, gc, scatter);
-      gu.x += guc.x;
-      gu.y += guc.y;
-      gu.z += guc.z;
-    }
-    accumulate_rotation_grad(g, gu, line_at(l.p0, l.dp, T(w)), gR);
-  }
-}
+  for_each_sample(
+      g, l.u0, l.du, first, last, !Nearest,
+      [&](int64_t w) {
+        const InteriorStencil<T> s = interior_stencil(g, line_at(l.u0, l.du, T(w)));
+        Vec3<T> gu = {T(0), T(0), T(0)};
+        for (int64_t c = 0; c < g.C; ++c) {
+          const T gc = go[c * out_vol + w];
+          if (gc == T(0)) continue;
+          const Vec3<T> guc = trilinear_interior_backward(s, vox + base + c * in_vol,
+                                                          gvox + base + c * in_vol, gc, scatter);
+          gu.x += guc.x;
+          gu.y += guc.y;
+          gu.z += guc.z;
+        }
+        accumulate_rotation_grad(g, gu, line_at(l.p0, l.dp, T(w)), gR);
+      },
+      [&](int64_t w) {
+        const Vec3<T> u = line_at(l.u0, l.du, T(w));
+        if (Nearest) {
+          const int64_t off = nearest_offset(g, u);
+          if (off < 0) return;
+          for (int64_t c = 0; c < g.C; ++c)
+            scatter(gvox + base + c * in_vol + off, go[c * out_vol + w]);
+          return;
+        }
+        Trilinear<T> s;
+        trilinear_setup(g, u, s);
+        if (!s.inside) return;
+        Vec3<T> gu = {T(0), T(0), T(0)};
+        for (int64_t c = 0; c < g.C; ++c) {
+          const T gc = go[c * out_vol + w];
+          if (gc == T(0)) continue;
+          const Vec3<T> guc = trilinear_backward(g, s, vox + base + c * in_vol,
+                                                 gvox + base + c * in_vol, gc, scatter);
+          gu.x += guc.x;
+          gu.y += guc.y;
+          gu.z += guc.z;
+        }
+        accumulate_rotation_grad(g, gu, line_at(l.p0, l.dp, T(w)), gR);
+      });}
 
 // ---------------------------------------------------------------------------------------------
 // project_voxels: img[b, c, h, w] = 1 - exp(-tau * sum_d sample(vox[b, c], R_b^T p_view(d, h, w))).
@@ -440,19 +610,25 @@ HOST_DEVICE INLINE void project_forward_pixel(const Geometry& g, const T* vox, c
     const T* src = vox + (b * g.C + c0) * in_vol;
     T acc[Chunk];
     for (int c = 0; c < Chunk; ++c) acc[c] = T(0);
-    for (int64_t d = first; d <= last; ++d) {
-      const Vec3<T> u = line_at(l.u0, l.du, T(d));
-      if (Nearest) {
-        const int64_t off = nearest_offset(g, u);
-        if (off < 0) continue;
-        for (int c = 0; c < nc; ++c) acc[c] += src[c * in_vol + off];
-      } else {
-        Trilinear<T> s;
-        trilinear_setup(g, u, s);
-        if (!s.inside) continue;
-        for (int c = 0; c < nc; ++c) acc[c] += trilinear_value(g, s, src + c * in_vol);
-      }
-    }
+    for_each_sample(
+        g, l.u0, l.du, first, last, !Nearest,
+        [&](int64_t d) {
+          const Vec3<T> u = line_at(l.u0, l.du, T(d));
+          for (int c = 0; c < nc; ++c) acc[c] += trilinear_interior_value(g, u, src + c * in_vol);
+        },
+        [&](int64_t d) {
+          const Vec3<T> u = line_at(l.u0, l.du, T(d));
+          if (Nearest) {
+            const int64_t off = nearest_offset(g, u);
+            if (off < 0) return;
+            for (int c = 0; c < nc; ++c) acc[c] += src[c * in_vol + off];
+          } else {
+            Trilinear<T> s;
+            trilinear_setup(g, u, s);
+            if (!s.inside) return;
+            for (int c = 0; c < nc; ++c) acc[c] += trilinear_value(g, s, src + c * in_vol);
+          }
+        });
     for (int c = 0; c < nc; ++c)
       img[(b * g.C + c0 + c) * plane + h * g.Wo + w] = T(1) - exp_(-tau * acc[c]);
   }
@@ -481,29 +657,38 @@ HOST_DEVICE INLINE void project_backward_pixel(const Geometry& g, const T* gimg,
     const int64_t base = (b * g.C + c0) * in_vol;
     Vec3<T> gsum = {T(0), T(0), T(0)};   // sum over samples of dL/du
     Vec3<T> gzsum = {T(0), T(0), T(0)};  // sum over samples of dL/du * z_view(d)
-    for (int64_t d = first; d <= last; ++d) {
-      const Vec3<T> u = line_at(l.u0, l.du, T(d));
-      if (Nearest) {
-        const int64_t off = nearest_offset(g, u);
-        if (off < 0) continue;
-        for (int c = 0; c < nc; ++c) scatter(gvox + base + c * in_vol + off, gs[c]);
-        continue;
-      }
-      Trilinear<T> s;
-      trilinear_setup(g, u, s);
-      if (!s.inside) continue;
+    const auto add = [&](int64_t d, Vec3<T> gc) {
       const T z = l.p0.z + T(d) * l.dp.z;
-      for (int c = 0; c < nc; ++c) {
-        const Vec3<T> gc = trilinear_backward(g, s, vox + base + c * in_vol,
-                                              gvox + base + c * in_vol, gs[c], scatter);
-        gsum.x += gc.x;
-        gsum.y += gc.y;
-        gsum.z += gc.z;
-        gzsum.x += gc.x * z;
-        gzsum.y += gc.y * z;
-        gzsum.z += gc.z * z;
-      }
-    }
+      gsum.x += gc.x;
+      gsum.y += gc.y;
+      gsum.z += gc.z;
+      gzsum.x += gc.x * z;
+      gzsum.y += gc.y * z;
+      gzsum.z += gc.z * z;
+    };
+    for_each_sample(
+        g, l.u0, l.du, first, last, !Nearest,
+        [&](int64_t d) {
+          const InteriorStencil<T> s = interior_stencil(g, line_at(l.u0, l.du, T(d)));
+          for (int c = 0; c < nc; ++c)
+            add(d, trilinear_interior_backward(s, vox + base + c * in_vol,
+                                               gvox + base + c * in_vol, gs[c], scatter));
+        },
+        [&](int64_t d) {
+          const Vec3<T> u = line_at(l.u0, l.du, T(d));
+          if (Nearest) {
+            const int64_t off = nearest_offset(g, u);
+            if (off < 0) return;
+            for (int c = 0; c < nc; ++c) scatter(gvox + base + c * in_vol + off, gs[c]);
+            return;
+          }
+          Trilinear<T> s;
+          trilinear_setup(g, u, s);
+          if (!s.inside) return;
+          for (int c = 0; c < nc; ++c)
+            add(d, trilinear_backward(g, s, vox + base + c * in_vol, gvox + base + c * in_vol,
+                                      gs[c], scatter));
+        });
     if (!Nearest) {
       // dL/dR[j][i] = sum_d dL/dp_obj[i] * p_view[j] with p_view = (x, y, z_d) along the ray.
       const Vec3<T> k = index_per_object<T>(g);
