@@ -18,4 +18,16 @@ TORCH_LIBRARY(invrender, m) {
   m.def(
       "project_voxels_backward(Tensor grad, Tensor image, Tensor voxels, Tensor rotation, "
       "str mode, float tau) -> (Tensor, Tensor)");
+
+  // Ray marching family (csrc/raymarch). Outputs the three per-ray sums; background, expected
+  // depth and normalisation are applied in Python (invrender/ops/raymarch.py).
+  m.def(
+      "raymarch_forward(Tensor absorption, Tensor? emission, Tensor rotation, int[] image_size, "
+      "int samples, bool perspective, float focal, float distance, float near, float far, "
+      "bool density) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "raymarch_backward(Tensor grad_color, Tensor grad_alpha, Tensor grad_depth, "
+      "Tensor absorption, Tensor? emission, Tensor rotation, int[] image_size, int samples, "
+      "bool perspective, float focal, float distance, float near, float far, bool density) "
+      "-> (Tensor, Tensor, Tensor)");
 }

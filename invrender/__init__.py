@@ -9,15 +9,21 @@ Conventions (coordinate frames, grid layout, image layout) are in the README.
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
-from . import reference
+from . import cameras, reference
 from ._build import build_info
-from .ops import project_voxels, rotate_voxels, rotation_matrix
+from .cameras import OrthographicCamera, PerspectiveCamera
+from .ops import RaymarchResult, project_voxels, raymarch, rotate_voxels, rotation_matrix
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "OrthographicCamera",
+    "PerspectiveCamera",
+    "RaymarchResult",
     "build_info",
+    "cameras",
     "project_voxels",
+    "raymarch",
     "reference",
     "rotate_voxels",
     "rotation_matrix",

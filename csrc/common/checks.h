@@ -52,3 +52,14 @@ inline void check_cuda_built(const at::Tensor& t, const char* op) {
 }
 
 }  // namespace invrender
+
+#ifdef WITH_CUDA
+// Turns the cudaError_t of a launcher into a Python RuntimeError naming the op.
+#define CUDA_LAUNCH(op, call)                                                   \
+  do {                                                                          \
+    const cudaError_t err_ = (call);                                            \
+    TORCH_CHECK(err_ == cudaSuccess, op, ": CUDA launch failed: ",              \
+                cudaGetErrorString(err_));                                      \
+  } while (0)
+#endif
+

@@ -48,10 +48,22 @@ template <typename T>
 HOST_DEVICE INLINE T cos_(T x) {
   return ::cos(x);
 }
+template <typename T>
+HOST_DEVICE INLINE T sqrt_(T x) {
+  return ::sqrt(x);
+}
 
 template <typename T>
 struct Vec3 {
   T x, y, z;
+};
+
+// Scatter functor of the CPU backward loops (each grid is owned by one thread: plain adds).
+struct AddScatter {
+  template <typename T>
+  void operator()(T* p, T v) const {
+    *p += v;
+  }
 };
 
 }  // namespace invrender

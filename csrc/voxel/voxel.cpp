@@ -25,14 +25,6 @@ namespace {
 
 using at::Tensor;
 
-#ifdef WITH_CUDA
-#define CUDA_LAUNCH(op, call)                                                   \
-  do {                                                                          \
-    const cudaError_t err_ = (call);                                            \
-    TORCH_CHECK(err_ == cudaSuccess, op, ": CUDA launch failed: ",              \
-                cudaGetErrorString(err_));                                      \
-  } while (0)
-#endif
 
 bool parse_mode(c10::string_view mode, const char* op) {
   TORCH_CHECK_VALUE(mode == "trilinear" || mode == "nearest", op,

@@ -13,13 +13,6 @@ namespace invrender {
 namespace voxel {
 namespace {
 
-struct AddScatter {
-  template <typename T>
-  void operator()(T* p, T v) const {
-    *p += v;
-  }
-};
-
 // Grain sizes: enough work per task to amortise scheduling.
 constexpr int64_t kVoxelGrain = 4096;
 constexpr int64_t kPixelGrain = 64;

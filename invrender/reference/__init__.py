@@ -4,6 +4,7 @@ Clear before fast: they are the oracle of the tests, the baseline of the benchma
 to read what an op computes.
 """
 
+from .raymarch import raymarch
 from .voxel import project_voxels, rotate_voxels, rotation_matrix
 
-__all__ = ["project_voxels", "rotate_voxels", "rotation_matrix"]
+__all__ = ["raymarch", "project_voxels", "rotate_voxels", "rotation_matrix"]

@@ -1,0 +1,276 @@
+// Emission-absorption ray marching, written once for the CPU loops and the CUDA kernels.
+//
+// Per ray, samples i = 0..S-1 front to back, each a trilinear sample of the rotated volume
+// (zero outside, the stencils of voxel_math.h):
+//   a_i = clamp(absorption_i, 0, 1)              or, with density, 1 - exp(-max(sigma_i, 0) delta)
+//   T_i = prod_{j<i} (1 - a_j),   w_i = T_i a_i
+//   color[c] = sum_i w_i e_i[c],  alpha = 1 - T_S,  depth_sum = sum_i w_i z_i
+// The background, the expected depth (depth_sum / (alpha + eps)) and the normalised form are
+// applied on top of these three sums in Python, where autograd differentiates them.
+//
+// Backward without division by (1 - a): with upstream gradients g_c, g_alpha, g_z, let
+// eps_i = sum_c g_c e_i[c] + g_z z_i. Back to front, r_i = a_{i+1} eps_{i+1} + (1 - a_{i+1}) r_{i+1}
+// (r_{S-1} = 0) and lambda_i = prod_{k>i} (1 - a_k); then
+//   dL/da_i = T_i (eps_i - r_i) + g_alpha T_i lambda_i,   dL/de_i[c] = g_c w_i.
+// Back-to-front needs T_i, a prefix product. It is recomputed in chunks: one forward pass keeps
+// T at the start of every chunk of kRayChunk samples (at most kMaxRayChunks of them), then chunks
+// are visited back to front, each re-marched forward to refill T for its samples. The state per
+// ray is two small fixed arrays; nothing per sample is stored in memory between the passes.
+//
+// Cameras (view space, the camera looking down -z; pixel (i, j) at NDC x = -1 + (2j+1)/Wi,
+// y = 1 - (2i+1)/Hi):
+//   orthographic: the ray through (x, y) parallel to -z, samples at z = 1 - (2k+1)/S,
+//                 depth z_k = 1 - z (from the front face of the volume), delta = 2/S;
+//   perspective:  from (0, 0, distance) along n = (x, y, -f)/|(x, y, -f)|, samples at distance
+//                 t_k = near + (k + 1/2)(far - near)/S, depth z_k = t_k f/|(x, y, -f)| (the view
+//                 depth, as the rasterizer's), delta = (far - near)/S.
+#pragma once
+
+#include "../voxel/voxel_math.h"
+
+namespace invrender {
+namespace raymarch {
+
+using voxel::Geometry;
+
+constexpr int kRayChunk = 64;
+constexpr int kMaxRayChunks = 256;
+constexpr int64_t kMaxSamples = int64_t(kRayChunk) * kMaxRayChunks;
+
+struct RayParams {
+  Geometry g;       // B, C (emission channels, 0 when absent), D, H, W; Ho, Wo = image size
+  int64_t S;        // samples per ray
+  bool perspective;
+  bool density;
+  double focal;     // perspective: f = 1 / tan(fov / 2)
+  double distance;  // perspective: camera at (0, 0, distance)
+  double t_near, t_far;
+};
+
+// A ray's samples: index-scaled view position q(k) = q0 + k dq (q = K p with K the index per
+// object length of each axis), input index u(k) = u0 + k du, depth z(k) = z0 + k dz.
+template <typename T>
+struct Ray {
+  Vec3<T> q0, dq;
+  Vec3<T> u0, du;
+  T z0, dz;
+  T delta;  // sample spacing along the ray (density mode)
+};
+
+// u = c + M q with M[i][j] = K_i R[j][i] / K_j: input index of the view point q (index-scaled).
+// In index space the identity rotation maps exactly (M = I).
+template <typename T>
+HOST_DEVICE INLINE Vec3<T> scaled_view_to_index(const Geometry& g, const T* Rb, Vec3<T> q,
+                                                bool translate) {
+  const Vec3<T> kv = voxel::index_per_object<T>(g);
+  const T k[3] = {kv.x, kv.y, kv.z};
+  const T qs[3] = {q.x, q.y, q.z};
+  const T c[3] = {T(0.5) * T(g.W - 1), T(0.5) * T(g.H - 1), T(0.5) * T(g.D - 1)};
+  T u[3];
+  for (int i = 0; i < 3; ++i) {
+    u[i] = translate ? c[i] : T(0);
+    for (int j = 0; j < 3; ++j) u[i] += (k[i] * Rb[3 * j + i]) / k[j] * qs[j];
+  }
+  return {u[0], u[1], u[2]};
+}
+
+template <typename T>
+HOST_DEVICE INLINE Ray<T> make_ray(const RayParams& p, const T* R, int64_t b, int64_t i,
+                                   int64_t j) {
+  const Geometry& g = p.g;
+  const Vec3<T> k = voxel::index_per_object<T>(g);
+  Ray<T> r;
+  const T S = T(p.S);
+  if (!p.perspective) {
+    // Computed from integers so that an image of the grid's size hits voxel centres exactly.
+    r.q0 = {T(2 * j + 1 - g.Wo) * (T(g.W) / T(2 * g.Wo)),
+            T(2 * i + 1 - g.Ho) * (T(g.H) / T(2 * g.Ho)), (T(1) - S) * (T(g.D) / (T(2) * S))};
+    r.dq = {T(0), T(0), T(g.D) / S};
+    r.z0 = T(1) / S;
+    r.dz = T(2) / S;
+    r.delta = T(2) / S;
+  } else {
+    const T x = T(2 * j + 1 - g.Wo) / T(g.Wo), y = T(g.Ho - 2 * i - 1) / T(g.Ho);
+    const T f = T(p.focal);
+    const T len = sqrt_(x * x + y * y + f * f);
+    const Vec3<T> n = {x / len, y / len, -f / len};
+    const T dt = (T(p.t_far) - T(p.t_near)) / S;
+    const T t0 = T(p.t_near) + T(0.5) * dt;
+    r.q0 = {k.x * (t0 * n.x), k.y * (t0 * n.y), k.z * (T(p.distance) + t0 * n.z)};
+    r.dq = {k.x * (dt * n.x), k.y * (dt * n.y), k.z * (dt * n.z)};
+    r.z0 = t0 * f / len;
+    r.dz = dt * f / len;
+    r.delta = dt;
+  }
+  const T* Rb = R + 9 * b;
+  r.u0 = scaled_view_to_index(g, Rb, r.q0, true);
+  r.du = scaled_view_to_index(g, Rb, r.dq, false);
+  return r;
+}
+
+// View position of sample k (for the rotation gradient).
+template <typename T>
+HOST_DEVICE INLINE Vec3<T> ray_view_position(const Geometry& g, const Ray<T>& r, int64_t k) {
+  const Vec3<T> kv = voxel::index_per_object<T>(g);
+  const Vec3<T> q = voxel::line_at(r.q0, r.dq, T(k));
+  return {q.x / kv.x, q.y / kv.y, q.z / kv.z};
+}
+
+// Absorption of a raw sample, and d(absorption)/d(raw) (torch.clamp's gradient convention: 1 on
+// the closed interval, 0 outside).
+template <typename T>
+HOST_DEVICE INLINE T absorption_of(T raw, bool density, T delta, T* dadraw) {
+  if (density) {
+    if (!(raw >= T(0))) {
+      *dadraw = T(0);
+      return T(0);
+    }
+    const T e = exp_(-raw * delta);
+    *dadraw = delta * e;
+    return T(1) - e;
+  }
+  if (raw < T(0)) {
+    *dadraw = T(0);
+    return T(0);
+  }
+  if (raw > T(1)) {
+    *dadraw = T(0);
+    return T(1);
+  }
+  *dadraw = T(1);
+  return raw;
+}
+
+// Samples [first, last] of a ray that can touch the volume (others have a = 0 and change nothing).
+template <typename T>
+HOST_DEVICE INLINE void ray_range(const RayParams& p, const Ray<T>& r, int64_t* first,
+                                  int64_t* last) {
+  voxel::clip_line(p.g, r.u0, r.du, p.S, first, last);
+}
+
+template <typename T>
+HOST_DEVICE INLINE T sample_absorption(const RayParams& p, const Ray<T>& r, const T* abs_b,
+                                       int64_t k, voxel::Trilinear<T>& s, T* dadraw) {
+  voxel::trilinear_setup(p.g, voxel::line_at(r.u0, r.du, T(k)), s);
+  if (!s.inside) {
+    *dadraw = T(0);
+    return T(0);
+  }
+  return absorption_of(voxel::trilinear_value(p.g, s, abs_b), p.density, r.delta, dadraw);
+}
+
+// Forward of one ray: writes color (C channels), alpha and depth_sum of pixel (b, i, j).
+template <typename T>
+HOST_DEVICE INLINE void raymarch_forward_ray(const RayParams& p, const T* absorption,
+                                             const T* emission, const T* R, T* color, T* alpha,
+                                             T* depth_sum, int64_t b, int64_t i, int64_t j) {
+  const Geometry& g = p.g;
+  const int64_t vol = g.D * g.H * g.W, plane = g.Ho * g.Wo, pix = i * g.Wo + j;
+  const Ray<T> r = make_ray(p, R, b, i, j);
+  const T* abs_b = absorption + b * vol;
+  const T* em_b = emission == nullptr ? nullptr : emission + b * g.C * vol;
+  T* col = color + b * g.C * plane + pix;
+  for (int64_t c = 0; c < g.C; ++c) col[c * plane] = T(0);
+  int64_t first, last;
+  ray_range(p, r, &first, &last);
+  T trans = T(1), zsum = T(0);
+  for (int64_t k = first; k <= last && trans > T(0); ++k) {
+    voxel::Trilinear<T> s;
+    T unused;
+    const T a = sample_absorption(p, r, abs_b, k, s, &unused);
+    if (a == T(0)) continue;
+    const T w = trans * a;
+    for (int64_t c = 0; c < g.C; ++c) col[c * plane] += w * voxel::trilinear_value(g, s, em_b + c * vol);
+    zsum += w * (r.z0 + T(k) * r.dz);
+    trans *= T(1) - a;
+  }
+  alpha[b * plane + pix] = T(1) - trans;
+  depth_sum[b * plane + pix] = zsum;
+}
+
+// Backward of one ray. gabs / gem receive the volume gradients through `scatter` (gem may be null
+// when there is no emission); dL/dR is accumulated into gR (9 values).
+template <typename T, typename Acc, typename Scatter>
+HOST_DEVICE INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolor,
+                                              const T* galpha, const T* gdepth,
+                                              const T* absorption, const T* emission, const T* R,
+                                              T* gabs, T* gem, Acc* gR, int64_t b, int64_t i,
+                                              int64_t j, const Scatter& scatter) {
+  const Geometry& g = p.g;
+  const int64_t vol = g.D * g.H * g.W, plane = g.Ho * g.Wo, pix = i * g.Wo + j;
+  const T ga = galpha[b * plane + pix], gz = gdepth[b * plane + pix];
+  const T* gc = gcolor + b * g.C * plane + pix;
+  bool any = ga != T(0) || gz != T(0);
+  for (int64_t c = 0; c < g.C; ++c) any = any || gc[c * plane] != T(0);
+  if (!any) return;
+  const Ray<T> r = make_ray(p, R, b, i, j);
+  const T* abs_b = absorption + b * vol;
+  const T* em_b = emission == nullptr ? nullptr : emission + b * g.C * vol;
+  T* gabs_b = gabs + b * vol;
+  T* gem_b = gem == nullptr ? nullptr : gem + b * g.C * vol;
+  int64_t first, last;
+  ray_range(p, r, &first, &last);
+  if (first > last) return;
+
+  // Pass 1: transmittance at the start of each chunk; stop after the sample that makes it 0
+  // (later samples have T = 0 and no gradient).
+  T chunk_T[kMaxRayChunks];
+  T trans = T(1);
+  int64_t end = last;
+  for (int64_t k = first; k <= last; ++k) {
+    if ((k - first) % kRayChunk == 0) chunk_T[(k - first) / kRayChunk] = trans;
+    voxel::Trilinear<T> s;
+    T unused;
+    trans *= T(1) - sample_absorption(p, r, abs_b, k, s, &unused);
+    if (trans == T(0)) {
+      end = k;
+      break;
+    }
+  }
+
+  // Pass 2: chunks back to front.
+  T rr = T(0), lam = T(1);
+  for (int64_t m = (end - first) / kRayChunk; m >= 0; --m) {
+    const int64_t k0 = first + m * kRayChunk;
+    const int64_t k1 = (k0 + kRayChunk - 1) < end ? (k0 + kRayChunk - 1) : end;
+    T Tk[kRayChunk];
+    T t = chunk_T[m];
+    for (int64_t k = k0; k <= k1; ++k) {
+      Tk[k - k0] = t;
+      voxel::Trilinear<T> s;
+      T unused;
+      t *= T(1) - sample_absorption(p, r, abs_b, k, s, &unused);
+    }
+    for (int64_t k = k1; k >= k0; --k) {
+      voxel::Trilinear<T> s;
+      T dadraw;
+      const T a = sample_absorption(p, r, abs_b, k, s, &dadraw);
+      if (!s.inside) continue;  // a = 0, e = 0: r and lambda unchanged, no gradient
+      const T Ti = Tk[k - k0];
+      const T z = r.z0 + T(k) * r.dz;
+      T eps = gz * z;
+      for (int64_t c = 0; c < g.C; ++c)
+        eps += gc[c * plane] * voxel::trilinear_value(g, s, em_b + c * vol);
+      const T dLda = Ti * (eps - rr) + ga * Ti * lam;
+      rr = a * eps + (T(1) - a) * rr;
+      lam *= T(1) - a;
+      // Gradients of the raw samples, scattered through the stencil; d(sample)/du to gu.
+      Vec3<T> gu = voxel::trilinear_backward(g, s, abs_b, gabs_b, dLda * dadraw, scatter);
+      const T w = Ti * a;
+      if (w != T(0)) {
+        for (int64_t c = 0; c < g.C; ++c) {
+          const Vec3<T> ge = voxel::trilinear_backward(g, s, em_b + c * vol,
+                                                       gem_b == nullptr ? nullptr : gem_b + c * vol,
+                                                       gc[c * plane] * w, scatter);
+          gu.x += ge.x;
+          gu.y += ge.y;
+          gu.z += ge.z;
+        }
+      }
+      voxel::accumulate_rotation_grad(g, gu, ray_view_position(g, r, k), gR);
+    }
+  }
+}
+
+}  // namespace raymarch
+}  // namespace invrender
