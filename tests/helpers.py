@@ -57,3 +57,58 @@ def near_tie(coords, eps=1e-6):
     """Mask of samples whose nearest cell is ambiguous (a coordinate within eps of a half-integer)."""
     frac = np.abs((coords + 0.5) - np.round(coords + 0.5))
     return (frac < eps).any(axis=0)
+
+
+def oracle_raymarch(absorption, emission=None, rotation=None, camera=None, image_size=None, samples=None,
+                    background=None, density=False, eps=1e-6):
+    """Plain numpy loop over rays and samples (scipy trilinear sampling) of invrender.raymarch.
+
+    Written from the formulas, independently of the op and of the torch reference. ``camera`` is
+    None (orthographic) or an ``invrender.PerspectiveCamera``. Returns numpy (image, alpha, depth);
+    ``image`` is the plain (not normalised) emission form, or alpha without emission.
+    """
+    a_vol = absorption.detach().double().numpy()
+    e_vol = None if emission is None else emission.detach().double().numpy()
+    B, _, D, H, W = a_vol.shape
+    Hi, Wi = (H, W) if image_size is None else image_size
+    rot = np.eye(3)[None].repeat(B, 0) if rotation is None else rotation.detach().double().numpy().reshape(-1, 3, 3)
+    rot = np.broadcast_to(rot, (B, 3, 3))
+    C = 0 if e_vol is None else e_vol.shape[1]
+    image, alpha, depth = np.zeros((B, max(C, 1), Hi, Wi)), np.zeros((B, 1, Hi, Wi)), np.zeros((B, 1, Hi, Wi))
+    for b in range(B):
+        for i in range(Hi):
+            for j in range(Wi):
+                x, y = -1 + (2 * j + 1) / Wi, 1 - (2 * i + 1) / Hi
+                if camera is None:
+                    S = D if samples is None else samples
+                    ks = np.arange(S)
+                    pts = np.stack([np.full(S, x), np.full(S, y), 1 - (2 * ks + 1) / S], 1)
+                    zs, delta = (2 * ks + 1) / S, 2 / S
+                else:
+                    near, far = camera.depth_range
+                    f = 1 / np.tan(np.radians(camera.fov) / 2)
+                    S = int(np.ceil((far - near) * D / 2 - 1e-9)) if samples is None else samples
+                    d = np.array([x, y, -f]) / np.linalg.norm([x, y, -f])
+                    ts = near + (np.arange(S) + 0.5) * (far - near) / S
+                    pts = np.array([0, 0, camera.distance]) + ts[:, None] * d
+                    zs, delta = ts * f / np.linalg.norm([x, y, -f]), (far - near) / S
+                q = pts @ rot[b]  # rows: R^T p
+                coords = np.stack([(1 - q[:, 2]) * D / 2 - 0.5, (1 - q[:, 1]) * H / 2 - 0.5, (q[:, 0] + 1) * W / 2 - 0.5])
+                raw = ndimage.map_coordinates(a_vol[b, 0], coords, order=1, mode="grid-constant", cval=0.0)
+                a = 1 - np.exp(-np.maximum(raw, 0) * delta) if density else np.clip(raw, 0, 1)
+                em = [ndimage.map_coordinates(e_vol[b, c], coords, order=1, mode="grid-constant", cval=0.0) for c in range(C)]
+                T, col, zsum = 1.0, np.zeros(C), 0.0
+                for k in range(S):
+                    w = T * a[k]
+                    col += w * np.array([e[k] for e in em]) if C else 0
+                    zsum += w * zs[k]
+                    T *= 1 - a[k]
+                alpha[b, 0, i, j] = 1 - T
+                depth[b, 0, i, j] = zsum / (1 - T + eps)
+                if C:
+                    image[b, :, i, j] = col
+                    if background is not None:
+                        image[b, :, i, j] += T * np.asarray(background, dtype=float).reshape(-1)
+                else:
+                    image[b, 0, i, j] = 1 - T
+    return image, alpha, depth

@@ -61,7 +61,7 @@ def _image_size(image_size, absorption: Tensor, op: str) -> Tuple[int, int]:
 
 def _background(background, image: Tensor, op: str) -> Tensor:
     if not isinstance(background, Tensor):
-        if isinstance(background, bool) or not isinstance(background, (int, float, Sequence)):
+        if isinstance(background, (bool, str)) or not isinstance(background, (int, float, Sequence)):
             raise TypeError(f"{op}: argument 'background' must be a tensor, a number or a sequence of "
                             f"numbers, got {type(background).__name__}")
         background = torch.as_tensor(background, dtype=image.dtype, device=image.device)
