@@ -212,13 +212,17 @@ HOST_DEVICE INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolo
   ray_range(p, r, &first, &last);
   if (first > last) return;
 
-  // Pass 1: transmittance at the start of each chunk; stop after the sample that makes it 0
-  // (later samples have T = 0 and no gradient).
+  // Pass 1: transmittance at the start of each chunk, and for every sample of the last chunk
+  // (Tk, a ring over the chunk); stop after the sample that makes it 0 (later samples have T = 0
+  // and no gradient).
   T chunk_T[kMaxRayChunks];
+  T Tk[kRayChunk];
   T trans = T(1);
   int64_t end = last;
   for (int64_t k = first; k <= last; ++k) {
-    if ((k - first) % kRayChunk == 0) chunk_T[(k - first) / kRayChunk] = trans;
+    const int64_t idx = k - first;
+    if (idx % kRayChunk == 0) chunk_T[idx / kRayChunk] = trans;
+    Tk[idx % kRayChunk] = trans;
     voxel::Trilinear<T> s;
     T unused;
     trans *= T(1) - sample_absorption(p, r, abs_b, k, s, &unused);
@@ -228,48 +232,71 @@ HOST_DEVICE INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolo
     }
   }
 
-  // Pass 2: chunks back to front.
+  // Pass 2: chunks back to front; each but the last re-marched forward to refill Tk.
   T rr = T(0), lam = T(1);
-  for (int64_t m = (end - first) / kRayChunk; m >= 0; --m) {
+  // Sums over samples of dL/du and k dL/du: the view position is affine in k along the ray, so
+  // dL/dR = sum_k K dL/du_k (x) (p0 + k dp) is formed once per ray.
+  Vec3<T> gsum = {T(0), T(0), T(0)}, gksum = {T(0), T(0), T(0)};
+  const int64_t last_chunk = (end - first) / kRayChunk;
+  for (int64_t m = last_chunk; m >= 0; --m) {
     const int64_t k0 = first + m * kRayChunk;
     const int64_t k1 = (k0 + kRayChunk - 1) < end ? (k0 + kRayChunk - 1) : end;
-    T Tk[kRayChunk];
-    T t = chunk_T[m];
-    for (int64_t k = k0; k <= k1; ++k) {
-      Tk[k - k0] = t;
-      voxel::Trilinear<T> s;
-      T unused;
-      t *= T(1) - sample_absorption(p, r, abs_b, k, s, &unused);
+    if (m != last_chunk) {
+      T t = chunk_T[m];
+      for (int64_t k = k0; k <= k1; ++k) {
+        Tk[k - k0] = t;
+        voxel::Trilinear<T> s;
+        T unused;
+        t *= T(1) - sample_absorption(p, r, abs_b, k, s, &unused);
+      }
     }
     for (int64_t k = k1; k >= k0; --k) {
       voxel::Trilinear<T> s;
-      T dadraw;
-      const T a = sample_absorption(p, r, abs_b, k, s, &dadraw);
+      voxel::trilinear_setup(g, voxel::line_at(r.u0, r.du, T(k)), s);
       if (!s.inside) continue;  // a = 0, e = 0: r and lambda unchanged, no gradient
-      const T Ti = Tk[k - k0];
-      const T z = r.z0 + T(k) * r.dz;
-      T eps = gz * z;
-      for (int64_t c = 0; c < g.C; ++c)
-        eps += gc[c * plane] * voxel::trilinear_value(g, s, em_b + c * vol);
+      T va[8];
+      voxel::trilinear_load(g, s, abs_b, va);
+      T dadraw;
+      const T a = absorption_of(voxel::trilinear_interp(s, va), p.density, r.delta, &dadraw);
+      const T Ti = Tk[k - k0], w = Ti * a;
+      T eps = gz * (r.z0 + T(k) * r.dz);
+      Vec3<T> gu = {T(0), T(0), T(0)};
+      for (int64_t c = 0; c < g.C; ++c) {
+        // One load per channel serves eps (value), dL/de (scatter) and its d/du.
+        T ve[8];
+        voxel::trilinear_load(g, s, em_b + c * vol, ve);
+        const T gcc = gc[c * plane];
+        eps += gcc * voxel::trilinear_interp(s, ve);
+        const T ge = gcc * w;
+        if (ge == T(0)) continue;
+        const Vec3<T> gue = voxel::trilinear_position_grad(ve, s.fw, s.fh, s.fd, ge);
+        gu.x += gue.x;
+        gu.y += gue.y;
+        gu.z += gue.z;
+        if (gem_b != nullptr) voxel::trilinear_scatter(g, s, gem_b + c * vol, ge, scatter);
+      }
       const T dLda = Ti * (eps - rr) + ga * Ti * lam;
       rr = a * eps + (T(1) - a) * rr;
       lam *= T(1) - a;
-      // Gradients of the raw samples, scattered through the stencil; d(sample)/du to gu.
-      Vec3<T> gu = voxel::trilinear_backward(g, s, abs_b, gabs_b, dLda * dadraw, scatter);
-      const T w = Ti * a;
-      if (w != T(0)) {
-        for (int64_t c = 0; c < g.C; ++c) {
-          const Vec3<T> ge = voxel::trilinear_backward(g, s, em_b + c * vol,
-                                                       gem_b == nullptr ? nullptr : gem_b + c * vol,
-                                                       gc[c * plane] * w, scatter);
-          gu.x += ge.x;
-          gu.y += ge.y;
-          gu.z += ge.z;
-        }
+      const T graw = dLda * dadraw;
+      if (graw != T(0)) {
+        const Vec3<T> gua = voxel::trilinear_position_grad(va, s.fw, s.fh, s.fd, graw);
+        gu.x += gua.x;
+        gu.y += gua.y;
+        gu.z += gua.z;
+        voxel::trilinear_scatter(g, s, gabs_b, graw, scatter);
       }
-      voxel::accumulate_rotation_grad(g, gu, ray_view_position(g, r, k), gR);
+      gsum.x += gu.x;
+      gsum.y += gu.y;
+      gsum.z += gu.z;
+      gksum.x += T(k) * gu.x;
+      gksum.y += T(k) * gu.y;
+      gksum.z += T(k) * gu.z;
     }
   }
+  const Vec3<T> p0 = ray_view_position(g, r, 0), p1 = ray_view_position(g, r, 1);
+  voxel::accumulate_rotation_grad(g, gsum, p0, gR);
+  voxel::accumulate_rotation_grad(g, gksum, Vec3<T>{p1.x - p0.x, p1.y - p0.y, p1.z - p0.z}, gR);
 }
 
 }  // namespace raymarch

@@ -203,6 +203,31 @@ HOST_DEVICE INLINE void trilinear_weights(T fw, T fh, T fd, T grad, T* wk) {
   wk[7] = g11 * fw;
 }
 
+// Adds grad * weight of each corner to the grid gradient through `scatter` (nothing when gvol is
+// null).
+template <typename T, typename Scatter>
+HOST_DEVICE INLINE void trilinear_scatter(const Geometry& g, const Trilinear<T>& s, T* gvol, T grad,
+                                          const Scatter& scatter) {
+  if (gvol == nullptr || !s.inside) return;
+  T wk[8];
+  trilinear_weights(s.fw, s.fh, s.fd, grad, wk);
+  if (s.interior) {
+    T* p = gvol + s.base;
+    const int64_t W = g.W, HW = g.H * g.W;
+    scatter(p, wk[0]);
+    scatter(p + 1, wk[1]);
+    scatter(p + W, wk[2]);
+    scatter(p + W + 1, wk[3]);
+    scatter(p + HW, wk[4]);
+    scatter(p + HW + 1, wk[5]);
+    scatter(p + HW + W, wk[6]);
+    scatter(p + HW + W + 1, wk[7]);
+  } else {
+    for (int k = 0; k < 8; ++k)
+      if (corner_valid(s, k)) scatter(gvol + corner_offset_clamped(g, s, k), wk[k]);
+  }
+}
+
 // Adds g * weight to the grid gradient (through `scatter`, skipped when gvol is null) and
 // returns g * d(value)/du.
 template <typename T, typename Scatter>
@@ -213,27 +238,8 @@ HOST_DEVICE INLINE Vec3<T> trilinear_backward(const Geometry& g, const Trilinear
   if (!s.inside) return gu;
   T v[8];
   trilinear_load(g, s, vol, v);
-  const T fw = s.fw, fh = s.fh, fd = s.fd;
-  gu = trilinear_position_grad(v, fw, fh, fd, grad);
-  if (gvol != nullptr) {
-    T wk[8];
-    trilinear_weights(fw, fh, fd, grad, wk);
-    if (s.interior) {
-      T* p = gvol + s.base;
-      const int64_t W = g.W, HW = g.H * g.W;
-      scatter(p, wk[0]);
-      scatter(p + 1, wk[1]);
-      scatter(p + W, wk[2]);
-      scatter(p + W + 1, wk[3]);
-      scatter(p + HW, wk[4]);
-      scatter(p + HW + 1, wk[5]);
-      scatter(p + HW + W, wk[6]);
-      scatter(p + HW + W + 1, wk[7]);
-    } else {
-      for (int k = 0; k < 8; ++k)
-        if (corner_valid(s, k)) scatter(gvol + corner_offset_clamped(g, s, k), wk[k]);
-    }
-  }
+  gu = trilinear_position_grad(v, s.fw, s.fh, s.fd, grad);
+  trilinear_scatter(g, s, gvol, grad, scatter);
   return gu;
 }
 
