@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "build_info.h"
@@ -64,6 +65,18 @@ int main() {
     raised = std::string(e.what()).find("tau") != std::string::npos;
   }
   expect(raised, "bad tau raises ValueError naming 'tau'");
+
+  // Ray marching, absorption-only, identity orthographic view: alpha = 1 - prod_d (1 - a).
+  const auto raymarch =
+      op("invrender::raymarch_forward")
+          .typed<std::tuple<Tensor, Tensor, Tensor>(
+              const Tensor&, const std::optional<Tensor>&, const Tensor&, c10::IntArrayRef,
+              int64_t, bool, double, double, double, double, bool)>();
+  const Tensor absorption = at::rand({2, 1, 4, 5, 6}, f64);
+  const auto rm = raymarch.call(absorption, std::nullopt, eye, {5, 6}, 4, false, 1.0, 0.0, 0.0,
+                                1.0, false);
+  expect(at::allclose(std::get<1>(rm), 1 - at::prod(1 - absorption, 2), 1e-12, 1e-12),
+         "identity absorption-only ray marching");
 
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
