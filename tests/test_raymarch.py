@@ -278,6 +278,8 @@ def _bad_cases():
         (lambda: PerspectiveCamera(fov=0.0), ValueError, "fov"),
         (lambda: PerspectiveCamera(near=3.0, far=2.0), ValueError, "near"),
         (lambda: invrender.raymarch(a.to("meta"), rotation=torch.eye(3)), ValueError, "rotation.*device"),
+        # 1291^3 > 2^31 - 1 voxels per channel (an expanded view: no memory is allocated).
+        (lambda: invrender.raymarch(torch.zeros(1).expand(1, 1, 1291, 1291, 1291), samples=1), ValueError, "absorption.*2\\^31"),
     ]
 
 

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -41,6 +42,10 @@ RayParams check_args(const Tensor& absorption, const std::optional<Tensor>& emis
   g.D = absorption.size(2);
   g.H = absorption.size(3);
   g.W = absorption.size(4);
+  // The interior sampling path uses 32-bit offsets within one channel.
+  TORCH_CHECK_VALUE(g.D * g.H * g.W <= std::numeric_limits<int32_t>::max(), op,
+                    ": argument 'absorption' has ", g.D * g.H * g.W,
+                    " voxels per channel; at most 2^31 - 1 are supported");
   if (emission.has_value()) {
     const Tensor& e = *emission;
     check_floating(e, op, "emission");

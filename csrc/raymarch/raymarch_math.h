@@ -159,6 +159,25 @@ HOST_DEVICE INLINE T sample_absorption(const RayParams& p, const Ray<T>& r, cons
   return absorption_of(voxel::trilinear_value(p.g, s, abs_b), p.density, r.delta, dadraw);
 }
 
+// Calls f(k, a_k) for the samples first..last in order, through the branch-free interior stencil
+// where the whole stencil lies inside the grid.
+template <typename T, typename F>
+HOST_DEVICE INLINE void march_absorption(const RayParams& p, const Ray<T>& r, const T* abs_b,
+                                         int64_t first, int64_t last, const F& f) {
+  voxel::for_each_sample(
+      p.g, r.u0, r.du, first, last, true,
+      [&](int64_t k) {
+        T unused;
+        const T raw = voxel::trilinear_interior_value(p.g, voxel::line_at(r.u0, r.du, T(k)), abs_b);
+        f(k, absorption_of(raw, p.density, r.delta, &unused));
+      },
+      [&](int64_t k) {
+        voxel::Trilinear<T> s;
+        T unused;
+        f(k, sample_absorption(p, r, abs_b, k, s, &unused));
+      });
+}
+
 // Forward of one ray: writes color (C channels), alpha and depth_sum of pixel (b, i, j).
 template <typename T>
 HOST_DEVICE INLINE void raymarch_forward_ray(const RayParams& p, const T* absorption,
@@ -174,16 +193,31 @@ HOST_DEVICE INLINE void raymarch_forward_ray(const RayParams& p, const T* absorp
   int64_t first, last;
   ray_range(p, r, &first, &last);
   T trans = T(1), zsum = T(0);
-  for (int64_t k = first; k <= last && trans > T(0); ++k) {
-    voxel::Trilinear<T> s;
-    T unused;
-    const T a = sample_absorption(p, r, abs_b, k, s, &unused);
-    if (a == T(0)) continue;
+  // Accumulates sample k given its absorption and a functor giving its emission per channel.
+  const auto add = [&](int64_t k, T a, const auto& emission_at) {
+    if (a == T(0)) return;
     const T w = trans * a;
-    for (int64_t c = 0; c < g.C; ++c) col[c * plane] += w * voxel::trilinear_value(g, s, em_b + c * vol);
+    for (int64_t c = 0; c < g.C; ++c) col[c * plane] += w * emission_at(c);
     zsum += w * (r.z0 + T(k) * r.dz);
     trans *= T(1) - a;
-  }
+  };
+  voxel::for_each_sample(
+      g, r.u0, r.du, first, last, true,
+      [&](int64_t k) {
+        if (trans == T(0)) return;  // nothing behind an opaque sample is seen
+        const Vec3<T> u = voxel::line_at(r.u0, r.du, T(k));
+        T unused;
+        const T a = absorption_of(voxel::trilinear_interior_value(g, u, abs_b), p.density,
+                                  r.delta, &unused);
+        add(k, a, [&](int64_t c) { return voxel::trilinear_interior_value(g, u, em_b + c * vol); });
+      },
+      [&](int64_t k) {
+        if (trans == T(0)) return;
+        voxel::Trilinear<T> s;
+        T unused;
+        const T a = sample_absorption(p, r, abs_b, k, s, &unused);
+        add(k, a, [&](int64_t c) { return voxel::trilinear_value(g, s, em_b + c * vol); });
+      });
   alpha[b * plane + pix] = T(1) - trans;
   depth_sum[b * plane + pix] = zsum;
 }
@@ -219,18 +253,18 @@ HOST_DEVICE INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolo
   T Tk[kRayChunk];
   T trans = T(1);
   int64_t end = last;
-  for (int64_t k = first; k <= last; ++k) {
+  bool opaque = false;
+  march_absorption(p, r, abs_b, first, last, [&](int64_t k, T a) {
+    if (opaque) return;
     const int64_t idx = k - first;
     if (idx % kRayChunk == 0) chunk_T[idx / kRayChunk] = trans;
     Tk[idx % kRayChunk] = trans;
-    voxel::Trilinear<T> s;
-    T unused;
-    trans *= T(1) - sample_absorption(p, r, abs_b, k, s, &unused);
+    trans *= T(1) - a;
     if (trans == T(0)) {
       end = k;
-      break;
+      opaque = true;
     }
-  }
+  });
 
   // Pass 2: chunks back to front; each but the last re-marched forward to refill Tk.
   T rr = T(0), lam = T(1);
@@ -243,12 +277,10 @@ HOST_DEVICE INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolo
     const int64_t k1 = (k0 + kRayChunk - 1) < end ? (k0 + kRayChunk - 1) : end;
     if (m != last_chunk) {
       T t = chunk_T[m];
-      for (int64_t k = k0; k <= k1; ++k) {
+      march_absorption(p, r, abs_b, k0, k1, [&](int64_t k, T a) {
         Tk[k - k0] = t;
-        voxel::Trilinear<T> s;
-        T unused;
-        t *= T(1) - sample_absorption(p, r, abs_b, k, s, &unused);
-      }
+        t *= T(1) - a;
+      });
     }
     for (int64_t k = k1; k >= k0; --k) {
       voxel::Trilinear<T> s;
