@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import invrender  # noqa: E402
-from benchmarks.harness import Case, parse_args, run_cases  # noqa: E402
+from benchmarks.harness import Case, main  # noqa: E402
 
 
 def make_inputs(B, C, N):
@@ -63,16 +63,6 @@ def cases(quick):
     return out
 
 
-def main():
-    args, devices = parse_args(__doc__.splitlines()[0])
-    for device in devices:
-        all_cases = cases(args.quick)
-        if device.type == "cpu" and not args.quick:
-            # The reference at B=32 takes minutes per call on a 2-core CPU.
-            all_cases = [c for c in all_cases if c.params["B"] == 8]
-        repeats = args.repeats or (2 if args.quick else (3 if device.type == "cpu" else 20))
-        run_cases(all_cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record)
-
-
 if __name__ == "__main__":
-    main()
+    # The reference at B=32 takes minutes per call on a 2-core CPU.
+    main(__doc__.splitlines()[0], cases, keep_on_cpu=lambda p: p["B"] == 8, cpu_repeats=3)

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import invrender  # noqa: E402
-from benchmarks.harness import Case, parse_args, run_cases  # noqa: E402
+from benchmarks.harness import Case, main  # noqa: E402
 
 
 def make_inputs(B, C, N):
@@ -52,16 +52,6 @@ def cases(quick):
     return out
 
 
-def main():
-    args, devices = parse_args(__doc__.splitlines()[0])
-    for device in devices:
-        all_cases = cases(args.quick)
-        if device.type == "cpu" and not args.quick:
-            # B=32 at 64^3 on a 2-core CPU takes minutes for the reference alone.
-            all_cases = [c for c in all_cases if not (c.params["B"] == 32 and c.params["N"] == 64)]
-        repeats = args.repeats or (2 if args.quick else (5 if device.type == "cpu" else 20))
-        run_cases(all_cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record)
-
-
 if __name__ == "__main__":
-    main()
+    # B=32 at 64^3 on a 2-core CPU takes minutes for the reference alone.
+    main(__doc__.splitlines()[0], cases, keep_on_cpu=lambda p: not (p["B"] == 32 and p["N"] == 64))

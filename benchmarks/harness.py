@@ -220,3 +220,16 @@ def parse_args(description: str):
     else:
         devices = [torch.device(args.device)]
     return args, devices
+
+
+def main(description: str, make_cases: Callable[[bool], List[Case]],
+         keep_on_cpu: Optional[Callable[[dict], bool]] = None, cpu_repeats: int = 5) -> None:
+    """Entry point shared by the bench_*.py scripts: parses the arguments and runs the cases on
+    every requested device. ``keep_on_cpu(params)`` drops full-size cases too slow for a CPU."""
+    args, devices = parse_args(description)
+    for device in devices:
+        cases = make_cases(args.quick)
+        if device.type == "cpu" and not args.quick and keep_on_cpu is not None:
+            cases = [c for c in cases if keep_on_cpu(c.params)]
+        repeats = args.repeats or (2 if args.quick else (cpu_repeats if device.type == "cpu" else 20))
+        run_cases(cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record)

@@ -242,13 +242,10 @@ def test_empty_and_noncontiguous():
     a = torch.rand(0, 1, 4, 4, 4)
     out = invrender.raymarch(a, torch.rand(0, 3, 4, 4, 4))
     assert out.image.shape == (0, 3, 4, 4)
-    base = torch.rand(2, 1, 6, 5, 4, **D64)
-    nc = base.transpose(3, 4).contiguous().transpose(3, 4)
-    assert not nc.is_contiguous() or nc.stride() != base.stride()
     perm = torch.rand(2, 4, 5, 6, 1, **D64).permute(0, 4, 3, 2, 1)
     assert not perm.is_contiguous()
-    assert torch.allclose(invrender.raymarch(perm).alpha, invrender.raymarch(perm.contiguous()).alpha, atol=0)
-    assert invrender.raymarch(base, image_size=(0, 3)).alpha.shape == (2, 1, 0, 3)
+    assert torch.equal(invrender.raymarch(perm).alpha, invrender.raymarch(perm.contiguous()).alpha)
+    assert invrender.raymarch(perm, image_size=(0, 3)).alpha.shape == (2, 1, 0, 3)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -249,30 +249,39 @@ HOST_DEVICE INLINE Vec3<T> line_at(Vec3<T> a, Vec3<T> da, T t) {
   return {a.x + t * da.x, a.y + t * da.y, a.z + t * da.z};
 }
 
+// Narrows [*t_lo, *t_hi] to the real t for which lo[a] <= u0[a] + t du[a] <= hi[a] on every axis
+// (a = w, h, d). Returns false when the line misses the box; the interval may also come out empty
+// (or NaN for a NaN line): callers test !(*t_lo <= *t_hi) too.
+template <typename T>
+HOST_DEVICE INLINE bool clip_to_box(Vec3<T> u0, Vec3<T> du, const T* lo, const T* hi, T* t_lo,
+                                    T* t_hi) {
+  const T u0s[3] = {u0.x, u0.y, u0.z}, dus[3] = {du.x, du.y, du.z};
+  for (int a = 0; a < 3; ++a) {
+    if (dus[a] == T(0)) {
+      if (!(u0s[a] >= lo[a] && u0s[a] <= hi[a])) return false;
+      continue;
+    }
+    T t0 = (lo[a] - u0s[a]) / dus[a], t1 = (hi[a] - u0s[a]) / dus[a];
+    if (t0 > t1) {
+      const T tmp = t0;
+      t0 = t1;
+      t1 = tmp;
+    }
+    *t_lo = t0 > *t_lo ? t0 : *t_lo;
+    *t_hi = t1 < *t_hi ? t1 : *t_hi;
+  }
+  return true;
+}
+
 // Range of sample indices [first, last] along a line u(t) = u0 + t du, t in [0, n), that can fall
 // inside the trilinear support (-1, N) on every axis. Conservative by one sample at each end (the
 // per-sample test stays), so rounding never drops a sample; empty when first > last.
 template <typename T>
 HOST_DEVICE INLINE void clip_line(const Geometry& g, Vec3<T> u0, Vec3<T> du, int64_t n,
                                   int64_t* first, int64_t* last) {
+  const T lo_b[3] = {T(-1), T(-1), T(-1)}, hi_b[3] = {T(g.W), T(g.H), T(g.D)};
   T lo = T(0), hi = T(n - 1);
-  const T u0s[3] = {u0.x, u0.y, u0.z}, dus[3] = {du.x, du.y, du.z};
-  const T ns[3] = {T(g.W), T(g.H), T(g.D)};
-  for (int a = 0; a < 3; ++a) {
-    if (dus[a] == T(0)) {
-      if (!(u0s[a] > T(-1) && u0s[a] < ns[a])) hi = T(-1);
-      continue;
-    }
-    T t0 = (T(-1) - u0s[a]) / dus[a], t1 = (ns[a] - u0s[a]) / dus[a];
-    if (t0 > t1) {
-      const T tmp = t0;
-      t0 = t1;
-      t1 = tmp;
-    }
-    lo = t0 > lo ? t0 : lo;
-    hi = t1 < hi ? t1 : hi;
-  }
-  if (!(lo <= hi)) {  // also catches NaN
+  if (!clip_to_box(u0, du, lo_b, hi_b, &lo, &hi) || !(lo <= hi)) {  // also catches NaN
     *first = 0;
     *last = -1;
     return;
@@ -297,26 +306,11 @@ HOST_DEVICE INLINE bool stencil_interior(const Geometry& g, Vec3<T> u) {
 template <typename T>
 HOST_DEVICE INLINE void interior_span(const Geometry& g, Vec3<T> u0, Vec3<T> du, int64_t first,
                                       int64_t last, int64_t* ifirst, int64_t* ilast) {
+  const T lo_b[3] = {T(0), T(0), T(0)}, hi_b[3] = {T(g.W - 1), T(g.H - 1), T(g.D - 1)};
   T lo = T(first), hi = T(last);
-  const T u0s[3] = {u0.x, u0.y, u0.z}, dus[3] = {du.x, du.y, du.z};
-  const T ns[3] = {T(g.W - 1), T(g.H - 1), T(g.D - 1)};
-  for (int a = 0; a < 3; ++a) {
-    if (dus[a] == T(0)) {
-      if (!(u0s[a] >= T(0) && u0s[a] < ns[a])) hi = T(-1);
-      continue;
-    }
-    T t0 = (T(0) - u0s[a]) / dus[a], t1 = (ns[a] - u0s[a]) / dus[a];
-    if (t0 > t1) {
-      const T tmp = t0;
-      t0 = t1;
-      t1 = tmp;
-    }
-    lo = t0 > lo ? t0 : lo;
-    hi = t1 < hi ? t1 : hi;
-  }
   *ifirst = 0;
   *ilast = -1;
-  if (!(lo <= hi)) return;  // also catches NaN
+  if (!clip_to_box(u0, du, lo_b, hi_b, &lo, &hi) || !(lo <= hi)) return;  // also catches NaN
   int64_t a = floor_int(lo), b = floor_int(hi) + 1;
   if (a < first) a = first;
   if (b > last) b = last;

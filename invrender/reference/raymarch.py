@@ -11,7 +11,7 @@ from ..cameras import OrthographicCamera, PerspectiveCamera
 from ..ops.raymarch import RaymarchResult
 
 
-def _samples(camera, H, W, S, D, dtype, device):
+def _samples(camera, H, W, S, dtype, device):
     """View positions (S, H, W, 3), depths (S, H, W) and the sample spacing along the rays."""
     if camera is None or camera == "orthographic":
         camera = OrthographicCamera()
@@ -22,10 +22,9 @@ def _samples(camera, H, W, S, D, dtype, device):
     y = 1 - (2 * torch.arange(H, **kw) + 1) / H
     k = torch.arange(S, **kw)
     if isinstance(camera, OrthographicCamera):
-        S_ = S if S is not None else D
-        z = 1 - (2 * k + 1) / S_
+        z = 1 - (2 * k + 1) / S
         p = torch.stack(torch.broadcast_tensors(x[None, None, :], y[None, :, None], z[:, None, None]), -1)
-        return p, (1 - p[..., 2]), 2.0 / S_
+        return p, (1 - p[..., 2]), 2.0 / S
     near, far = camera.depth_range
     f = camera.focal_length
     dirs = torch.stack(torch.broadcast_tensors(x[None, :], y[:, None], torch.full((1, 1), -f, **kw)), -1)
@@ -54,7 +53,7 @@ def raymarch(absorption: Tensor, emission: Optional[Tensor] = None, rotation: Op
         cam = PerspectiveCamera() if camera == "perspective" else camera
         near, far = cam.depth_range
         S = max(math.ceil((far - near) * D / 2.0 - 1e-9), 1) if samples is None else samples
-    p, z, delta = _samples(camera, H, W, S, D, absorption.dtype, absorption.device)
+    p, z, delta = _samples(camera, H, W, S, absorption.dtype, absorption.device)
     if rotation is None:
         rotation = torch.eye(3, dtype=absorption.dtype, device=absorption.device)
     R = rotation.reshape(-1, 3, 3).expand(B, 3, 3)
