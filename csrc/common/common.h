@@ -14,6 +14,16 @@
 #define INLINE inline
 #endif
 
+// For the per-ray / per-element entry points that the CPU loops must inline (so that they are
+// compiled for each instruction-set clone of the loop, see cpu_dispatch.h).
+#if defined(__CUDACC__)
+#define FORCE_INLINE __forceinline__
+#elif defined(__GNUC__)
+#define FORCE_INLINE inline __attribute__((always_inline))
+#else
+#define FORCE_INLINE inline
+#endif
+
 // Loop unrolling hint understood by the compiler at hand (nvcc's device pass, or GCC).
 #if defined(__CUDA_ARCH__)
 #define INVRENDER_UNROLL _Pragma("unroll")

@@ -148,84 +148,81 @@ HOST_DEVICE INLINE void ray_range(const RayParams& p, const Ray<T>& r, int64_t* 
   voxel::clip_line(p.g, r.u0, r.du, p.S, first, last);
 }
 
-template <typename T>
-HOST_DEVICE INLINE T sample_absorption(const RayParams& p, const Ray<T>& r, const T* abs_b,
-                                       int64_t k, voxel::Trilinear<T>& s, T* dadraw) {
-  voxel::trilinear_setup(p.g, voxel::line_at(r.u0, r.du, T(k)), s);
-  if (!s.inside) {
-    *dadraw = T(0);
-    return T(0);
-  }
-  return absorption_of(voxel::trilinear_value(p.g, s, abs_b), p.density, r.delta, dadraw);
-}
-
-// Calls f(k, a_k) for the samples first..last in order, through the branch-free interior stencil
-// where the whole stencil lies inside the grid.
+// Visits samples first..last of a ray in order with their stencils: f(k, InteriorStencil) inside
+// [ifirst, ilast], f(k, Trilinear) elsewhere for samples whose stencil touches the grid. Stops
+// early when f returns false.
 template <typename T, typename F>
-HOST_DEVICE INLINE void march_absorption(const RayParams& p, const Ray<T>& r, const T* abs_b,
-                                         int64_t first, int64_t last, const F& f) {
-  voxel::for_each_sample(
-      p.g, r.u0, r.du, first, last, true,
-      [&](int64_t k) {
-        T unused;
-        const T raw = voxel::trilinear_interior_value(p.g, voxel::line_at(r.u0, r.du, T(k)), abs_b);
-        f(k, absorption_of(raw, p.density, r.delta, &unused));
-      },
-      [&](int64_t k) {
-        voxel::Trilinear<T> s;
-        T unused;
-        f(k, sample_absorption(p, r, abs_b, k, s, &unused));
-      });
+HOST_DEVICE FORCE_INLINE void visit_stencils(const Geometry& g, const Ray<T>& r, int64_t first,
+                                       int64_t last, int64_t ifirst, int64_t ilast, const F& f) {
+  for (int64_t k = first; k <= last; ++k) {
+    const Vec3<T> u = voxel::line_at(r.u0, r.du, T(k));
+    if (k >= ifirst && k <= ilast) {
+      if (!f(k, voxel::interior_stencil(g, u))) return;
+    } else {
+      voxel::Trilinear<T> s;
+      voxel::trilinear_setup(g, u, s);
+      if (s.inside && !f(k, s)) return;
+    }
+  }
 }
 
 // Forward of one ray: writes color (C channels), alpha and depth_sum of pixel (b, i, j).
+// Channels are marched in chunks of up to voxel::kChunk, whose sums stay in registers; the
+// absorption is re-sampled per chunk (one chunk for C <= 4).
 template <typename T>
-HOST_DEVICE INLINE void raymarch_forward_ray(const RayParams& p, const T* absorption,
+HOST_DEVICE FORCE_INLINE void raymarch_forward_ray(const RayParams& p, const T* absorption,
                                              const T* emission, const T* R, T* color, T* alpha,
                                              T* depth_sum, int64_t b, int64_t i, int64_t j) {
+  constexpr int kChunk = voxel::kChunk;
   const Geometry& g = p.g;
   const int64_t vol = g.D * g.H * g.W, plane = g.Ho * g.Wo, pix = i * g.Wo + j;
   const Ray<T> r = make_ray(p, R, b, i, j);
   const T* abs_b = absorption + b * vol;
-  const T* em_b = emission == nullptr ? nullptr : emission + b * g.C * vol;
-  T* col = color + b * g.C * plane + pix;
-  for (int64_t c = 0; c < g.C; ++c) col[c * plane] = T(0);
-  int64_t first, last;
+  int64_t first, last, ifirst, ilast;
   ray_range(p, r, &first, &last);
-  T trans = T(1), zsum = T(0);
-  // Accumulates sample k given its absorption and a functor giving its emission per channel.
-  const auto add = [&](int64_t k, T a, const auto& emission_at) {
-    if (a == T(0)) return;
-    const T w = trans * a;
-    for (int64_t c = 0; c < g.C; ++c) col[c * plane] += w * emission_at(c);
-    zsum += w * (r.z0 + T(k) * r.dz);
-    trans *= T(1) - a;
-  };
-  voxel::for_each_sample(
-      g, r.u0, r.du, first, last, true,
-      [&](int64_t k) {
-        if (trans == T(0)) return;  // nothing behind an opaque sample is seen
-        const Vec3<T> u = voxel::line_at(r.u0, r.du, T(k));
-        T unused;
-        const T a = absorption_of(voxel::trilinear_interior_value(g, u, abs_b), p.density,
-                                  r.delta, &unused);
-        add(k, a, [&](int64_t c) { return voxel::trilinear_interior_value(g, u, em_b + c * vol); });
-      },
-      [&](int64_t k) {
-        if (trans == T(0)) return;
-        voxel::Trilinear<T> s;
-        T unused;
-        const T a = sample_absorption(p, r, abs_b, k, s, &unused);
-        add(k, a, [&](int64_t c) { return voxel::trilinear_value(g, s, em_b + c * vol); });
-      });
-  alpha[b * plane + pix] = T(1) - trans;
-  depth_sum[b * plane + pix] = zsum;
+  voxel::interior_span(g, r.u0, r.du, first, last, &ifirst, &ilast);
+  int64_t c0 = 0;
+  do {
+    const int nc = static_cast<int>((g.C - c0) < kChunk ? (g.C - c0) : kChunk);
+    const T* em = emission == nullptr ? nullptr : emission + (b * g.C + c0) * vol;
+    T acc[kChunk] = {T(0), T(0), T(0), T(0)};
+    T trans = T(1), zsum = T(0);
+    visit_stencils(g, r, first, last, ifirst, ilast, [&](int64_t k, const auto& s) {
+      T v[8], unused;
+      voxel::corner_values(g, s, abs_b, v);
+      const T a = absorption_of(voxel::trilinear_interp(s, v), p.density, r.delta, &unused);
+      if (a == T(0)) return true;
+      const T w = trans * a;
+      INVRENDER_UNROLL
+      for (int c = 0; c < kChunk; ++c) {
+        if (c >= nc) break;
+        voxel::corner_values(g, s, em + c * vol, v);
+        acc[c] += w * voxel::trilinear_interp(s, v);
+      }
+      zsum += w * (r.z0 + T(k) * r.dz);
+      trans *= T(1) - a;
+      return trans != T(0);  // nothing behind an opaque sample is seen
+    });
+    for (int c = 0; c < nc; ++c) color[(b * g.C + c0 + c) * plane + pix] = acc[c];
+    if (c0 == 0) {
+      alpha[b * plane + pix] = T(1) - trans;
+      depth_sum[b * plane + pix] = zsum;
+    }
+    c0 += kChunk;
+  } while (c0 < g.C);
 }
 
 // Backward of one ray. gabs / gem receive the volume gradients through `scatter` (gem may be null
 // when there is no emission); dL/dR is accumulated into gR (9 values).
+//
+// Chunks of kRayChunk samples are visited back to front. Each is first marched front to back from
+// its starting transmittance: that march does all the work that needs only front-to-back
+// quantities (the emission gradients g_c T_i a_i, their share of dL/du) and keeps, per sample of
+// the chunk, T_i, a_i, eps_i, da/draw and d(raw)/du. A light back-to-front loop over those values
+// then forms dL/da_i with the suffix recurrences and scatters it. The starting transmittance of
+// each chunk comes from an absorption-only pre-pass over all but the last chunk.
 template <typename T, typename Acc, typename Scatter>
-HOST_DEVICE INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolor,
+HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolor,
                                               const T* galpha, const T* gdepth,
                                               const T* absorption, const T* emission, const T* R,
                                               T* gabs, T* gem, Acc* gR, int64_t b, int64_t i,
@@ -242,88 +239,122 @@ HOST_DEVICE INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolo
   const T* em_b = emission == nullptr ? nullptr : emission + b * g.C * vol;
   T* gabs_b = gabs + b * vol;
   T* gem_b = gem == nullptr ? nullptr : gem + b * g.C * vol;
-  int64_t first, last;
+  int64_t first, last, ifirst, ilast;
   ray_range(p, r, &first, &last);
   if (first > last) return;
+  voxel::interior_span(g, r.u0, r.du, first, last, &ifirst, &ilast);
 
-  // Pass 1: transmittance at the start of each chunk, and for every sample of the last chunk
-  // (Tk, a ring over the chunk); stop after the sample that makes it 0 (later samples have T = 0
-  // and no gradient).
+  // Pre-pass: transmittance at the start of every chunk but the first; it stops at the sample
+  // that makes T exactly 0 (`end`: later samples have T = 0 and no gradient).
   T chunk_T[kMaxRayChunks];
-  T Tk[kRayChunk];
-  T trans = T(1);
-  int64_t end = last;
-  bool opaque = false;
-  march_absorption(p, r, abs_b, first, last, [&](int64_t k, T a) {
-    if (opaque) return;
-    const int64_t idx = k - first;
-    if (idx % kRayChunk == 0) chunk_T[idx / kRayChunk] = trans;
-    Tk[idx % kRayChunk] = trans;
-    trans *= T(1) - a;
-    if (trans == T(0)) {
-      end = k;
-      opaque = true;
-    }
-  });
+  chunk_T[0] = T(1);
+  int64_t end = last, last_chunk = (last - first) / kRayChunk;
+  if (last_chunk > 0) {
+    T trans = T(1);
+    int64_t next = 1;  // next chunk whose start is to be recorded
+    visit_stencils(g, r, first, first + last_chunk * kRayChunk - 1, ifirst, ilast,
+                   [&](int64_t k, const auto& s) {
+                     while (next <= last_chunk && first + next * kRayChunk <= k)
+                       chunk_T[next++] = trans;
+                     T v[8], unused;
+                     voxel::corner_values(g, s, abs_b, v);
+                     trans *= T(1) - absorption_of(voxel::trilinear_interp(s, v), p.density,
+                                                   r.delta, &unused);
+                     if (trans != T(0)) return true;
+                     end = k;
+                     return false;
+                   });
+    while (next <= last_chunk) chunk_T[next++] = trans;
+    last_chunk = (end - first) / kRayChunk;
+  }
 
-  // Pass 2: chunks back to front; each but the last re-marched forward to refill Tk.
-  T rr = T(0), lam = T(1);
+  // Per sample of the current chunk: T_i, a_i, eps_i = sum_c g_c e_i[c] + g_z z_i, da/draw and
+  // d(raw)/du (a = 0 and da/draw = 0 for samples whose stencil misses the grid).
+  T ring_T[kRayChunk], ring_a[kRayChunk], ring_eps[kRayChunk], ring_da[kRayChunk];
+  Vec3<T> ring_du[kRayChunk];
   // Sums over samples of dL/du and k dL/du: the view position is affine in k along the ray, so
   // dL/dR = sum_k K dL/du_k (x) (p0 + k dp) is formed once per ray.
   Vec3<T> gsum = {T(0), T(0), T(0)}, gksum = {T(0), T(0), T(0)};
-  const int64_t last_chunk = (end - first) / kRayChunk;
+  const auto add_du = [&](int64_t k, Vec3<T> gu) {
+    gsum.x += gu.x;
+    gsum.y += gu.y;
+    gsum.z += gu.z;
+    gksum.x += T(k) * gu.x;
+    gksum.y += T(k) * gu.y;
+    gksum.z += T(k) * gu.z;
+  };
+  T rr = T(0), lam = T(1);
   for (int64_t m = last_chunk; m >= 0; --m) {
     const int64_t k0 = first + m * kRayChunk;
-    const int64_t k1 = (k0 + kRayChunk - 1) < end ? (k0 + kRayChunk - 1) : end;
-    if (m != last_chunk) {
-      T t = chunk_T[m];
-      march_absorption(p, r, abs_b, k0, k1, [&](int64_t k, T a) {
-        Tk[k - k0] = t;
-        t *= T(1) - a;
-      });
+    int64_t k1 = (k0 + kRayChunk - 1) < end ? (k0 + kRayChunk - 1) : end;
+    for (int64_t k = k0; k <= k1; ++k) {
+      ring_a[k - k0] = T(0);
+      ring_da[k - k0] = T(0);
     }
-    for (int64_t k = k1; k >= k0; --k) {
-      voxel::Trilinear<T> s;
-      voxel::trilinear_setup(g, voxel::line_at(r.u0, r.du, T(k)), s);
-      if (!s.inside) continue;  // a = 0, e = 0: r and lambda unchanged, no gradient
-      T va[8];
-      voxel::trilinear_load(g, s, abs_b, va);
-      T dadraw;
-      const T a = absorption_of(voxel::trilinear_interp(s, va), p.density, r.delta, &dadraw);
-      const T Ti = Tk[k - k0], w = Ti * a;
+    // Front to back: one load of each volume's corners serves value, d/du and scatter.
+    T t = chunk_T[m];
+    visit_stencils(g, r, k0, k1, ifirst, ilast, [&](int64_t k, const auto& s) {
+      const int64_t n = k - k0;
+      T v[8], wk[8];
+      Vec3<T> du;
+      voxel::corner_values(g, s, abs_b, v);
+      const T a = absorption_of(voxel::trilinear_value_grad(s, v, &ring_du[n]), p.density,
+                                r.delta, &ring_da[n]);
+      const T w = t * a;
       T eps = gz * (r.z0 + T(k) * r.dz);
-      Vec3<T> gu = {T(0), T(0), T(0)};
+      Vec3<T> gue = {T(0), T(0), T(0)};  // sum_c dL/de_c d(e_c)/du
+      bool weights = false;
       for (int64_t c = 0; c < g.C; ++c) {
-        // One load per channel serves eps (value), dL/de (scatter) and its d/du.
-        T ve[8];
-        voxel::trilinear_load(g, s, em_b + c * vol, ve);
+        voxel::corner_values(g, s, em_b + c * vol, v);
         const T gcc = gc[c * plane];
-        eps += gcc * voxel::trilinear_interp(s, ve);
+        eps += gcc * voxel::trilinear_value_grad(s, v, &du);
         const T ge = gcc * w;
         if (ge == T(0)) continue;
-        const Vec3<T> gue = voxel::trilinear_position_grad(ve, s.fw, s.fh, s.fd, ge);
-        gu.x += gue.x;
-        gu.y += gue.y;
-        gu.z += gue.z;
-        if (gem_b != nullptr) voxel::trilinear_scatter(g, s, gem_b + c * vol, ge, scatter);
+        gue.x += ge * du.x;
+        gue.y += ge * du.y;
+        gue.z += ge * du.z;
+        if (gem_b == nullptr) continue;
+        if (!weights) voxel::trilinear_weights(s.fw, s.fh, s.fd, T(1), wk);
+        weights = true;
+        T wg[8];
+        for (int q = 0; q < 8; ++q) wg[q] = ge * wk[q];
+        voxel::scatter_corners(g, s, gem_b + c * vol, wg, scatter);
       }
+      add_du(k, gue);
+      ring_T[n] = t;
+      ring_a[n] = a;
+      ring_eps[n] = eps;
+      t *= T(1) - a;
+      if (t != T(0)) return true;
+      end = k;  // only ever reached in the last chunk
+      k1 = k;
+      return false;
+    });
+    // Back to front: r_i and lambda_i, then dL/da_i = T_i (eps_i - r_i) + g_alpha T_i lambda_i.
+    for (int64_t k = k1; k >= k0; --k) {
+      const int64_t n = k - k0;
+      const T a = ring_a[n], Ti = ring_T[n];
+      if (a == T(0) && ring_da[n] == T(0)) continue;  // r and lambda unchanged, no gradient
+      const T eps = ring_eps[n];
       const T dLda = Ti * (eps - rr) + ga * Ti * lam;
       rr = a * eps + (T(1) - a) * rr;
       lam *= T(1) - a;
-      const T graw = dLda * dadraw;
-      if (graw != T(0)) {
-        const Vec3<T> gua = voxel::trilinear_position_grad(va, s.fw, s.fh, s.fd, graw);
-        gu.x += gua.x;
-        gu.y += gua.y;
-        gu.z += gua.z;
-        voxel::trilinear_scatter(g, s, gabs_b, graw, scatter);
+      const T graw = dLda * ring_da[n];
+      if (graw == T(0)) continue;
+      const Vec3<T> u = voxel::line_at(r.u0, r.du, T(k));
+      T wk[8];
+      if (k >= ifirst && k <= ilast) {
+        const voxel::InteriorStencil<T> s = voxel::interior_stencil(g, u);
+        voxel::trilinear_weights(s.fw, s.fh, s.fd, graw, wk);
+        voxel::scatter_corners(g, s, gabs_b, wk, scatter);
+      } else {
+        voxel::Trilinear<T> s;
+        voxel::trilinear_setup(g, u, s);
+        voxel::trilinear_weights(s.fw, s.fh, s.fd, graw, wk);
+        voxel::scatter_corners(g, s, gabs_b, wk, scatter);
       }
-      gsum.x += gu.x;
-      gsum.y += gu.y;
-      gsum.z += gu.z;
-      gksum.x += T(k) * gu.x;
-      gksum.y += T(k) * gu.y;
-      gksum.z += T(k) * gu.z;
+      const Vec3<T> du = ring_du[n];
+      add_du(k, Vec3<T>{graw * du.x, graw * du.y, graw * du.z});
     }
   }
   const Vec3<T> p0 = ray_view_position(g, r, 0), p1 = ray_view_position(g, r, 1);

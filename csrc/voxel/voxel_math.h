@@ -159,8 +159,10 @@ HOST_DEVICE INLINE T lerp_(T a, T b, T t) {
   return a + t * (b - a);
 }
 
-template <typename T>
-HOST_DEVICE INLINE T trilinear_interp(const Trilinear<T>& s, const T* v) {
+// Interpolates the 8 corner values at the fractional position of a stencil (Trilinear or
+// InteriorStencil).
+template <typename Stencil, typename T>
+HOST_DEVICE INLINE T trilinear_interp(const Stencil& s, const T* v) {
   const T c0 = lerp_(lerp_(v[0], v[1], s.fw), lerp_(v[2], v[3], s.fw), s.fh);
   const T c1 = lerp_(lerp_(v[4], v[5], s.fw), lerp_(v[6], v[7], s.fw), s.fh);
   return lerp_(c0, c1, s.fd);
@@ -188,6 +190,18 @@ HOST_DEVICE INLINE Vec3<T> trilinear_position_grad(const T* v, T fw, T fh, T fd,
   return gu;
 }
 
+// The interpolated value, and its derivative d(value)/du in *du, from the same partial lerps.
+template <typename Stencil, typename T>
+HOST_DEVICE INLINE T trilinear_value_grad(const Stencil& s, const T* v, Vec3<T>* du) {
+  const T c00 = lerp_(v[0], v[1], s.fw), c01 = lerp_(v[2], v[3], s.fw);
+  const T c10 = lerp_(v[4], v[5], s.fw), c11 = lerp_(v[6], v[7], s.fw);
+  const T c0 = lerp_(c00, c01, s.fh), c1 = lerp_(c10, c11, s.fh);
+  du->z = c1 - c0;
+  du->y = lerp_(c01 - c00, c11 - c10, s.fd);
+  du->x = lerp_(lerp_(v[1] - v[0], v[3] - v[2], s.fh), lerp_(v[5] - v[4], v[7] - v[6], s.fh), s.fd);
+  return lerp_(c0, c1, s.fd);
+}
+
 // grad times the 8 corner weights, corner order as in corner_valid.
 template <typename T>
 HOST_DEVICE INLINE void trilinear_weights(T fw, T fh, T fd, T grad, T* wk) {
@@ -203,14 +217,10 @@ HOST_DEVICE INLINE void trilinear_weights(T fw, T fh, T fd, T grad, T* wk) {
   wk[7] = g11 * fw;
 }
 
-// Adds grad * weight of each corner to the grid gradient through `scatter` (nothing when gvol is
-// null).
+// Adds wk[k] to the gradient of each corner k that exists, through `scatter`.
 template <typename T, typename Scatter>
-HOST_DEVICE INLINE void trilinear_scatter(const Geometry& g, const Trilinear<T>& s, T* gvol, T grad,
-                                          const Scatter& scatter) {
-  if (gvol == nullptr || !s.inside) return;
-  T wk[8];
-  trilinear_weights(s.fw, s.fh, s.fd, grad, wk);
+HOST_DEVICE INLINE void scatter_corners(const Geometry& g, const Trilinear<T>& s, T* gvol,
+                                        const T* wk, const Scatter& scatter) {
   if (s.interior) {
     T* p = gvol + s.base;
     const int64_t W = g.W, HW = g.H * g.W;
@@ -226,6 +236,17 @@ HOST_DEVICE INLINE void trilinear_scatter(const Geometry& g, const Trilinear<T>&
     for (int k = 0; k < 8; ++k)
       if (corner_valid(s, k)) scatter(gvol + corner_offset_clamped(g, s, k), wk[k]);
   }
+}
+
+// Adds grad * weight of each corner to the grid gradient through `scatter` (nothing when gvol is
+// null).
+template <typename T, typename Scatter>
+HOST_DEVICE INLINE void trilinear_scatter(const Geometry& g, const Trilinear<T>& s, T* gvol, T grad,
+                                          const Scatter& scatter) {
+  if (gvol == nullptr || !s.inside) return;
+  T wk[8];
+  trilinear_weights(s.fw, s.fh, s.fd, grad, wk);
+  scatter_corners(g, s, gvol, wk, scatter);
 }
 
 // Adds g * weight to the grid gradient (through `scatter`, skipped when gvol is null) and
@@ -338,6 +359,22 @@ HOST_DEVICE INLINE void for_each_sample(const Geometry& g, Vec3<T> u0, Vec3<T> d
   for (int64_t t = ilast + 1; t <= last; ++t) general(t);
 }
 
+// Visits the samples last..first in decreasing order: those of [ifirst, ilast] (interior stencils,
+// see interior_span) through `interior`, the others through `general`.
+template <typename Interior, typename General>
+HOST_DEVICE INLINE void for_each_sample_reverse(int64_t first, int64_t last, int64_t ifirst,
+                                                int64_t ilast, const Interior& interior,
+                                                const General& general) {
+  const int64_t a = ifirst > first ? ifirst : first, b = ilast < last ? ilast : last;
+  if (a > b) {
+    for (int64_t t = last; t >= first; --t) general(t);
+    return;
+  }
+  for (int64_t t = last; t > b; --t) general(t);
+  for (int64_t t = b; t >= a; --t) interior(t);
+  for (int64_t t = a - 1; t >= first; --t) general(t);
+}
+
 // Interior stencil: the corner offset and fractional position of an interior sample
 // (stencil_interior(u) holds), with the arithmetic of trilinear_setup and 32-bit offsets (the glue
 // limits one channel of a grid to 2^31 - 1 voxels).
@@ -374,13 +411,9 @@ HOST_DEVICE INLINE void interior_load(const InteriorStencil<T>& s, const T* vol,
   v[7] = p[s.HW + s.W + 1];
 }
 
-// Backward at an interior sample: scatters grad * weights into gvol, returns grad * d(value)/du.
 template <typename T, typename Scatter>
-HOST_DEVICE INLINE Vec3<T> trilinear_interior_backward(const InteriorStencil<T>& s, const T* vol,
-                                                       T* gvol, T grad, const Scatter& scatter) {
-  T v[8], wk[8];
-  interior_load(s, vol, v);
-  trilinear_weights(s.fw, s.fh, s.fd, grad, wk);
+HOST_DEVICE INLINE void scatter_corners(const Geometry&, const InteriorStencil<T>& s, T* gvol,
+                                        const T* wk, const Scatter& scatter) {
   T* p = gvol + s.base;
   scatter(p, wk[0]);
   scatter(p + 1, wk[1]);
@@ -390,6 +423,30 @@ HOST_DEVICE INLINE Vec3<T> trilinear_interior_backward(const InteriorStencil<T>&
   scatter(p + s.HW + 1, wk[5]);
   scatter(p + s.HW + s.W, wk[6]);
   scatter(p + s.HW + s.W + 1, wk[7]);
+}
+
+// The 8 corner values of a stencil, interior or general (zero for corners outside the grid).
+template <typename T>
+HOST_DEVICE INLINE void corner_values(const Geometry&, const InteriorStencil<T>& s, const T* vol,
+                                      T* v) {
+  interior_load(s, vol, v);
+}
+
+template <typename T>
+HOST_DEVICE INLINE void corner_values(const Geometry& g, const Trilinear<T>& s, const T* vol,
+                                      T* v) {
+  trilinear_load(g, s, vol, v);
+}
+
+// Backward at an interior sample: scatters grad * weights into gvol, returns grad * d(value)/du.
+template <typename T, typename Scatter>
+HOST_DEVICE INLINE Vec3<T> trilinear_interior_backward(const Geometry& g,
+                                                       const InteriorStencil<T>& s, const T* vol,
+                                                       T* gvol, T grad, const Scatter& scatter) {
+  T v[8], wk[8];
+  interior_load(s, vol, v);
+  trilinear_weights(s.fw, s.fh, s.fd, grad, wk);
+  scatter_corners(g, s, gvol, wk, scatter);
   return trilinear_position_grad(v, s.fw, s.fh, s.fd, grad);
 }
 
@@ -399,9 +456,7 @@ HOST_DEVICE INLINE T trilinear_interior_value(const Geometry& g, Vec3<T> u, cons
   const InteriorStencil<T> s = interior_stencil(g, u);
   T v[8];
   interior_load(s, vol, v);
-  const T c0 = lerp_(lerp_(v[0], v[1], s.fw), lerp_(v[2], v[3], s.fw), s.fh);
-  const T c1 = lerp_(lerp_(v[4], v[5], s.fw), lerp_(v[6], v[7], s.fw), s.fh);
-  return lerp_(c0, c1, s.fd);
+  return trilinear_interp(s, v);
 }
 
 // Nearest ("floor") sampling: the cell containing the point, i.e. floor(u + 1/2).
@@ -550,7 +605,7 @@ HOST_DEVICE INLINE void rotate_backward_span(const Geometry& g, const T* gout, c
         for (int64_t c = 0; c < g.C; ++c) {
           const T gc = go[c * out_vol + w];
           if (gc == T(0)) continue;
-          const Vec3<T> guc = trilinear_interior_backward(s, vox + base + c * in_vol,
+          const Vec3<T> guc = trilinear_interior_backward(g, s, vox + base + c * in_vol,
                                                           gvox + base + c * in_vol, gc, scatter);
           gu.x += guc.x;
           gu.y += guc.y;
@@ -671,7 +726,7 @@ HOST_DEVICE INLINE void project_backward_pixel(const Geometry& g, const T* gimg,
         [&](int64_t d) {
           const InteriorStencil<T> s = interior_stencil(g, line_at(l.u0, l.du, T(d)));
           for (int c = 0; c < nc; ++c)
-            add(d, trilinear_interior_backward(s, vox + base + c * in_vol,
+            add(d, trilinear_interior_backward(g, s, vox + base + c * in_vol,
                                                gvox + base + c * in_vol, gs[c], scatter));
         },
         [&](int64_t d) {
