@@ -12,10 +12,11 @@
 // eps_i = sum_c g_c e_i[c] + g_z z_i. Back to front, r_i = a_{i+1} eps_{i+1} + (1 - a_{i+1}) r_{i+1}
 // (r_{S-1} = 0) and lambda_i = prod_{k>i} (1 - a_k); then
 //   dL/da_i = T_i (eps_i - r_i) + g_alpha T_i lambda_i,   dL/de_i[c] = g_c w_i.
-// Back-to-front needs T_i, a prefix product. It is recomputed in chunks: one forward pass keeps
-// T at the start of every chunk of kRayChunk samples (at most kMaxRayChunks of them), then chunks
-// are visited back to front, each re-marched forward to refill T for its samples. The state per
-// ray is two small fixed arrays; nothing per sample is stored in memory between the passes.
+// Back-to-front needs T_i, a prefix product. It is recomputed in chunks of kRayChunk samples (at
+// most kMaxRayChunks of them): an absorption-only pre-pass keeps T at the start of every chunk,
+// then chunks are visited back to front, each marched front to back to refill its samples' state
+// in a fixed per-ray array (raymarch_backward_ray). Nothing per sample is kept in memory between
+// the forward and the backward. 128 samples cover a 64^3 grid under either camera in one chunk.
 //
 // Cameras (view space, the camera looking down -z; pixel (i, j) at NDC x = -1 + (2j+1)/Wi,
 // y = 1 - (2i+1)/Hi):
@@ -33,8 +34,8 @@ namespace raymarch {
 
 using voxel::Geometry;
 
-constexpr int kRayChunk = 64;
-constexpr int kMaxRayChunks = 256;
+constexpr int kRayChunk = 128;
+constexpr int kMaxRayChunks = 128;
 constexpr int64_t kMaxSamples = int64_t(kRayChunk) * kMaxRayChunks;
 
 struct RayParams {
