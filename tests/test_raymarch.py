@@ -214,6 +214,26 @@ def test_exact_zero_and_one_give_reference_gradients(cam):
         assert torch.allclose(x, y, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("cam", sorted(CAMERAS))
+@pytest.mark.parametrize("opaque", [False, True])
+def test_many_samples_span_several_backward_chunks(cam, opaque):
+    # The backward works in chunks of 128 samples: 300 samples give three chunks, the last one
+    # partial. With an opaque voxel the rays stop inside the first or second chunk.
+    a, e = _volume(2, 2, 6, 5, 4, lo=0.0, hi=0.02)
+    if opaque:
+        a[:, :, 2] = 1.0
+    R = random_rotation(2, generator=torch.Generator().manual_seed(5))
+    grads = []
+    for fn in (invrender.raymarch, ref.raymarch):
+        inputs = [t.clone().requires_grad_() for t in (a, e, R)]
+        out = fn(*inputs, camera=CAMERAS[cam], image_size=(3, 4), samples=300, background=0.5)
+        loss = out.image.sum() + 2 * out.alpha.sum() + 3 * out.depth.sum()
+        grads.append(torch.autograd.grad(loss, inputs))
+    for x, y in zip(*grads):
+        assert x.abs().max() > 0
+        assert torch.allclose(x, y, rtol=1e-9, atol=1e-12)
+
+
 def test_backward_is_deterministic_on_cpu():
     a, e = _volume(3, 2, 8, 8, 8)
     a, e = a.float().requires_grad_(), e.float().requires_grad_()
