@@ -30,4 +30,33 @@ TORCH_LIBRARY(invrender, m) {
       "Tensor absorption, Tensor? emission, Tensor rotation, int[] image_size, int samples, "
       "bool perspective, float focal, float distance, float near, float far, bool density) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // Mesh rasterization family (csrc/raster). verts (B, V, 3) in NDC with depth z > 0; faces
+  // (B, F, 3) int64 into each mesh's own vertices, rows with an index < 0 are padding; blur is the
+  // coverage radius in squared NDC distance. Outputs (B, H, W, L[, 3]): face_idx (int64, -1 for
+  // empty layers), bary, dist (signed squared distance), depth.
+  m.def(
+      "rasterize_forward(Tensor verts, Tensor faces, int[] image_size, int layers, float blur, "
+      "bool cull_backfaces) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "rasterize_backward(Tensor grad_bary, Tensor grad_dist, Tensor grad_depth, Tensor verts, "
+      "Tensor faces, Tensor face_idx) -> Tensor");
+  // Layered compositing: alpha (B, H, W, L), colors (B, H, W, L, C), background (B, C, H, W)
+  // -> image (B, C, H, W), mask (B, 1, H, W).
+  m.def(
+      "composite_layers_forward(Tensor alpha, Tensor colors, Tensor background) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "composite_layers_backward(Tensor grad_image, Tensor grad_mask, Tensor alpha, "
+      "Tensor colors, Tensor background) -> (Tensor, Tensor, Tensor)");
+  // SoftRas aggregation over the layers: prob (B, H, W, L) occupancies (0 on empty layers), depth
+  // (B, H, W, L), face_idx (B, H, W, L) int64 (-1: empty layer), colors (B, H, W, L, C),
+  // background (B, C, H, W) -> image (B, C, H, W), silhouette (B, 1, H, W).
+  m.def(
+      "softras_blend_forward(Tensor prob, Tensor depth, Tensor face_idx, Tensor colors, "
+      "Tensor background, float gamma, float znear, float zfar, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "softras_blend_backward(Tensor grad_image, Tensor grad_silhouette, Tensor prob, "
+      "Tensor depth, Tensor face_idx, Tensor colors, Tensor background, float gamma, "
+      "float znear, float zfar, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
 }
