@@ -12,11 +12,15 @@ from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
 from . import cameras, reference
 from ._build import build_info
 from .cameras import OrthographicCamera, PerspectiveCamera
-from .ops import RaymarchResult, project_voxels, raymarch, rotate_voxels, rotation_matrix
+from .ops import (Fragments, RaymarchResult, interpolate, project_voxels, rasterize, raymarch, rotate_voxels,
+                  rotation_matrix)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Fragments",
+    "interpolate",
+    "rasterize",
     "OrthographicCamera",
     "PerspectiveCamera",
     "RaymarchResult",

@@ -5,7 +5,8 @@ autograd formula and fake (meta) kernel are registered here, so the ops trace un
 ``torch.compile(fullgraph=True)``.
 """
 
+from .raster import Fragments, interpolate, rasterize
 from .raymarch import RaymarchResult, raymarch
 from .voxel import project_voxels, rotate_voxels, rotation_matrix
 
-__all__ = ["RaymarchResult", "raymarch", "project_voxels", "rotate_voxels", "rotation_matrix"]
+__all__ = ["Fragments", "interpolate", "rasterize", "RaymarchResult", "raymarch", "project_voxels", "rotate_voxels", "rotation_matrix"]
