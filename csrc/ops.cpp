@@ -33,8 +33,8 @@ TORCH_LIBRARY(invrender, m) {
 
   // Mesh rasterization family (csrc/raster). verts (B, V, 3) in NDC with depth z > 0; faces
   // (B, F, 3) int64 into each mesh's own vertices, rows with an index < 0 are padding; blur is the
-  // coverage radius in squared NDC distance. Outputs (B, H, W, L[, 3]): face_idx (int64, -1 for
-  // empty layers), bary, dist (signed squared distance), depth.
+  // coverage radius in squared NDC distance. Outputs (B, H, W, L[, 3]): bary, dist (signed
+  // squared distance), depth, face_idx (int64, -1 for empty layers).
   m.def(
       "rasterize_forward(Tensor verts, Tensor faces, int[] image_size, int layers, float blur, "
       "bool cull_backfaces) -> (Tensor, Tensor, Tensor, Tensor)");

@@ -79,7 +79,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_forward(const Tensor& verts
   Tensor bary = at::zeros({p.B, p.H, p.W, p.L, 3}, opts);
   Tensor dist = at::zeros({p.B, p.H, p.W, p.L}, opts);
   Tensor depth = at::zeros({p.B, p.H, p.W, p.L}, opts);
-  if (face_idx.numel() == 0) return {face_idx, bary, dist, depth};
+  if (face_idx.numel() == 0) return {bary, dist, depth, face_idx};
   const Tensor v = verts.contiguous(), f = faces.contiguous();
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), op, [&] {
     if (v.is_cuda()) {
@@ -100,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_forward(const Tensor& verts
                                       dist.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>());
     }
   });
-  return {face_idx, bary, dist, depth};
+  return {bary, dist, depth, face_idx};
 }
 
 Tensor rasterize_backward(const Tensor& grad_bary, const Tensor& grad_dist,

@@ -146,17 +146,20 @@ def rasterize(
         blur = default_blur(float(sigma))
     elif not isinstance(blur, (int, float)) or isinstance(blur, bool):
         raise TypeError(f"{op}: argument 'blur' must be a number, got {type(blur).__name__}")
-    face_idx, bary, dist, depth = _ops.rasterize_forward(verts, faces, list(size), layers, float(blur),
+    if faces.device != verts.device:
+        raise ValueError(f"{op}: argument 'faces' is on {faces.device} but 'verts' is on {verts.device}; "
+                         "they must be on one device")
+    bary, dist, depth, face_idx = _ops.rasterize_forward(verts, faces, list(size), layers, float(blur),
                                                          bool(cull_backfaces))
     return Fragments(face_idx, bary, dist, depth)
 
 
 def _rasterize_setup(ctx, inputs, output):
     verts, faces = inputs[:2]
-    ctx.save_for_backward(verts, faces, output[0])
+    ctx.save_for_backward(verts, faces, output[3])
 
 
-def _rasterize_backward(ctx, grad_face_idx, grad_bary, grad_dist, grad_depth):
+def _rasterize_backward(ctx, grad_bary, grad_dist, grad_depth, grad_face_idx):
     verts, faces, face_idx = ctx.saved_tensors
     shape = face_idx.shape
     zeros = lambda *s: verts.new_zeros(s)  # noqa: E731
@@ -187,8 +190,8 @@ def _(verts, faces, image_size, layers, blur, cull_backfaces):
                  lambda: "rasterize: argument 'faces' must have shape (B, F, 3)")
     B, (H, W) = verts.shape[0], image_size
     shape = (B, H, W, layers)
-    return (verts.new_empty(shape, dtype=torch.int64), verts.new_empty(shape + (3,)), verts.new_empty(shape),
-            verts.new_empty(shape))
+    return (verts.new_empty(shape + (3,)), verts.new_empty(shape), verts.new_empty(shape),
+            verts.new_empty(shape, dtype=torch.int64))
 
 
 @torch.library.register_fake("invrender::rasterize_backward")
@@ -222,7 +225,7 @@ def interpolate(fragments: Fragments, attrs: Tensor, faces: Optional[Tensor] = N
         _check_faces(faces, op)
         if attrs.shape[0] != B or faces.shape[0] != B:
             raise ValueError(f"{op}: argument 'attrs' must have shape (B, V, C) with B = {B}, got {tuple(attrs.shape)}")
-        if faces.numel() and int(faces.max()) >= attrs.shape[1]:
+        if not torch.compiler.is_compiling() and faces.numel() and int(faces.max()) >= attrs.shape[1]:
             raise ValueError(f"{op}: argument 'faces' indexes vertex {int(faces.max())} but 'attrs' has {attrs.shape[1]}")
         # (B, F, 3, C) corner attributes; padding rows (-1) read vertex 0 and are never selected.
         idx = faces.clamp(min=0).reshape(B, -1, 1).expand(-1, -1, attrs.shape[2])
