@@ -2,7 +2,6 @@
 // dispatch, CPU / CUDA registration. The math lives in raster_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/core/DeviceGuard.h>
@@ -75,10 +74,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_forward(const Tensor& verts
   const RasterParams p = check_args(verts, faces, image_size, layers, blur, cull_backfaces, op);
   c10::DeviceGuard guard(verts.device());
   const auto opts = verts.options();
-  Tensor face_idx = at::full({p.B, p.H, p.W, p.L}, -1, opts.dtype(at::kLong));
-  Tensor bary = at::zeros({p.B, p.H, p.W, p.L, 3}, opts);
-  Tensor dist = at::zeros({p.B, p.H, p.W, p.L}, opts);
-  Tensor depth = at::zeros({p.B, p.H, p.W, p.L}, opts);
+  // Every entry is written by the kernels (empty layers get -1 and zeros).
+  Tensor face_idx = at::empty({p.B, p.H, p.W, p.L}, opts.dtype(at::kLong));
+  Tensor bary = at::empty({p.B, p.H, p.W, p.L, 3}, opts);
+  Tensor dist = at::empty({p.B, p.H, p.W, p.L}, opts);
+  Tensor depth = at::empty({p.B, p.H, p.W, p.L}, opts);
   if (face_idx.numel() == 0) return {bary, dist, depth, face_idx};
   const Tensor v = verts.contiguous(), f = faces.contiguous();
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), op, [&] {
