@@ -12,7 +12,8 @@ from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
 from . import cameras, reference
 from ._build import build_info
 from .cameras import OrthographicCamera, PerspectiveCamera
-from .ops import RaymarchResult, project_voxels, raymarch, rotate_voxels, rotation_matrix
+from .ops import (RaymarchResult, composite_layers, layer_alpha, project_voxels, raymarch, rotate_voxels,
+                  rotation_matrix, softras_blend)
 
 __version__ = "0.1.0"
 
@@ -22,9 +23,12 @@ __all__ = [
     "RaymarchResult",
     "build_info",
     "cameras",
+    "composite_layers",
+    "layer_alpha",
     "project_voxels",
     "raymarch",
     "reference",
     "rotate_voxels",
     "rotation_matrix",
+    "softras_blend",
 ]

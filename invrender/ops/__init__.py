@@ -5,7 +5,11 @@ autograd formula and fake (meta) kernel are registered here, so the ops trace un
 ``torch.compile(fullgraph=True)``.
 """
 
+from .composite import CompositeResult, SoftrasResult, composite_layers, layer_alpha, softras_blend
 from .raymarch import RaymarchResult, raymarch
 from .voxel import project_voxels, rotate_voxels, rotation_matrix
 
-__all__ = ["RaymarchResult", "raymarch", "project_voxels", "rotate_voxels", "rotation_matrix"]
+__all__ = [
+    "CompositeResult", "RaymarchResult", "SoftrasResult", "composite_layers", "layer_alpha", "project_voxels",
+    "raymarch", "rotate_voxels", "rotation_matrix", "softras_blend",
+]

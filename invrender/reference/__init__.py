@@ -4,7 +4,8 @@ Clear before fast: they are the oracle of the tests, the baseline of the benchma
 to read what an op computes.
 """
 
+from .composite import composite_layers, layer_alpha, softras_blend
 from .raymarch import raymarch
 from .voxel import project_voxels, rotate_voxels, rotation_matrix
 
-__all__ = ["raymarch", "project_voxels", "rotate_voxels", "rotation_matrix"]
+__all__ = ["composite_layers", "layer_alpha", "softras_blend", "raymarch", "project_voxels", "rotate_voxels", "rotation_matrix"]
