@@ -41,7 +41,7 @@ def _softras_from_prob(prob, depth, face_idx, colors, bg, gamma, znear, zfar, ep
     z = torch.where(valid, (zfar - depth) / (zfar - znear), zero)
     # The stabiliser: the image does not depend on it, so it is held constant.
     candidates = torch.where(valid & (prob > 0), z, torch.full_like(z, eps))
-    zmax = torch.cat([candidates, torch.full_like(z[..., :1], eps)], dim=-1).amax(dim=-1, keepdim=True).detach()
+    zmax = torch.cat([candidates, z.new_full((*z.shape[:-1], 1), eps)], dim=-1).amax(dim=-1, keepdim=True).detach()
     e = torch.exp(torch.where(valid, z - zmax, torch.full_like(z, -torch.inf)) / gamma)  # 0 on empty layers
     w = torch.where(valid, prob, zero) * e  # (B, H, W, L)
     w_bg = torch.exp((eps - zmax[..., 0]) / gamma)[:, None]  # (B, 1, H, W)
