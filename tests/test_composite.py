@@ -346,7 +346,8 @@ def test_softras_gradcheck():
 def test_softras_matches_reference_and_numpy_oracle(B, H, W, L, C, gamma, spread, zero_prob, seed):
     frag, prob, colors, bg = _softras_inputs(B, H, W, L, C, seed=seed, depth_spread=spread)
     if zero_prob and L:
-        # A valid layer with prob exactly 0 behind every other: ignored in the values.
+        # A valid layer with prob exactly 0 (behind the others, or alone): no weight in the values;
+        # with a single layer and gamma = 1e-4 every weight underflows under PyTorch3D's stabiliser.
         prob[..., -1] = 0.0
         frag.depth[..., -1] = 50.0
     args = (prob, frag.depth, frag.face_idx, colors, bg)
@@ -406,6 +407,25 @@ def test_softras_single_opaque_layer_closed_form(gamma):
     assert sil.item() == 1.0
     if gamma == 1e-4:
         assert torch.allclose(image.flatten(), torch.tensor([0.2, 0.7], **D64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softras_underflowing_front_layer_stays_finite(dtype):
+    # Layer 0: in front (depth 1) but far outside its face, so its occupancy underflows to exactly 0.
+    # Layer 1: covers the pixel, 30 units behind. Relative to the front layer every weight
+    # underflows; the image must still be layer 1's colour, with finite gradients everywhere.
+    face_idx = torch.tensor([3, 5]).reshape(1, 1, 1, 2)
+    dist = torch.tensor([0.5, -0.5], dtype=dtype).reshape(1, 1, 1, 2).requires_grad_()
+    depth = torch.tensor([1.0, 31.0], dtype=dtype).reshape(1, 1, 1, 2).requires_grad_()
+    colors = torch.tensor([[0.9, 0.1], [0.3, 0.6]], dtype=dtype).reshape(1, 1, 1, 2, 2).requires_grad_()
+    bg = torch.tensor([1.0, 1.0], dtype=dtype, requires_grad=True)
+    frag = Fragments(face_idx, dist, depth)
+    for fn in (invrender.softras_blend, ref.softras_blend):
+        image, sil = fn(frag, colors, background=bg)
+        assert torch.equal(image.flatten(), torch.tensor([0.3, 0.6], dtype=dtype)) and sil.item() == 1
+        grads = torch.autograd.grad(image.sum() + sil.sum(), (dist, depth, colors, bg))
+        assert all(torch.isfinite(g).all() for g in grads)
+        assert torch.equal(grads[2][0, 0, 0, 1], torch.ones(2, dtype=dtype))
 
 
 def test_softras_ignores_empty_layers():

@@ -19,13 +19,13 @@
 // replaced by the gradient in the back-to-front pass: any L, no fixed-size local array.
 //
 // softras_blend over the valid layers (face_idx >= 0) of a pixel:
-//   z'_l = (zfar - depth_l) / (zfar - znear),  zmax = max(eps, max_{valid l, prob_l > 0} z'_l),
+//   z'_l = (zfar - depth_l) / (zfar - znear),  zmax = max(eps, max_{valid l} z'_l) (see softras_zmax),
 //   e_l = exp((z'_l - zmax) / gamma),  w_l = prob_l e_l,  w_bg = exp((eps - zmax) / gamma),
 //   W = sum_l w_l + w_bg,  image[c] = (sum_l w_l colors_l[c] + w_bg background[c]) / W,
 //   silhouette = 1 - prod_l (1 - prob_l).
 // zmax only stabilises the exponentials: the image does not depend on it, so the backward treats
-// it as a constant. Taking it over the layers with prob > 0 (or eps) keeps one weight equal to
-// its prob (or w_bg = 1), so W > 0 and the image is finite whatever the depths.
+// it as a constant (softras_zmax falls back to another choice where all the weights underflow, so
+// that the image is finite whatever the depths).
 // Backward: with eps_l = sum_c g_c colors_l[c], gI = sum_c g_c image[c] and G_l = (eps_l - gI) / W:
 //   dL/dprob_l  = G_l e_l + g_s prod_{k != l} (1 - prob_k)   (prefix times suffix product)
 //   dL/ddepth_l = -G_l w_l / (gamma (zfar - znear)),  dL/dcolors_l[c] = g_c w_l / W,
@@ -129,16 +129,27 @@ HOST_DEVICE FORCE_INLINE void composite_backward_pixel(const Sizes& s, const T* 
 // ---------------------------------------------------------------------------------------------
 // softras_blend
 
+// The stabiliser zmax. First max(eps, max_{valid l} z'_l) (PyTorch3D's, so every e_l <= 1 and the
+// gradients are finite); when all the weights underflow with it (the front-most valid layers have
+// prob 0), max(eps, max_{valid l, prob_l > 0} z'_l), which keeps one weight equal to its prob (or
+// w_bg = 1), so W > 0 always.
 template <typename T>
 HOST_DEVICE INLINE T softras_zmax(const SoftrasParams& p, int64_t L, const T* prob,
-                                  const T* depth, const int64_t* face, T inv_range) {
-  T zmax = T(p.eps);
+                                  const T* depth, const int64_t* face, T inv_range, T inv_gamma) {
+  T zmax = T(p.eps), zpos = T(p.eps);
   for (int64_t l = 0; l < L; ++l) {
-    if (face[l] < 0 || !(prob[l] > T(0))) continue;
+    if (face[l] < 0) continue;
     const T z = (T(p.zfar) - depth[l]) * inv_range;
     if (z > zmax) zmax = z;
+    if (prob[l] > T(0) && z > zpos) zpos = z;
   }
-  return zmax;
+  if (zpos == zmax) return zmax;
+  T wsum = exp_((T(p.eps) - zmax) * inv_gamma);
+  for (int64_t l = 0; l < L && wsum == T(0); ++l) {
+    if (face[l] < 0 || prob[l] == T(0)) continue;
+    wsum += prob[l] * exp_(((T(p.zfar) - depth[l]) * inv_range - zmax) * inv_gamma);
+  }
+  return wsum > T(0) ? zmax : zpos;
 }
 
 template <typename T>
@@ -153,7 +164,7 @@ HOST_DEVICE FORCE_INLINE void softras_forward_pixel(const Sizes& s, const Softra
   const int64_t* fi = face_idx + n * s.L;
   const T* col = colors + n * s.L * s.C;
   const T inv_range = T(1) / (T(p.zfar) - T(p.znear)), inv_gamma = T(1) / T(p.gamma);
-  const T zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range);
+  const T zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range, inv_gamma);
   const T wbg = exp_((T(p.eps) - zmax) * inv_gamma);
   int64_t c0 = 0;
   do {
@@ -199,7 +210,7 @@ HOST_DEVICE FORCE_INLINE void softras_backward_pixel(
   T* gd = grad_depth + n * s.L;
   T* gcol = grad_colors + n * s.L * s.C;
   const T inv_range = T(1) / (T(p.zfar) - T(p.znear)), inv_gamma = T(1) / T(p.gamma);
-  const T zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range);
+  const T zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range, inv_gamma);
   const T wbg = exp_((T(p.eps) - zmax) * inv_gamma);
   // Front to back: W, sum_c g_c image[c] * W, and the prefix products of (1 - prob) into
   // grad_prob (scratch).
@@ -232,7 +243,8 @@ HOST_DEVICE FORCE_INLINE void softras_backward_pixel(
       continue;
     }
     const T pl = pr[l];
-    const T e = exp_(((T(p.zfar) - dp[l]) * inv_range - zmax) * inv_gamma);
+    T e = exp_(((T(p.zfar) - dp[l]) * inv_range - zmax) * inv_gamma);
+    if (!(e - e == T(0))) e = T(0);  // overflow: only a prob-0 layer in the fallback (see zmax)
     const T w = pl == T(0) ? T(0) : pl * e;
     T eps = T(0);
     for (int64_t c = 0; c < s.C; ++c) {

@@ -192,13 +192,14 @@ def softras_blend(fragments, colors: Tensor, sigma: float = 1e-4, gamma: float =
         image = (sum_l w_l colors_l + w_bg background) / (sum_l w_l + w_bg)
         silhouette = 1 - prod_l (1 - prob_l)
 
-    The exponentials are evaluated relative to ``zmax = max(eps, max z'_l over valid layers with
-    prob_l > 0)`` (PyTorch3D's ``softmax_rgb_blend`` numerics, without its clamp of the background
-    weight), which does not change the image: values are finite for any depths. The silhouette
-    backward uses prefix and suffix products (no division by ``1 - prob``). Empty layers are ignored
-    and get zero gradients. A valid layer with ``prob`` exactly 0 lying in front of every visible
-    layer by more than about 700 ``gamma`` (88 ``gamma`` in float32) has an overflowing
-    ``d image / d prob``, as the formula says.
+    The exponentials are evaluated relative to ``zmax = max(eps, max z'_l over valid layers)``
+    (PyTorch3D's ``softmax_rgb_blend`` numerics, without its clamp of the background weight), which
+    does not change the image and keeps every gradient finite. Where all the weights underflow with
+    it (the front-most valid layers have ``prob`` exactly 0 and everything else lies more than about
+    700 ``gamma`` behind in ``z'``, 88 ``gamma`` in float32), ``zmax`` is taken over the layers with
+    ``prob > 0`` instead, so the image stays finite; a ``prob``-0 layer whose weight would then
+    overflow gets a zero ``d image / d prob``. The silhouette backward uses prefix and suffix
+    products (no division by ``1 - prob``). Empty layers are ignored and get zero gradients.
 
     Args:
         fragments: any object with attributes ``face_idx`` ``(B, H, W, L)`` int64 (-1: empty

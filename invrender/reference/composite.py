@@ -1,5 +1,7 @@
 """Reference compositing: exclusive cumprod (UNICORN) and a masked softmax over layers (SoftRas)."""
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -39,10 +41,20 @@ def _softras_from_prob(prob, depth, face_idx, colors, bg, gamma, znear, zfar, ep
     valid = face_idx >= 0
     zero = torch.zeros((), dtype=prob.dtype, device=prob.device)
     z = torch.where(valid, (zfar - depth) / (zfar - znear), zero)
-    # The stabiliser: the image does not depend on it, so it is held constant.
-    candidates = torch.where(valid & (prob > 0), z, torch.full_like(z, eps))
-    zmax = torch.cat([candidates, z.new_full((*z.shape[:-1], 1), eps)], dim=-1).amax(dim=-1, keepdim=True).detach()
-    e = torch.exp(torch.where(valid, z - zmax, torch.full_like(z, -torch.inf)) / gamma)  # 0 on empty layers
+    # The stabiliser zmax: the image does not depend on it, so it is held constant. PyTorch3D's
+    # max(eps, max z' over valid layers), unless every weight underflows with it; then the max over
+    # the valid layers with prob > 0 (and eps), which keeps the denominator positive.
+    with torch.no_grad():
+        pad = z.new_full((*z.shape[:-1], 1), eps)
+        zmax_all = torch.cat([torch.where(valid, z, eps), pad], dim=-1).amax(dim=-1, keepdim=True)
+        zmax_pos = torch.cat([torch.where(valid & (prob > 0), z, eps), pad], dim=-1).amax(dim=-1, keepdim=True)
+        w_all = torch.where(valid, prob, zero) * torch.exp(torch.where(valid, z - zmax_all, -torch.inf) / gamma)
+        total = w_all.sum(dim=-1, keepdim=True) + torch.exp((eps - zmax_all) / gamma)
+        zmax = torch.where(total > 0, zmax_all, zmax_pos)
+    arg = torch.where(valid, z - zmax, torch.full_like(z, -torch.inf)) / gamma  # -inf: e = 0 on empty layers
+    # Overflow happens only for prob-0 layers under the fallback: e = 0 there (no inf * 0 anywhere).
+    overflow = arg > math.log(torch.finfo(arg.dtype).max)
+    e = torch.where(overflow, zero, torch.exp(torch.where(overflow, zero, arg)))
     w = torch.where(valid, prob, zero) * e  # (B, H, W, L)
     w_bg = torch.exp((eps - zmax[..., 0]) / gamma)[:, None]  # (B, 1, H, W)
     num = (w[..., None] * colors).sum(dim=-2).permute(0, 3, 1, 2) + w_bg * bg
