@@ -12,23 +12,28 @@ from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
 from . import cameras, reference
 from ._build import build_info
 from .cameras import OrthographicCamera, PerspectiveCamera
-from .ops import (Fragments, RaymarchResult, interpolate, project_voxels, rasterize, raymarch, rotate_voxels,
-                  rotation_matrix)
+from .ops import (CompositeResult, Fragments, RaymarchResult, SoftrasResult, composite_layers, interpolate,
+                  layer_alpha, project_voxels, rasterize, raymarch, rotate_voxels, rotation_matrix, softras_blend)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompositeResult",
     "Fragments",
-    "interpolate",
-    "rasterize",
     "OrthographicCamera",
     "PerspectiveCamera",
     "RaymarchResult",
+    "SoftrasResult",
     "build_info",
     "cameras",
+    "composite_layers",
+    "interpolate",
+    "layer_alpha",
     "project_voxels",
+    "rasterize",
     "raymarch",
     "reference",
     "rotate_voxels",
     "rotation_matrix",
+    "softras_blend",
 ]

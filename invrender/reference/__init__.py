@@ -4,8 +4,10 @@ Clear before fast: they are the oracle of the tests, the baseline of the benchma
 to read what an op computes.
 """
 
+from .composite import composite_layers, layer_alpha, softras_blend
 from .raster import rasterize
 from .raymarch import raymarch
 from .voxel import project_voxels, rotate_voxels, rotation_matrix
 
-__all__ = ["rasterize", "raymarch", "project_voxels", "rotate_voxels", "rotation_matrix"]
+__all__ = ["composite_layers", "layer_alpha", "rasterize", "raymarch", "project_voxels", "rotate_voxels",
+           "rotation_matrix", "softras_blend"]
