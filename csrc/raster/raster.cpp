@@ -84,15 +84,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_forward(const Tensor& verts
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), op, [&] {
     if (v.is_cuda()) {
 #ifdef WITH_CUDA
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
       Tensor recs = at::empty({std::max<int64_t>(p.B * p.F, 1) *
                                static_cast<int64_t>(sizeof(FaceRec<scalar_t>))},
                               opts.dtype(at::kByte));
-      CUDA_LAUNCH(op, rasterize_forward_cuda<scalar_t>(
-                          p, v.data_ptr<scalar_t>(), f.data_ptr<int64_t>(),
-                          reinterpret_cast<FaceRec<scalar_t>*>(recs.data_ptr()),
-                          face_idx.data_ptr<int64_t>(), bary.data_ptr<scalar_t>(),
-                          dist.data_ptr<scalar_t>(), depth.data_ptr<scalar_t>(),
-                          c10::cuda::getCurrentCUDAStream().stream()));
+      auto* recs_ptr = reinterpret_cast<FaceRec<scalar_t>*>(recs.data_ptr());
+      const int64_t bins = rasterize_bins(p);
+      Tensor counts = at::zeros({bins}, opts.dtype(at::kLong));
+      CUDA_LAUNCH(op, rasterize_count_cuda<scalar_t>(p, v.data_ptr<scalar_t>(),
+                                                     f.data_ptr<int64_t>(), recs_ptr,
+                                                     counts.data_ptr<int64_t>(), stream));
+      Tensor bin_start = at::zeros({bins + 1}, opts.dtype(at::kLong));
+      bin_start.narrow(0, 1, bins).copy_(counts.cumsum(0));
+      const int64_t entries = bin_start[bins].item<int64_t>();
+      Tensor bin_faces = at::empty({std::max<int64_t>(entries, 1)}, opts.dtype(at::kInt));
+      Tensor cursor = bin_start.narrow(0, 0, bins).clone();
+      CUDA_LAUNCH(op, rasterize_fill_cuda<scalar_t>(p, recs_ptr, cursor.data_ptr<int64_t>(),
+                                                    bin_faces.data_ptr<int32_t>(), stream));
+      CUDA_LAUNCH(op, rasterize_pixels_cuda<scalar_t>(
+                          p, recs_ptr, bin_start.data_ptr<int64_t>(),
+                          bin_faces.data_ptr<int32_t>(), face_idx.data_ptr<int64_t>(),
+                          bary.data_ptr<scalar_t>(), dist.data_ptr<scalar_t>(),
+                          depth.data_ptr<scalar_t>(), stream));
 #endif
     } else {
       rasterize_forward_cpu<scalar_t>(p, v.data_ptr<scalar_t>(), f.data_ptr<int64_t>(),

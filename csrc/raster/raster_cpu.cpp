@@ -5,7 +5,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "../common/cpu_dispatch.h"
@@ -14,20 +13,6 @@
 namespace invrender {
 namespace raster {
 namespace {
-
-constexpr int64_t kTile = 8;
-
-// Range of pixel indices whose centre coordinate c(i) = a + s i can lie in [lo, hi] (conservative
-// by one pixel; the per-pixel test is exact).
-inline void pixel_range(double lo, double hi, double a, double s, int64_t n, int64_t* first,
-                        int64_t* last) {
-  double i0 = (lo - a) / s, i1 = (hi - a) / s;
-  if (i0 > i1) std::swap(i0, i1);
-  i0 = std::max(std::floor(i0) - 1, -1.0);
-  i1 = std::min(std::ceil(i1) + 1, double(n));
-  *first = static_cast<int64_t>(i0) < 0 ? 0 : static_cast<int64_t>(i0);
-  *last = static_cast<int64_t>(i1) > n - 1 ? n - 1 : static_cast<int64_t>(i1);
-}
 
 template <typename T>
 INVRENDER_CPU_CLONES void rasterize_tiles(const RasterParams& p, const FaceRec<T>* recs,
@@ -61,34 +46,25 @@ void rasterize_mesh(const RasterParams& p, const T* verts_b, const int64_t* face
   // Bins (CSR): faces of each tile in increasing index order.
   const int64_t tiles_x = (p.W + kTile - 1) / kTile, tiles_y = (p.H + kTile - 1) / kTile;
   const int64_t tiles = tiles_x * tiles_y;
-  std::vector<int64_t> range(4 * p.F);
+  std::vector<int64_t> range(4 * p.F);  // tile ranges tx0, tx1, ty0, ty1 (tx0 > tx1: none)
   std::vector<int64_t> bin_start(tiles + 1, 0);
-  const double sx = 2.0 / p.W, sy = -2.0 / p.H;
   for (int64_t f = 0; f < p.F; ++f) {
-    const FaceRec<T>& r = recs[f];
     int64_t* q = &range[4 * f];
-    q[0] = 0;
-    q[1] = -1;
-    if (!r.valid) continue;
-    int64_t j0, j1, i0, i1;
-    pixel_range(r.xmin, r.xmax, -1.0 + 0.5 * sx, sx, p.W, &j0, &j1);
-    pixel_range(r.ymin, r.ymax, 1.0 + 0.5 * sy, sy, p.H, &i0, &i1);
-    if (j0 > j1 || i0 > i1) continue;
-    q[0] = (i0 / kTile) * tiles_x + j0 / kTile;  // packed tile ranges
-    q[1] = (i1 / kTile) * tiles_x + j1 / kTile;
-    q[2] = j0 / kTile;
-    q[3] = j1 / kTile;
-    for (int64_t ty = i0 / kTile; ty <= i1 / kTile; ++ty)
-      for (int64_t tx = q[2]; tx <= q[3]; ++tx) ++bin_start[ty * tiles_x + tx + 1];
+    if (!face_tiles(p, recs[f], &q[0], &q[1], &q[2], &q[3])) {
+      q[0] = 0;
+      q[1] = -1;
+      continue;
+    }
+    for (int64_t ty = q[2]; ty <= q[3]; ++ty)
+      for (int64_t tx = q[0]; tx <= q[1]; ++tx) ++bin_start[ty * tiles_x + tx + 1];
   }
   for (int64_t t = 0; t < tiles; ++t) bin_start[t + 1] += bin_start[t];
   std::vector<int32_t> bin_faces(bin_start[tiles]);
   std::vector<int64_t> fill(bin_start.begin(), bin_start.end() - 1);
   for (int64_t f = 0; f < p.F; ++f) {
     const int64_t* q = &range[4 * f];
-    if (q[0] > q[1]) continue;
-    for (int64_t ty = q[0] / tiles_x; ty <= q[1] / tiles_x; ++ty)
-      for (int64_t tx = q[2]; tx <= q[3]; ++tx)
+    for (int64_t ty = q[2]; ty <= q[3]; ++ty)
+      for (int64_t tx = q[0]; tx <= q[1]; ++tx)
         bin_faces[fill[ty * tiles_x + tx]++] = static_cast<int32_t>(f);
   }
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {

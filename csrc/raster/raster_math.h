@@ -87,6 +87,42 @@ HOST_DEVICE INLINE T pixel_y(int64_t i, int64_t H) {
   return T(H - 2 * i - 1) / T(H);
 }
 
+// Faces are binned into square tiles of kTile x kTile pixels by their bounding boxes.
+constexpr int64_t kTile = 8;
+
+// Pixel indices whose centre coordinate a + s i can lie in [lo, hi] (conservative by one pixel;
+// the per-pixel test is exact): *first > *last when none.
+HOST_DEVICE INLINE void pixel_range(double lo, double hi, double a, double s, int64_t n,
+                                    int64_t* first, int64_t* last) {
+  double i0 = (lo - a) / s, i1 = (hi - a) / s;
+  if (i0 > i1) {
+    const double tmp = i0;
+    i0 = i1;
+    i1 = tmp;
+  }
+  i0 = floor(i0) - 1.0;
+  i1 = ceil(i1) + 1.0;
+  *first = i0 < 0.0 ? 0 : (i0 > double(n) ? n : static_cast<int64_t>(i0));
+  *last = i1 > double(n - 1) ? n - 1 : (i1 < -1.0 ? -1 : static_cast<int64_t>(i1));
+}
+
+// Tiles [tx0, tx1] x [ty0, ty1] that a valid face's bounding box may touch; false when none.
+template <typename T>
+HOST_DEVICE INLINE bool face_tiles(const RasterParams& p, const FaceRec<T>& r, int64_t* tx0,
+                                   int64_t* tx1, int64_t* ty0, int64_t* ty1) {
+  if (!r.valid) return false;
+  const double sx = 2.0 / double(p.W), sy = -2.0 / double(p.H);
+  int64_t j0, j1, i0, i1;
+  pixel_range(double(r.xmin), double(r.xmax), -1.0 + 0.5 * sx, sx, p.W, &j0, &j1);
+  pixel_range(double(r.ymin), double(r.ymax), 1.0 + 0.5 * sy, sy, p.H, &i0, &i1);
+  if (j0 > j1 || i0 > i1) return false;
+  *tx0 = j0 / kTile;
+  *tx1 = j1 / kTile;
+  *ty0 = i0 / kTile;
+  *ty1 = i1 / kTile;
+  return true;
+}
+
 template <typename T>
 HOST_DEVICE INLINE T edge_fn(T ax, T ay, T bx, T by, T px, T py) {
   return (bx - ax) * (py - ay) - (by - ay) * (px - ax);
