@@ -78,6 +78,29 @@ int main() {
   expect(at::allclose(std::get<1>(rm), 1 - at::prod(1 - absorption, 2), 1e-12, 1e-12),
          "identity absorption-only ray marching");
 
+  // Rasterization: a full-screen square (two faces) at depth 2 covers every pixel of a 4x4 image
+  // at depth 2; compositing one opaque layer shows its colour with mask 1.
+  const auto rasterize =
+      op("invrender::rasterize_forward")
+          .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
+              const Tensor&, const Tensor&, c10::IntArrayRef, int64_t, double, bool)>();
+  const Tensor sq = at::tensor({-2.0, -2.0, 2.0, 2.0, -2.0, 2.0, 2.0, 2.0, 2.0, -2.0, 2.0, 2.0},
+                               f64).reshape({1, 4, 3});
+  const Tensor sq_faces = at::tensor({0, 1, 2, 0, 2, 3}, at::kLong).reshape({1, 2, 3});
+  const auto frag = rasterize.call(sq, sq_faces, {4, 4}, 2, 0.0, false);
+  expect(at::all(std::get<3>(frag).select(3, 0) >= 0).item<bool>() &&
+             at::allclose(std::get<2>(frag).select(3, 0), at::full({1, 4, 4}, 2.0, f64)),
+         "rasterize covers the screen at the square's depth");
+  const auto composite =
+      op("invrender::composite_layers_forward")
+          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&)>();
+  const Tensor alpha = at::ones({1, 4, 4, 2}, f64);
+  const Tensor colors = at::rand({1, 4, 4, 2, 3}, f64);
+  const auto shown = composite.call(alpha, colors, at::zeros({1, 3, 4, 4}, f64));
+  expect(at::allclose(std::get<0>(shown), colors.select(3, 0).permute({0, 3, 1, 2})) &&
+             at::allclose(std::get<1>(shown), at::ones({1, 1, 4, 4}, f64)),
+         "composite_layers shows an opaque front layer");
+
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }

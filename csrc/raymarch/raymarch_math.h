@@ -304,7 +304,7 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
       const T w = t * a;
       T eps = gz * (r.z0 + T(k) * r.dz);
       Vec3<T> gue = {T(0), T(0), T(0)};  // sum_c dL/de_c d(e_c)/du
-      bool weights = false;
+      if (gem_b != nullptr) voxel::trilinear_weights(s.fw, s.fh, s.fd, T(1), wk);
       for (int64_t c = 0; c < g.C; ++c) {
         voxel::corner_values(g, s, em_b + c * vol, v);
         const T gcc = gc[c * plane];
@@ -315,8 +315,6 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
         gue.y += ge * du.y;
         gue.z += ge * du.z;
         if (gem_b == nullptr) continue;
-        if (!weights) voxel::trilinear_weights(s.fw, s.fh, s.fd, T(1), wk);
-        weights = true;
         T wg[8];
         for (int q = 0; q < 8; ++q) wg[q] = ge * wk[q];
         voxel::scatter_corners(g, s, gem_b + c * vol, wg, scatter);
