@@ -178,7 +178,10 @@ def test_rotate_matches_reference_and_scipy_nearest(shape, size, seed):
         for c in range(shape[1]):
             np.testing.assert_array_equal(out[b, c][~ties], expected_ref[b, c][~ties])
             np.testing.assert_array_equal(out[b, c][~ties], expected_scipy[b, c][~ties])
-        assert ties.mean() < 0.5
+        # The output's centre maps to the input's centre, a tie when an input side is even: only
+        # larger outputs must be mostly tie-free.
+        if ties.size >= 8:
+            assert ties.mean() < 0.5
 
 
 def test_rotate_float32_matches_float64():
