@@ -192,8 +192,8 @@ class WeakPerspectiveCamera:
             xy = xy * scale.reshape(-1, 1, 1)
         if translation is not None:
             xy = xy + translation.reshape(-1, 1, 2)
-        out = torch.cat([xy, (self.depth_offset - q[..., 2]).unsqueeze(-1)], dim=-1)
-        return out  # broadcasting gives (B, V, 3), (1, V, 3) when nothing is batched
+        depth = (self.depth_offset - q[..., 2:]).expand(xy.shape[0], -1, -1)  # xy's batch includes q's
+        return torch.cat([xy, depth], dim=-1)  # broadcasting gives (B, V, 3), (1, V, 3) when nothing is batched
 
 
 def quaternion_to_matrix(quaternion: Tensor, eps: float = 1e-12) -> Tensor:

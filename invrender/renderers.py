@@ -43,7 +43,7 @@ class LayeredRenderer(torch.nn.Module):
         ndc       = camera.project(verts, ...)                       (B, V, 3)
         fragments = rasterize(ndc, faces, image_size, layers, sigma) (B, H, W, L)
         uv        = interpolate(fragments, uvs)                      (B, H, W, L, 2)
-        colors    = bilinear texture samples at (u mod 1, v)         (B, H, W, L, C)
+        colors    = sample_texture(texture, uv): bilinear at (u mod 1, v)  (B, H, W, L, C)
         alpha     = layer_alpha(fragments, sigma, kind)              (B, H, W, L)
         image, mask = composite_layers(alpha, colors, background)
 
@@ -66,10 +66,16 @@ class LayeredRenderer(torch.nn.Module):
             tensor) or an image tensor broadcastable to ``(B, C, H, W)``. A tensor is registered
             as a buffer (moves with ``.to()``) and cast to the rendering dtype.
         cull_backfaces: drop faces seen from the back when rasterizing (default False, as UNICORN).
+        texture_wrap: ``"circular"`` (default): the texture is periodic in ``u`` (the seam
+            ``u = 0 ~ 1`` interpolates the last and first columns, so colours and gradients are
+            continuous across it); ``"border"``: ``u`` clamps to the edge columns like ``v``
+            (``grid_sample``'s ``padding_mode="border"``; the colour jumps at the seam). See
+            :meth:`sample_texture`.
     """
 
     def __init__(self, camera=None, image_size: Union[int, Tuple[int, int]] = 64, layers: int = 25,
-                 sigma: float = 1e-4, kind: str = "exp", background=None, cull_backfaces: bool = False):
+                 sigma: float = 1e-4, kind: str = "exp", background=None, cull_backfaces: bool = False,
+                 texture_wrap: str = "circular"):
         super().__init__()
         op = "LayeredRenderer"
         camera = PerspectiveCamera() if camera is None else camera
@@ -92,6 +98,9 @@ class LayeredRenderer(torch.nn.Module):
             raise ValueError(f"{op}: argument 'kind' must be \"exp\" or \"sigmoid\", got {kind!r}")
         self.kind = kind
         self.cull_backfaces = bool(cull_backfaces)
+        if texture_wrap not in ("circular", "border"):
+            raise ValueError(f"{op}: argument 'texture_wrap' must be \"circular\" or \"border\", got {texture_wrap!r}")
+        self.texture_wrap = texture_wrap
         background = _check_background_arg(background, op)
         if isinstance(background, Tensor):
             self.register_buffer("background", background, persistent=False)
@@ -101,6 +110,30 @@ class LayeredRenderer(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"camera={self.camera!r}, image_size={self.image_size}, layers={self.layers}, sigma={self.sigma}, "
                 f"kind={self.kind!r}")
+
+    def sample_texture(self, texture: Tensor, uv: Tensor) -> Tensor:
+        """Bilinear texture samples at ``uv`` ``(B, ..., 2)``: ``(B, ..., C)``.
+
+        ``u`` is wrapped into [0, 1) (``torch.remainder``) and sampled at ``grid x = 2u - 1``,
+        ``v`` at ``grid y = 2v - 1`` (``grid_sample`` with ``align_corners=False``: texel
+        ``(i, j)`` is centred at ``u = (j + 0.5) / Wt``, ``v = (i + 0.5) / Ht``). Out of range
+        ``v`` clamps to the border row. With ``texture_wrap="circular"`` (default) the texture is
+        periodic in ``u``: between the last and the first texel centres (``u`` within half a texel
+        of the seam 0 ~ 1) the colour blends those two columns, so a mesh's colour is continuous
+        across the seam of :func:`~invrender.mesh.spherical_uvs`. With ``"border"`` ``u`` clamps
+        to the border columns too (then the colour jumps at the seam).
+        """
+        B = texture.shape[0]
+        C, Wt = texture.shape[1], texture.shape[3]
+        shape = uv.shape[:-1]
+        u = torch.remainder(uv[..., 0], 1.0)
+        if self.texture_wrap == "circular":
+            # One column of the other side on each edge: texel j sits at padded column j + 1.
+            texture = torch.cat([texture[..., -1:], texture, texture[..., :1]], dim=-1)
+            u = (u * Wt + 1.0) / (Wt + 2)
+        grid = torch.stack([2.0 * u - 1.0, 2.0 * uv[..., 1] - 1.0], dim=-1).reshape(B, 1, -1, 2)
+        colors = Fn.grid_sample(texture, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return colors.reshape(B, C, -1).transpose(1, 2).reshape(*shape, C)
 
     def project(self, verts: Tensor, rotation: Optional[Tensor] = None, translation: Optional[Tensor] = None,
                 scale: Optional[Tensor] = None) -> Tensor:
@@ -176,11 +209,7 @@ class LayeredRenderer(torch.nn.Module):
         fragments = rasterize(ndc, faces, self.image_size, self.layers, self.sigma,
                               cull_backfaces=self.cull_backfaces)
         uv = interpolate(fragments, uvs)  # (B, H, W, L, 2)
-        _, H, W, L, _ = uv.shape
-        grid = torch.stack([2.0 * torch.remainder(uv[..., 0], 1.0) - 1.0, 2.0 * uv[..., 1] - 1.0], dim=-1)
-        colors = Fn.grid_sample(texture, grid.reshape(B, H, W * L, 2), mode="bilinear", padding_mode="border",
-                                align_corners=False)  # (B, C, H, W L)
-        colors = colors.reshape(B, -1, H, W, L).permute(0, 2, 3, 4, 1)
+        colors = self.sample_texture(texture, uv)  # (B, H, W, L, C)
         alpha = layer_alpha(fragments, self.sigma, self.kind)
         if background is None:
             background = self.background
