@@ -145,7 +145,8 @@ class WeakPerspectiveCamera:
     def __post_init__(self):
         if isinstance(self.depth_offset, bool) or not isinstance(self.depth_offset, Real) or \
                 not math.isfinite(self.depth_offset):
-            raise ValueError(f"WeakPerspectiveCamera: 'depth_offset' must be a finite number, got {self.depth_offset!r}")
+            raise ValueError(f"WeakPerspectiveCamera: 'depth_offset' must be a finite number, "
+                             f"got {self.depth_offset!r}")
 
     def project(self, verts: Tensor, scale: Union[Tensor, float, None] = None, translation: Optional[Tensor] = None,
                 rotation: Optional[Tensor] = None) -> Tensor:
@@ -239,7 +240,8 @@ def _check_tensor(value, name: str, verts: Tensor, op: str) -> None:
     if not isinstance(value, Tensor):
         raise TypeError(f"{op}: argument '{name}' must be a tensor, got {type(value).__name__}")
     if value.dtype != verts.dtype:
-        raise TypeError(f"{op}: argument '{name}' has dtype {value.dtype} but 'verts' has {verts.dtype}; they must match")
+        raise TypeError(f"{op}: argument '{name}' has dtype {value.dtype} but 'verts' has {verts.dtype}; "
+                        "they must match")
     if value.device != verts.device:
         raise ValueError(f"{op}: argument '{name}' is on {value.device} but 'verts' is on {verts.device}")
 

@@ -185,7 +185,8 @@ class LayeredRenderer(torch.nn.Module):
             raise ValueError(f"{op}: argument 'faces' must have shape (F, 3), got {tuple(faces.shape)}")
         B, F = verts.shape[0], faces.shape[0]
         if not isinstance(uvs, Tensor):
-            raise TypeError(f"{op}: argument 'uvs' must be a tensor (F, 3, 2) or (B, F, 3, 2), got {type(uvs).__name__}")
+            raise TypeError(f"{op}: argument 'uvs' must be a tensor (F, 3, 2) or (B, F, 3, 2), "
+                            f"got {type(uvs).__name__}")
         if uvs.dim() == 3:
             uvs = uvs.unsqueeze(0).expand(B, *uvs.shape)
         if uvs.dim() != 4 or tuple(uvs.shape[1:]) != (F, 3, 2) or uvs.shape[0] not in (1, B):
@@ -193,7 +194,8 @@ class LayeredRenderer(torch.nn.Module):
                              f"F = {F}, got {tuple(uvs.shape)}")
         uvs = uvs.expand(B, F, 3, 2)
         if uvs.dtype != verts.dtype:
-            raise TypeError(f"{op}: argument 'uvs' has dtype {uvs.dtype} but 'verts' has {verts.dtype}; they must match")
+            raise TypeError(f"{op}: argument 'uvs' has dtype {uvs.dtype} but 'verts' has {verts.dtype}; "
+                            "they must match")
         if not isinstance(texture, Tensor):
             raise TypeError(f"{op}: argument 'texture' must be a tensor (B, C, Ht, Wt), got {type(texture).__name__}")
         if texture.dim() != 4 or texture.shape[0] != B or texture.shape[2] < 1 or texture.shape[3] < 1:

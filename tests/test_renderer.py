@@ -295,8 +295,7 @@ def test_renderer_constant_colour_and_background():
     assert image.shape == (2, 3, 32, 32) and mask.shape == (2, 1, 32, 32)
     # Centre pixels: alpha exactly 1 inside the front face (kind="exp").
     assert torch.equal(mask[:, :, 15:17, 15:17], torch.ones(2, 1, 2, 2, **D64))
-    torch.testing.assert_close(image[:, :, 15:17, 15:17], colour.reshape(1, 3, 1, 1).expand(2, 3, 2, 2),
-                               rtol=0, atol=1e-15)
+    assert torch.equal(image[:, :, 15:17, 15:17], colour.reshape(1, 3, 1, 1).expand(2, 3, 2, 2))
     # Far from the mesh (the sphere spans about |x| < 0.7): the background, mask 0, exactly.
     for i, j in [(0, 0), (0, 31), (31, 0), (31, 31), (16, 0), (0, 16)]:
         assert torch.equal(mask[:, :, i, j], torch.zeros(2, 1, **D64))
@@ -389,7 +388,8 @@ def _bilinear_numpy(tex, u, v, wrap):
 @pytest.mark.parametrize("wrap", ["circular", "border"])
 def test_sample_texture_against_numpy(wrap):
     tex = torch.rand(2, 3, 5, 7, generator=_gen(30), **D64)
-    uv = torch.rand(2, 4, 6, 2, generator=_gen(31), **D64) * torch.tensor([3.0, 1.4], **D64) - torch.tensor([1.0, 0.2], **D64)
+    uv = torch.rand(2, 4, 6, 2, generator=_gen(31), **D64) * torch.tensor([3.0, 1.4], **D64)
+    uv = uv - torch.tensor([1.0, 0.2], **D64)  # u in [-1, 2), v in [-0.2, 1.2)
     uv[0, 0, :3, 0] = torch.tensor([0.0, 1.0, 1.0 - 1e-9], **D64)  # the seam
     uv[0, 0, :3, 1] = 0.3
     out = invrender.LayeredRenderer(texture_wrap=wrap).sample_texture(tex, uv)
@@ -418,6 +418,17 @@ def test_renderer_seam_is_continuous():
     assert (row["circular"][12:20].diff().abs() < 0.35).all()
     assert (row["border"][14:18] - torch.tensor([0.0, 0.0, 1.0, 1.0], **D64)).abs().max() < 1e-12 or \
         (row["border"][14:18] - torch.tensor([1.0, 1.0, 0.0, 0.0], **D64)).abs().max() < 1e-12
+
+
+def test_renderer_float32_matches_float64():
+    v, f, uv = _sphere()
+    tex = torch.rand(1, 3, 16, 32, generator=_gen(27), **D64)
+    r = invrender.LayeredRenderer(image_size=32)
+    a = r(v[None], f, uv, tex)
+    b = r(v[None].float(), f, uv.float(), tex.float())
+    assert b.image.dtype == torch.float32 and b.mask.dtype == torch.float32
+    torch.testing.assert_close(b.image.double(), a.image, rtol=0, atol=1e-4)
+    torch.testing.assert_close(b.mask.double(), a.mask, rtol=0, atol=1e-4)
 
 
 def test_renderer_weak_perspective():
@@ -462,17 +473,23 @@ def test_renderer_gradcheck_verts_and_texture():
     assert Rg.grad.abs().sum() > 0 and tg.grad.abs().sum() > 0
 
 
-def test_renderer_torch_compile_fullgraph():
+@pytest.mark.parametrize("weak", [False, True])
+def test_renderer_torch_compile_fullgraph(weak):
     torch._dynamo.reset()
     v, f, uv = _sphere(level=1)
     tex = torch.rand(1, 3, 4, 8, generator=_gen(22), **D64)
-    R = invrender.rotation_matrix(torch.tensor([0.4], **D64))
-    r = invrender.LayeredRenderer(image_size=8, sigma=1e-2, layers=8)
+    if weak:
+        r = invrender.LayeredRenderer(camera=WeakPerspectiveCamera(), image_size=8, sigma=1e-2, layers=8)
+        pose = dict(rotation=_unit_quaternions(1, seed=26), scale=torch.tensor([1.2], **D64),
+                    translation=torch.tensor([[0.1, -0.1]], **D64))
+    else:
+        r = invrender.LayeredRenderer(image_size=8, sigma=1e-2, layers=8)
+        pose = dict(rotation=invrender.rotation_matrix(torch.tensor([0.4], **D64)))
     verts = v[None].clone().requires_grad_()
     texture = tex.clone().requires_grad_()
 
     def loss(verts, texture):
-        image, mask = r(verts, f, uv, texture, rotation=R, background=0.5)
+        image, mask = r(verts, f, uv, texture, background=0.5, **pose)
         return image, mask
 
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
