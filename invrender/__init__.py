@@ -9,30 +9,36 @@ Conventions (coordinate frames, grid layout, image layout) are in the README.
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
-from . import cameras, reference
+from . import cameras, mesh, reference, renderers
 from ._build import build_info
-from .cameras import OrthographicCamera, PerspectiveCamera
+from .cameras import OrthographicCamera, PerspectiveCamera, WeakPerspectiveCamera
 from .ops import (CompositeResult, Fragments, RaymarchResult, SoftrasResult, composite_layers, interpolate,
                   layer_alpha, project_voxels, rasterize, raymarch, rotate_voxels, rotation_matrix, softras_blend)
+from .renderers import LayeredRenderer, face_pixel_centroids
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CompositeResult",
     "Fragments",
+    "LayeredRenderer",
     "OrthographicCamera",
     "PerspectiveCamera",
     "RaymarchResult",
     "SoftrasResult",
+    "WeakPerspectiveCamera",
     "build_info",
     "cameras",
     "composite_layers",
+    "face_pixel_centroids",
     "interpolate",
     "layer_alpha",
+    "mesh",
     "project_voxels",
     "rasterize",
     "raymarch",
     "reference",
+    "renderers",
     "rotate_voxels",
     "rotation_matrix",
     "softras_blend",

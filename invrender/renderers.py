@@ -1,0 +1,293 @@
+"""Renderers as ``torch.nn.Module``s over the differentiable ops, and rendering helpers.
+
+- :class:`LayeredRenderer`: UNICORN's (Monnier et al. 2022) textured mesh renderer: project,
+  rasterize into depth-sorted layers, sample a UV texture, alpha-composite front to back over a
+  background. No lighting.
+- :func:`face_pixel_centroids`: per face, the weighted NDC centroid of the pixels it covers (UMR's
+  texture-cycle loss, Li et al. 2020).
+
+Conventions (README): images ``(B, C, H, W)`` with row 0 at the top; NDC x right, y up; pixel
+``(i, j)`` centred at ``x = -1 + (2j + 1) / W``, ``y = 1 - (2i + 1) / H``; faces int64 ``(F, 3)``
+counter-clockwise seen from the front; ``p_view = R @ p_obj``.
+"""
+
+import math
+from numbers import Real
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor
+
+from .cameras import PerspectiveCamera, WeakPerspectiveCamera
+from .ops.composite import CompositeResult, composite_layers, layer_alpha
+from .ops.raster import Fragments, _image_size, interpolate, rasterize
+
+__all__ = ["LayeredRenderer", "face_pixel_centroids"]
+
+
+def _check_background_arg(background, op: str):
+    if background is None or isinstance(background, Tensor):
+        return background
+    if isinstance(background, bool) or not isinstance(background, (Real, Sequence)) or isinstance(background, str):
+        raise TypeError(f"{op}: argument 'background' must be None, a number, a colour (C,) or a tensor, "
+                        f"got {type(background).__name__}")
+    return background
+
+
+class LayeredRenderer(torch.nn.Module):
+    """UNICORN's textured mesh renderer: layered soft rasterization and front-to-back compositing.
+
+    ``forward`` computes, for meshes with UV-mapped textures::
+
+        ndc       = camera.project(verts, ...)                       (B, V, 3)
+        fragments = rasterize(ndc, faces, image_size, layers, sigma) (B, H, W, L)
+        uv        = interpolate(fragments, uvs)                      (B, H, W, L, 2)
+        colors    = sample_texture(texture, uv): bilinear at (u mod 1, v)  (B, H, W, L, C)
+        alpha     = layer_alpha(fragments, sigma, kind)              (B, H, W, L)
+        image, mask = composite_layers(alpha, colors, background)
+
+    With ``kind="exp"`` alpha is exactly 1 inside a face, so the interior of an opaque mesh shows
+    exactly the front face's texture colour and ``mask`` is exactly 1 there. UVs are interpolated
+    linearly in screen space (no perspective correction, as in UNICORN). No lighting.
+
+    Args:
+        camera: a :class:`~invrender.cameras.PerspectiveCamera` (default: ``PerspectiveCamera()``,
+            fov 30 degrees at distance 2.732, ShapeNet-NMR's), a
+            :class:`~invrender.cameras.WeakPerspectiveCamera`, or any object with a
+            ``project(verts, rotation=..., translation=...)`` method returning NDC ``(B, V, 3)``.
+        image_size: ``H`` (square) or ``(H, W)``; UNICORN uses 64.
+        layers: faces kept per pixel, ``L >= 1`` (UNICORN: 25; 50 for ShapeNet).
+        sigma: blur / opacity sharpness in squared NDC units (UNICORN: 1e-4); faces cover pixels
+            up to the squared distance ``sigma * log(1e4 - 1)``.
+        kind: ``"exp"`` (UNICORN: ``exp(-max(d, 0) / sigma)``) or ``"sigmoid"`` (SoftRas
+            occupancy ``sigmoid(-d / sigma)``).
+        background: default background: None (black), a number, a colour ``(C,)`` (a sequence or a
+            tensor) or an image tensor broadcastable to ``(B, C, H, W)``. A tensor is registered
+            as a buffer (moves with ``.to()``) and cast to the rendering dtype.
+        cull_backfaces: drop faces seen from the back when rasterizing (default False, as UNICORN).
+        texture_wrap: ``"circular"`` (default): the texture is periodic in ``u`` (the seam
+            ``u = 0 ~ 1`` interpolates the last and first columns, so colours and gradients are
+            continuous across it); ``"border"``: ``u`` clamps to the edge columns like ``v``
+            (``grid_sample``'s ``padding_mode="border"``; the colour jumps at the seam). See
+            :meth:`sample_texture`.
+    """
+
+    def __init__(self, camera=None, image_size: Union[int, Tuple[int, int]] = 64, layers: int = 25,
+                 sigma: float = 1e-4, kind: str = "exp", background=None, cull_backfaces: bool = False,
+                 texture_wrap: str = "circular"):
+        super().__init__()
+        op = "LayeredRenderer"
+        camera = PerspectiveCamera() if camera is None else camera
+        if not callable(getattr(camera, "project", None)):
+            raise TypeError(f"{op}: argument 'camera' must have a 'project' method (e.g. a PerspectiveCamera or a "
+                            f"WeakPerspectiveCamera), got {type(camera).__name__}")
+        self.camera = camera
+        self.image_size = _image_size(image_size, op)
+        if isinstance(layers, bool) or not isinstance(layers, int):
+            raise TypeError(f"{op}: argument 'layers' must be an int, got {type(layers).__name__}")
+        if layers < 1:
+            raise ValueError(f"{op}: argument 'layers' must be >= 1, got {layers}")
+        self.layers = layers
+        if isinstance(sigma, bool) or not isinstance(sigma, Real):
+            raise TypeError(f"{op}: argument 'sigma' must be a number, got {type(sigma).__name__}")
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"{op}: argument 'sigma' must be finite and positive, got {sigma}")
+        self.sigma = float(sigma)
+        if kind not in ("exp", "sigmoid"):
+            raise ValueError(f"{op}: argument 'kind' must be \"exp\" or \"sigmoid\", got {kind!r}")
+        self.kind = kind
+        self.cull_backfaces = bool(cull_backfaces)
+        if texture_wrap not in ("circular", "border"):
+            raise ValueError(f"{op}: argument 'texture_wrap' must be \"circular\" or \"border\", got {texture_wrap!r}")
+        self.texture_wrap = texture_wrap
+        background = _check_background_arg(background, op)
+        if isinstance(background, Tensor):
+            self.register_buffer("background", background, persistent=False)
+        else:
+            self.background = background
+
+    def extra_repr(self) -> str:
+        return (f"camera={self.camera!r}, image_size={self.image_size}, layers={self.layers}, sigma={self.sigma}, "
+                f"kind={self.kind!r}")
+
+    def sample_texture(self, texture: Tensor, uv: Tensor) -> Tensor:
+        """Bilinear texture samples at ``uv`` ``(B, ..., 2)``: ``(B, ..., C)``.
+
+        ``u`` is wrapped into [0, 1) (``torch.remainder``) and sampled at ``grid x = 2u - 1``,
+        ``v`` at ``grid y = 2v - 1`` (``grid_sample`` with ``align_corners=False``: texel
+        ``(i, j)`` is centred at ``u = (j + 0.5) / Wt``, ``v = (i + 0.5) / Ht``). Out of range
+        ``v`` clamps to the border row. With ``texture_wrap="circular"`` (default) the texture is
+        periodic in ``u``: between the last and the first texel centres (``u`` within half a texel
+        of the seam 0 ~ 1) the colour blends those two columns, so a mesh's colour is continuous
+        across the seam of :func:`~invrender.mesh.spherical_uvs`. With ``"border"`` ``u`` clamps
+        to the border columns too (then the colour jumps at the seam).
+        """
+        B = texture.shape[0]
+        C, Wt = texture.shape[1], texture.shape[3]
+        shape = uv.shape[:-1]
+        u = torch.remainder(uv[..., 0], 1.0)
+        if self.texture_wrap == "circular":
+            # One column of the other side on each edge: texel j sits at padded column j + 1.
+            texture = torch.cat([texture[..., -1:], texture, texture[..., :1]], dim=-1)
+            u = (u * Wt + 1.0) / (Wt + 2)
+        grid = torch.stack([2.0 * u - 1.0, 2.0 * uv[..., 1] - 1.0], dim=-1).reshape(B, 1, -1, 2)
+        colors = Fn.grid_sample(texture, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return colors.reshape(B, C, -1).transpose(1, 2).reshape(*shape, C)
+
+    def project(self, verts: Tensor, rotation: Optional[Tensor] = None, translation: Optional[Tensor] = None,
+                scale: Optional[Tensor] = None) -> Tensor:
+        """NDC vertices ``(B, V, 3)`` from the camera (see :meth:`forward` for the pose arguments)."""
+        op = "LayeredRenderer"
+        if isinstance(self.camera, WeakPerspectiveCamera):
+            return self.camera.project(verts, scale=scale, translation=translation, rotation=rotation)
+        if scale is not None:
+            raise ValueError(f"{op}: argument 'scale' is only for a WeakPerspectiveCamera, the camera is "
+                             f"{type(self.camera).__name__}")
+        return self.camera.project(verts, rotation=rotation, translation=translation)
+
+    def forward(self, verts: Tensor, faces: Tensor, uvs: Tensor, texture: Tensor, rotation: Optional[Tensor] = None,
+                translation: Optional[Tensor] = None, background=None, scale=None) -> CompositeResult:
+        """Renders textured meshes.
+
+        Args:
+            verts: ``(B, V, 3)`` float32/float64 object-space vertices.
+            faces: ``(F, 3)`` int64, shared by the batch, counter-clockwise seen from outside.
+            uvs: per-face-corner texture coordinates ``(F, 3, 2)`` or ``(B, F, 3, 2)`` (e.g.
+                :func:`invrender.mesh.spherical_uvs`), same dtype as ``verts``: ``u`` to the right
+                (wrapped into [0, 1) after interpolation, so values past 1 from a seam fix are
+                fine), ``v`` down the texture, both nominally in [0, 1].
+            texture: ``(B, C, Ht, Wt)`` UV texture, same dtype and device as ``verts``; sampled
+                bilinearly (``align_corners=False``: texel ``(i, j)`` centred at
+                ``u = (j + 0.5) / Wt``, ``v = (i + 0.5) / Ht``), clamped at the border.
+            rotation: object-to-view rotation: ``(B, 3, 3)`` / ``(3, 3)``, or for a
+                :class:`~invrender.cameras.WeakPerspectiveCamera` also a quaternion ``(B, 4)``
+                ``(w, x, y, z)``; default identity.
+            translation: perspective camera: view-space ``(B, 3)`` / ``(3,)`` added after the
+                rotation; weak perspective: NDC ``(B, 2)`` / ``(2,)`` added after scaling. Default 0.
+            background: overrides the module's: None (use the module's; black if it has none), a
+                number, a colour ``(C,)`` or a tensor broadcastable to ``(B, C, H, W)``.
+            scale: weak perspective only: ``(B,)``, ``(B, 1)`` or a number; default 1.
+
+        Returns:
+            :class:`~invrender.CompositeResult` ``(image (B, C, H, W), mask (B, 1, H, W))``,
+            differentiable in ``verts``, ``uvs``, ``texture``, the pose tensors and a background
+            tensor (not in which faces cover a pixel).
+        """
+        op = "LayeredRenderer"
+        if not isinstance(verts, Tensor):
+            raise TypeError(f"{op}: argument 'verts' must be a tensor (B, V, 3), got {type(verts).__name__}")
+        if verts.dim() != 3 or verts.shape[-1] != 3:
+            raise ValueError(f"{op}: argument 'verts' must have shape (B, V, 3), got {tuple(verts.shape)}")
+        if not isinstance(faces, Tensor):
+            raise TypeError(f"{op}: argument 'faces' must be a tensor (F, 3), got {type(faces).__name__}")
+        if faces.dim() != 2 or faces.shape[1] != 3:
+            raise ValueError(f"{op}: argument 'faces' must have shape (F, 3), got {tuple(faces.shape)}")
+        B, F = verts.shape[0], faces.shape[0]
+        if not isinstance(uvs, Tensor):
+            raise TypeError(f"{op}: argument 'uvs' must be a tensor (F, 3, 2) or (B, F, 3, 2), "
+                            f"got {type(uvs).__name__}")
+        if uvs.dim() == 3:
+            uvs = uvs.unsqueeze(0).expand(B, *uvs.shape)
+        if uvs.dim() != 4 or tuple(uvs.shape[1:]) != (F, 3, 2) or uvs.shape[0] not in (1, B):
+            raise ValueError(f"{op}: argument 'uvs' must have shape (F, 3, 2) or (B, F, 3, 2) with B = {B}, "
+                             f"F = {F}, got {tuple(uvs.shape)}")
+        uvs = uvs.expand(B, F, 3, 2)
+        if uvs.dtype != verts.dtype:
+            raise TypeError(f"{op}: argument 'uvs' has dtype {uvs.dtype} but 'verts' has {verts.dtype}; "
+                            "they must match")
+        if not isinstance(texture, Tensor):
+            raise TypeError(f"{op}: argument 'texture' must be a tensor (B, C, Ht, Wt), got {type(texture).__name__}")
+        if texture.dim() != 4 or texture.shape[0] != B or texture.shape[2] < 1 or texture.shape[3] < 1:
+            raise ValueError(f"{op}: argument 'texture' must have shape (B, C, Ht, Wt) with B = {B} and Ht, Wt >= 1, "
+                             f"got {tuple(texture.shape)}")
+        if texture.dtype != verts.dtype:
+            raise TypeError(f"{op}: argument 'texture' has dtype {texture.dtype} but 'verts' has {verts.dtype}; "
+                            "they must match")
+        if texture.device != verts.device or uvs.device != verts.device:
+            raise ValueError(f"{op}: arguments 'texture' and 'uvs' must be on the device of 'verts' ({verts.device})")
+
+        ndc = self.project(verts, rotation=rotation, translation=translation, scale=scale)
+        fragments = rasterize(ndc, faces, self.image_size, self.layers, self.sigma,
+                              cull_backfaces=self.cull_backfaces)
+        uv = interpolate(fragments, uvs)  # (B, H, W, L, 2)
+        colors = self.sample_texture(texture, uv)  # (B, H, W, L, C)
+        alpha = layer_alpha(fragments, self.sigma, self.kind)
+        if background is None:
+            background = self.background
+            if isinstance(background, Tensor):
+                background = background.to(dtype=verts.dtype, device=verts.device)
+        else:
+            background = _check_background_arg(background, op)
+        return composite_layers(alpha, colors.contiguous(), background)
+
+
+def face_pixel_centroids(fragments: Fragments, weights: Tensor, num_faces: int) -> Tuple[Tensor, Tensor]:
+    """Per face, the weighted NDC centroid of the pixels that cover it, and the total weight.
+
+    For each mesh ``b`` and face ``f``, over the pixels ``(i, j)`` and layers ``l`` with
+    ``face_idx[b, i, j, l] == f``::
+
+        total[b, f]     = sum w[b, i, j, l]
+        centroid[b, f]  = sum w[b, i, j, l] (x_j, y_i) / total[b, f]
+
+    with the pixel centres ``x_j = -1 + (2j + 1) / W``, ``y_i = 1 - (2i + 1) / H`` (x right, y up).
+    UMR's texture-cycle loss (Li et al. 2020) compares these centroids with the faces' projected
+    centres. Faces covering no pixel (or only with weight 0) get ``centroid = 0`` and ``total = 0``,
+    with finite (zero) gradients. Memory is ``O(B (H W L + F))``: scatter-adds over ``(B, F)``, no
+    dense face-by-pixel tensor.
+
+    Args:
+        fragments: :class:`invrender.Fragments` (only ``face_idx`` ``(B, H, W, L)`` int64 is read;
+            -1 marks an empty layer, which is ignored).
+        weights: ``(B, H, W, L)`` float32/float64 per-layer weights, e.g.
+            :func:`invrender.layer_alpha` (occupancy) or the layer's contribution ``T_l alpha_l``.
+        num_faces: ``F``, the number of faces of each mesh (every ``face_idx`` must be below it).
+
+    Returns:
+        ``centroids (B, F, 2)`` (x, y) in NDC and ``total (B, F)``, both of the dtype of
+        ``weights``, differentiable in ``weights``.
+    """
+    op = "face_pixel_centroids"
+    face_idx = getattr(fragments, "face_idx", None)
+    if not isinstance(face_idx, Tensor):
+        raise TypeError(f"{op}: argument 'fragments' must have a tensor attribute 'face_idx' (B, H, W, L), "
+                        f"got {type(fragments).__name__}")
+    if face_idx.dtype != torch.int64 or face_idx.dim() != 4:
+        raise ValueError(f"{op}: argument 'fragments.face_idx' must be an int64 tensor (B, H, W, L), got "
+                         f"{face_idx.dtype} {tuple(face_idx.shape)}")
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"{op}: argument 'weights' must be a tensor (B, H, W, L), got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(f"{op}: argument 'weights' must be float32 or float64, got {weights.dtype}")
+    if tuple(weights.shape) != tuple(face_idx.shape):
+        raise ValueError(f"{op}: argument 'weights' must have the shape (B, H, W, L) = {tuple(face_idx.shape)} of "
+                         f"'fragments.face_idx', got {tuple(weights.shape)}")
+    if weights.device != face_idx.device:
+        raise ValueError(f"{op}: argument 'weights' is on {weights.device} but the fragments are on {face_idx.device}")
+    if isinstance(num_faces, bool) or not isinstance(num_faces, int):
+        raise TypeError(f"{op}: argument 'num_faces' must be an int, got {type(num_faces).__name__}")
+    if num_faces < 0:
+        raise ValueError(f"{op}: argument 'num_faces' must be >= 0, got {num_faces}")
+    if not torch.compiler.is_compiling() and face_idx.numel() and int(face_idx.max()) >= num_faces:
+        raise ValueError(f"{op}: 'fragments.face_idx' holds face {int(face_idx.max())} but 'num_faces' is {num_faces}")
+    B, H, W, L = face_idx.shape
+    dtype, device = weights.dtype, weights.device
+    if num_faces == 0:  # then every layer is empty
+        return weights.new_zeros(B, 0, 2), weights.new_zeros(B, 0)
+    x = (2 * torch.arange(W, dtype=dtype, device=device) + 1 - W) / W
+    y = (H - 2 * torch.arange(H, dtype=dtype, device=device) - 1) / H
+    xy = torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1)  # (H, W, 2): (x_j, y_i)
+    valid = face_idx >= 0
+    w = torch.where(valid, weights, torch.zeros((), dtype=dtype, device=device))  # (B, H, W, L)
+    # Row b * F + f of a flat (B F) table; empty layers add weight 0 to row b * F (harmless).
+    rows = (face_idx.clamp(min=0) + torch.arange(B, device=device).reshape(B, 1, 1, 1) * num_faces).reshape(-1)
+    src = torch.cat([w.unsqueeze(-1) * xy.reshape(1, H, W, 1, 2), w.unsqueeze(-1)], dim=-1).reshape(-1, 3)
+    acc = torch.zeros(B * num_faces, 3, dtype=dtype, device=device).index_add(0, rows, src)
+    acc = acc.reshape(B, num_faces, 3)
+    total = acc[..., 2]
+    positive = total > 0
+    denom = torch.where(positive, total, torch.ones((), dtype=dtype, device=device))
+    centroids = torch.where(positive.unsqueeze(-1), acc[..., :2] / denom.unsqueeze(-1),
+                            torch.zeros((), dtype=dtype, device=device))
+    return centroids, total
