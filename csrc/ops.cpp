@@ -41,6 +41,12 @@ TORCH_LIBRARY(invrender, m) {
   m.def(
       "rasterize_backward(Tensor grad_bary, Tensor grad_dist, Tensor grad_depth, Tensor verts, "
       "Tensor faces, Tensor face_idx) -> Tensor");
+  // Interpolation of vertex attributes attrs (B, V, C) at the fragments: faces (B, F, 3),
+  // face_idx (B, H, W, L), bary (B, H, W, L, 3) -> (B, H, W, L, C).
+  m.def("interpolate_forward(Tensor attrs, Tensor faces, Tensor face_idx, Tensor bary) -> Tensor");
+  m.def(
+      "interpolate_backward(Tensor grad, Tensor attrs, Tensor faces, Tensor face_idx, "
+      "Tensor bary) -> (Tensor, Tensor)");
   // Layered compositing: alpha (B, H, W, L), colors (B, H, W, L, C), background (B, C, H, W)
   // -> image (B, C, H, W), mask (B, 1, H, W).
   m.def(

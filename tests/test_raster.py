@@ -288,7 +288,8 @@ def test_backward_is_deterministic_on_cpu():
     for threads in (1, 2, 1):
         torch.set_num_threads(threads)
         frag = invrender.rasterize(v, f, 24, layers=5, sigma=1e-2)
-        grads.append(torch.autograd.grad(frag.bary.sum() + frag.dist.sum() + frag.depth.sum(), v)[0])
+        rgb = invrender.interpolate(frag, v * 2, f)
+        grads.append(torch.autograd.grad(frag.dist.sum() + frag.depth.sum() + rgb.sum(), v)[0])
     torch.set_num_threads(before)
     assert all(torch.equal(g, grads[0]) for g in grads[1:])
 
@@ -322,6 +323,37 @@ def test_interpolate_per_vertex_equals_per_corner_and_manual():
     assert torch.allclose(invrender.interpolate(frag, v[..., 2:], f)[..., 0], frag.depth, atol=1e-14)
 
 
+@pytest.mark.parametrize("per_corner", [False, True])
+def test_interpolate_matches_reference_values_and_gradients(per_corner):
+    v, f = _random_mesh(2, 12, 10, seed=13)
+    f = torch.cat([f, torch.full((2, 3), -1)])  # padding rows are never selected
+    x = v.clone().requires_grad_()
+    attrs = torch.rand(2, 12, 3, **D64)
+    attrs = attrs[:, f.clamp(min=0)] if per_corner else attrs
+    outs, grads = [], []
+    for fn in (invrender.interpolate, ref.interpolate):
+        xx, aa = x.detach().clone().requires_grad_(), attrs.clone().requires_grad_()
+        frag = invrender.rasterize(xx, f, (7, 9), layers=3, sigma=2e-2)
+        out = fn(frag, aa, None if per_corner else f)
+        w = torch.rand(out.shape, generator=torch.Generator().manual_seed(2), **D64)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * w).sum(), (xx, aa)))
+    assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-15)
+    for a, b in zip(*grads):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_interpolate_attrs_and_bary():
+    v, f = _random_mesh(1, 8, 6, seed=3)
+    frag = invrender.rasterize(v, f, (5, 6), layers=2, sigma=2e-2)
+    fb = f[None].contiguous()
+    attrs = torch.rand(1, 8, 2, **D64, requires_grad=True)
+    bary = frag.bary.clone().requires_grad_()
+    op = torch.ops.invrender.interpolate_forward
+    assert gradcheck(lambda a, b: op(a, fb, frag.face_idx, b), (attrs, bary))
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input, opcheck, compile
 
@@ -349,6 +381,9 @@ def _bad_cases():
         (lambda: invrender.interpolate(invrender.rasterize(v, f, 4), v[..., :2]), ValueError, "faces"),
         (lambda: invrender.interpolate(invrender.rasterize(v, f, 4), v[:1], f), ValueError, "attrs"),
         (lambda: invrender.interpolate(invrender.rasterize(v, f, 4), v.float(), f), TypeError, "attrs"),
+        (lambda: invrender.interpolate(invrender.rasterize(v, f, 4), v, f + 10), ValueError, "faces"),
+        (lambda: torch.ops.invrender.interpolate_forward(v, f[None].expand(2, -1, -1), torch.full((2, 3, 3, 1), 7),
+                                                         torch.zeros(2, 3, 3, 1, 3, **D64)), ValueError, "face_idx"),
     ]
 
 
@@ -369,6 +404,12 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.invrender.rasterize_backward, args)
     empty = (x, fb[:, :0].contiguous(), [3, 2], 2, 0.0, True)
     torch.library.opcheck(torch.ops.invrender.rasterize_forward, empty)
+    attrs = torch.rand(2, 10, 4, **D64, requires_grad=True)
+    bary = frag.bary.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.invrender.interpolate_forward, (attrs, fb, frag.face_idx, bary))
+    grad = torch.rand(*frag.face_idx.shape, 4, **D64)
+    torch.library.opcheck(torch.ops.invrender.interpolate_backward,
+                          (grad, attrs.detach(), fb, frag.face_idx, bary.detach()))
 
 
 def test_torch_compile_fullgraph():

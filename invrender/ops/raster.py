@@ -210,7 +210,8 @@ def interpolate(fragments: Fragments, attrs: Tensor, faces: Optional[Tensor] = N
 
     Returns:
         ``(B, H, W, L, C)``: ``sum_k bary_k attr_k`` of each layer's face, 0 on empty layers.
-        Differentiable in ``attrs`` and, through ``bary``, in the vertices.
+        Differentiable in ``attrs`` and, through ``bary``, in the vertices. A fused kernel: nothing
+        of size ``(B, H, W, L, 3, C)`` is formed, forward or backward.
     """
     op = "interpolate"
     if not isinstance(attrs, Tensor):
@@ -220,28 +221,54 @@ def interpolate(fragments: Fragments, attrs: Tensor, faces: Optional[Tensor] = N
     if attrs.dim() == 3:
         if faces is None:
             raise ValueError(f"{op}: per-vertex 'attrs' (B, V, C) need 'faces'")
+        if not isinstance(faces, Tensor):
+            raise TypeError(f"{op}: argument 'faces' must be a tensor, got {type(faces).__name__}")
         if faces.dim() == 2:
             faces = faces.unsqueeze(0).expand(B, *faces.shape)
         _check_faces(faces, op)
         if attrs.shape[0] != B or faces.shape[0] != B:
             raise ValueError(f"{op}: argument 'attrs' must have shape (B, V, C) with B = {B}, got {tuple(attrs.shape)}")
-        if not torch.compiler.is_compiling() and faces.numel() and int(faces.max()) >= attrs.shape[1]:
-            raise ValueError(f"{op}: argument 'faces' indexes vertex {int(faces.max())} but 'attrs' has {attrs.shape[1]}")
-        # (B, F, 3, C) corner attributes; padding rows (-1) read vertex 0 and are never selected.
-        idx = faces.clamp(min=0).reshape(B, -1, 1).expand(-1, -1, attrs.shape[2])
-        attrs = attrs.gather(1, idx).reshape(B, faces.shape[1], 3, attrs.shape[2])
-    elif attrs.dim() != 4 or attrs.shape[2] != 3 or attrs.shape[0] != B:
+    elif attrs.dim() == 4 and attrs.shape[2] == 3 and attrs.shape[0] == B:
+        # Per-face-corner attributes: the vertices of face f are 3f, 3f + 1, 3f + 2.
+        F = attrs.shape[1]
+        faces = torch.arange(3 * F, device=attrs.device).reshape(1, F, 3).expand(B, F, 3)
+        attrs = attrs.reshape(B, 3 * F, attrs.shape[3])
+    else:
         raise ValueError(f"{op}: argument 'attrs' must be (B, V, C) or (B, F, 3, C) with B = {B}, "
                          f"got {tuple(attrs.shape)}")
     if attrs.dtype != bary.dtype:
         raise TypeError(f"{op}: argument 'attrs' has dtype {attrs.dtype} but the fragments have {bary.dtype}")
-    _, H, W, L = face_idx.shape
-    F, C = attrs.shape[1], attrs.shape[3]
-    valid = face_idx >= 0
-    if F == 0:
-        return bary.new_zeros(B, H, W, L, C)
-    idx = face_idx.clamp(min=0).reshape(B, -1)  # (B, H W L)
-    corner = attrs.reshape(B, F, 3 * C).gather(1, idx.unsqueeze(-1).expand(-1, -1, 3 * C))
-    corner = corner.reshape(B, H, W, L, 3, C)
-    out = (bary.unsqueeze(-1) * corner).sum(-2)
-    return torch.where(valid.unsqueeze(-1), out, out.new_zeros(()))
+    return _ops.interpolate_forward(attrs, faces, face_idx, bary)
+
+
+def _interpolate_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _interpolate_backward(ctx, grad):
+    attrs, faces, face_idx, bary = ctx.saved_tensors
+    grad_attrs, grad_bary = _ops.interpolate_backward(grad.contiguous(), attrs, faces, face_idx, bary)
+    return grad_attrs, None, None, grad_bary
+
+
+torch.library.register_autograd("invrender::interpolate_forward", _interpolate_backward,
+                                setup_context=_interpolate_setup)
+
+
+def _no_interpolate_double_backward(ctx, *grads):
+    raise NotImplementedError("invrender: double backward through interpolate is not implemented")
+
+
+torch.library.register_autograd("invrender::interpolate_backward", _no_interpolate_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
+
+
+@torch.library.register_fake("invrender::interpolate_forward")
+def _(attrs, faces, face_idx, bary):
+    torch._check(attrs.dim() == 3, lambda: "interpolate: argument 'attrs' must be (B, V, C)")
+    return bary.new_empty(tuple(face_idx.shape) + (attrs.shape[2],))
+
+
+@torch.library.register_fake("invrender::interpolate_backward")
+def _(grad, attrs, faces, face_idx, bary):
+    return torch.empty_like(attrs, memory_format=torch.contiguous_format), torch.empty_like(bary)

@@ -5,9 +5,9 @@ to read what an op computes.
 """
 
 from .composite import composite_layers, layer_alpha, softras_blend
-from .raster import rasterize
+from .raster import interpolate, rasterize
 from .raymarch import raymarch
 from .voxel import project_voxels, rotate_voxels, rotation_matrix
 
-__all__ = ["composite_layers", "layer_alpha", "rasterize", "raymarch", "project_voxels", "rotate_voxels",
+__all__ = ["composite_layers", "interpolate", "layer_alpha", "rasterize", "raymarch", "project_voxels", "rotate_voxels",
            "rotation_matrix", "softras_blend"]

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..ops.raster import MIN_AREA2, Fragments, _batch_meshes, _check_faces, _image_size, default_blur
 
-__all__ = ["rasterize"]
+__all__ = ["interpolate", "rasterize"]
 
 
 def _edge(ax, ay, bx, by, px, py):
@@ -84,3 +84,22 @@ def rasterize(verts, faces, image_size: Union[int, Tuple[int, int]], layers: int
         out_depth = torch.cat([out_depth, out_depth.new_zeros(B, H * W, extra)], -1)
     r = lambda t, *s: t.reshape(B, H, W, layers, *s)  # noqa: E731
     return Fragments(r(face_idx), r(out_bary, 3), r(out_dist), r(out_depth))
+
+
+def interpolate(fragments: Fragments, attrs: Tensor, faces: Optional[Tensor] = None) -> Tensor:
+    """Gathers each layer's corner attributes and sums them with the barycentrics (same semantics as
+    :func:`invrender.interpolate`)."""
+    face_idx, bary = fragments.face_idx, fragments.bary
+    B, H, W, L = face_idx.shape
+    if attrs.dim() == 3:
+        if faces.dim() == 2:
+            faces = faces.unsqueeze(0).expand(B, *faces.shape)
+        attrs = torch.stack([attrs[b][faces[b].clamp(min=0)] for b in range(B)]) if B else attrs.new_zeros(
+            0, faces.shape[1], 3, attrs.shape[-1])  # (B, F, 3, C)
+    F, C = attrs.shape[1], attrs.shape[3]
+    if F == 0:
+        return bary.new_zeros(B, H, W, L, C)
+    idx = face_idx.clamp(min=0).reshape(B, -1, 1).expand(-1, -1, 3 * C)
+    corner = attrs.reshape(B, F, 3 * C).gather(1, idx).reshape(B, H, W, L, 3, C)
+    out = (bary.unsqueeze(-1) * corner).sum(-2)
+    return torch.where((face_idx >= 0).unsqueeze(-1), out, out.new_zeros(()))
