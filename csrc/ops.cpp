@@ -65,4 +65,13 @@ TORCH_LIBRARY(invrender, m) {
       "softras_blend_backward(Tensor grad_image, Tensor grad_silhouette, Tensor prob, "
       "Tensor depth, Tensor face_idx, Tensor colors, Tensor background, float gamma, "
       "float znear, float zfar, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Nearest neighbours (csrc/chamfer): x (B, N, D), y (B, M, D), x_len / y_len (B,) int64 ->
+  // dist (B, N) squared distances, idx (B, N) int64 (-1 beyond x_len or when y_len = 0).
+  m.def(
+      "nearest_neighbors_forward(Tensor x, Tensor y, Tensor x_lengths, Tensor y_lengths) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "nearest_neighbors_backward(Tensor grad_dist, Tensor x, Tensor y, Tensor idx, "
+      "bool need_y) -> (Tensor, Tensor)");
 }

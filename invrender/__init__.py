@@ -12,13 +12,17 @@ from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
 from . import cameras, mesh, reference, renderers
 from ._build import build_info
 from .cameras import OrthographicCamera, PerspectiveCamera, WeakPerspectiveCamera
-from .ops import (CompositeResult, Fragments, RaymarchResult, SoftrasResult, composite_layers, interpolate,
-                  layer_alpha, project_voxels, rasterize, raymarch, rotate_voxels, rotation_matrix, softras_blend)
+from .ops import (CompositeResult, Fragments, NearestNeighbors, RaymarchResult, SoftrasResult, chamfer_distance,
+                  composite_layers, interpolate, layer_alpha, nearest_neighbors, project_voxels, rasterize, raymarch,
+                  rotate_voxels, rotation_matrix, softras_blend)
 from .renderers import LayeredRenderer, face_pixel_centroids
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NearestNeighbors",
+    "chamfer_distance",
+    "nearest_neighbors",
     "CompositeResult",
     "Fragments",
     "LayeredRenderer",

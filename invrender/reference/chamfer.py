@@ -1,0 +1,44 @@
+"""Pure-PyTorch nearest neighbours and Chamfer distance (torch.cdist; O(B N M) memory).
+
+Same signatures and semantics as :func:`invrender.nearest_neighbors` and
+:func:`invrender.chamfer_distance`.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..ops import chamfer as _ours
+from ..ops.chamfer import NearestNeighbors
+
+__all__ = ["nearest_neighbors", "chamfer_distance"]
+
+
+def nearest_neighbors(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None,
+                      y_lengths: Optional[Tensor] = None) -> NearestNeighbors:
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    xl = _ours._lengths(x_lengths, x, "x_lengths", "nearest_neighbors")
+    yl = _ours._lengths(y_lengths, y, "y_lengths", "nearest_neighbors")
+    d = ((x.unsqueeze(2) - y.unsqueeze(1)) ** 2).sum(-1) if M and N else x.new_zeros(B, N, M)  # (B, N, M)
+    y_valid = torch.arange(M, device=x.device)[None, None, :] < yl[:, None, None]
+    d = torch.where(y_valid, d, torch.full_like(d, math.inf))
+    if M == 0:
+        dist, idx = x.new_zeros(B, N), torch.full((B, N), -1, dtype=torch.long, device=x.device)
+    else:
+        idx = d.detach().argmin(-1)  # the first index among ties
+        dist = torch.gather(d, 2, idx.unsqueeze(-1)).squeeze(-1)
+    ok = (torch.arange(N, device=x.device)[None, :] < xl[:, None]) & (yl[:, None] > 0)
+    return NearestNeighbors(torch.where(ok, dist, torch.zeros_like(dist)), torch.where(ok, idx, torch.full_like(idx, -1)))
+
+
+def chamfer_distance(x, y, x_lengths=None, y_lengths=None, squared=True, point_reduction="mean",
+                     batch_reduction="mean", single_directional=False, return_nn=False):
+    original = _ours.nearest_neighbors
+    _ours.nearest_neighbors = nearest_neighbors  # the same reductions on top of the dense search
+    try:
+        return _ours.chamfer_distance(x, y, x_lengths, y_lengths, squared, point_reduction, batch_reduction,
+                                      single_directional, return_nn)
+    finally:
+        _ours.nearest_neighbors = original
