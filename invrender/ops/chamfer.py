@@ -36,6 +36,8 @@ def _clouds(x, y, op: str):
             raise TypeError(f"{op}: argument '{name}' must be a tensor (B, P, D), got {type(t).__name__}")
         if t.dim() != 3:
             raise ValueError(f"{op}: argument '{name}' must be a 3-D tensor (B, P, D), got shape {tuple(t.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"{op}: argument 'y' is on {y.device} but 'x' is on {x.device}; they must be on one device")
 
 
 def nearest_neighbors(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None,

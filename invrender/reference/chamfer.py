@@ -21,7 +21,8 @@ def nearest_neighbors(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None,
     B, N, M = x.shape[0], x.shape[1], y.shape[1]
     xl = _ours._lengths(x_lengths, x, "x_lengths", "nearest_neighbors")
     yl = _ours._lengths(y_lengths, y, "y_lengths", "nearest_neighbors")
-    d = ((x.unsqueeze(2) - y.unsqueeze(1)) ** 2).sum(-1) if M and N else x.new_zeros(B, N, M)  # (B, N, M)
+    # Exact differences (not the matrix-product expansion, whose cancellation would blur ties).
+    d = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist") ** 2 if M and N else x.new_zeros(B, N, M)
     y_valid = torch.arange(M, device=x.device)[None, None, :] < yl[:, None, None]
     d = torch.where(y_valid, d, torch.full_like(d, math.inf))
     if M == 0:
