@@ -73,9 +73,13 @@ def test_ties_and_duplicates_pick_the_smallest_index():
     g = torch.Generator().manual_seed(0)
     base = torch.randint(0, 5, (1, 3000, 3), generator=g).to(torch.float64)  # a 5^3 lattice, many repeats
     q = torch.randint(0, 5, (1, 500, 3), generator=g).to(torch.float64) + 0.25
-    nn = invrender.nearest_neighbors(q, base)
-    expect = ref.nearest_neighbors(q, base)
-    assert torch.equal(nn.idx, expect.idx) and torch.allclose(nn.dist, expect.dist, rtol=0, atol=1e-14)
+    # Queries half way between lattice points: equidistant neighbours on both sides of splitting
+    # planes, at exactly the plane's distance (the search must not prune those).
+    q2 = torch.randint(0, 4, (1, 500, 3), generator=g).to(torch.float64) + torch.tensor([0.5, 0.0, 0.0], **D64)
+    for query in (q, q2):
+        nn = invrender.nearest_neighbors(query, base)
+        expect = ref.nearest_neighbors(query, base)
+        assert torch.equal(nn.idx, expect.idx) and torch.allclose(nn.dist, expect.dist, rtol=0, atol=1e-14)
 
 
 def test_chamfer_forms_and_reductions_match_closed_form():
