@@ -109,6 +109,8 @@ class Case:
     ours: Callable[..., torch.Tensor]
     reference: Optional[Callable[..., torch.Tensor]] = None
     extra: Dict[str, Callable[..., torch.Tensor]] = field(default_factory=dict)
+    # Peers without gradients (e.g. scipy): timed forward only.
+    forward_only: Dict[str, Callable[..., object]] = field(default_factory=dict)
 
 
 def _measure_impl(fn, inputs, device, warmup, repeats):
@@ -155,6 +157,9 @@ def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int
             except torch.cuda.OutOfMemoryError:  # the reference may not fit
                 results[name] = None
                 torch.cuda.empty_cache()
+        for name, fn in case.forward_only.items():
+            results[name] = {"forward_ms": time_fn(lambda: fn(*inputs), device, warmup, repeats),
+                             "forward_backward_ms": None, "saved_bytes": None, "peak_bytes": None}
         row = dict(meta, op=case.op, params=case.params, results=results)
         ours, theirs = results.get("invrender"), results.get("reference")
         if ours and theirs:
@@ -199,7 +204,8 @@ def print_row(row):
         sp = ""
         if name == "invrender" and "speedup_forward" in row:
             sp = f"{row['speedup_forward']:7.2f} {row['speedup_forward_backward']:7.2f}"
-        print(f"{case:38s} {name:10s} {r['forward_ms']:9.2f} {r['forward_backward_ms']:11.2f} "
+        fb = "-" if r["forward_backward_ms"] is None else f"{r['forward_backward_ms']:.2f}"
+        print(f"{case:38s} {name:10s} {r['forward_ms']:9.2f} {fb:>11s} "
               f"{_fmt_bytes(r['saved_bytes']):>10s} {_fmt_bytes(r['peak_bytes']):>10s} {sp}")
         case = ""
 
