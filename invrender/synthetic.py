@@ -1,0 +1,300 @@
+"""Procedural 3D objects and their shaded renders: the embedded default data of invrender.
+
+Six categories built from primitives with random proportions (car, chair, airplane, table, sofa and
+mug, the last concave with a cavity and a handle). Each object is a list of closed parts, each with
+a colour and a solid texture (plain, stripes, checks or noise) evaluated at the 3D surface point, so
+texture and pose can be learned. Objects are centred and scaled so that their bounding box spans 1
+along its longest side (ShapeNet-NMR's normalisation: max |p| = 0.5). Renders use invrender's own
+rasterizer in hard mode (supersampled for antialiasing) with Lambertian shading from two directional
+lights plus ambient, and the ShapeNet-NMR perspective camera (distance 2.732, focal length 3.732).
+
+Everything is a deterministic function of a seed.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .mesh import icosphere
+from .ops import interpolate, rasterize, rotation_matrix
+
+__all__ = ["CATEGORIES", "Part", "SyntheticObject", "make_object", "render_object", "camera_pose"]
+
+CATEGORIES = ("car", "chair", "airplane", "table", "sofa", "mug")
+TEXTURES = ("plain", "stripes", "checks", "noise")
+DISTANCE, FOCAL = 2.732, 3.732
+LIGHTS = ((0.4, 0.8, 0.6, 0.6), (-0.7, 0.3, 0.4, 0.35))  # (direction in view space, intensity)
+AMBIENT = 0.3
+
+
+@dataclass
+class Part:
+    """A closed triangle mesh ``verts (V, 3)`` float64, ``faces (F, 3)`` int64 (outward,
+    counter-clockwise), its RGB ``color`` and solid ``texture`` (one of TEXTURES) with a frequency."""
+
+    verts: Tensor
+    faces: Tensor
+    color: Tuple[float, float, float]
+    texture: str = "plain"
+    frequency: float = 8.0
+
+
+@dataclass
+class SyntheticObject:
+    category: str
+    parts: List[Part] = field(default_factory=list)
+
+    def mesh(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """The whole object: ``verts (V, 3)``, ``faces (F, 3)``, and the part of each face ``(F,)``."""
+        verts, faces, part_of = [], [], []
+        offset = 0
+        for k, p in enumerate(self.parts):
+            verts.append(p.verts)
+            faces.append(p.faces + offset)
+            part_of.append(torch.full((p.faces.shape[0],), k, dtype=torch.long))
+            offset += p.verts.shape[0]
+        return torch.cat(verts), torch.cat(faces), torch.cat(part_of)
+
+
+# ------------------------------------------------------------------------------------------------
+# Primitives (closed, outward-facing)
+
+
+def box(center, size) -> Tuple[Tensor, Tensor]:
+    c, s = torch.tensor(center, dtype=torch.float64), torch.tensor(size, dtype=torch.float64) / 2
+    corners = torch.tensor([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=torch.float64)
+    v = c + corners * s
+    # Corner index = 4 x + 2 y + z with x, y, z in {0, 1}; quads counter-clockwise from outside.
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    f = [[a, b, c_] for a, b, c_, d in quads] + [[a, c_, d] for a, b, c_, d in quads]
+    return v, torch.tensor(f, dtype=torch.long)
+
+
+def lathe(profile: Sequence[Tuple[float, float]], center=(0.0, 0.0, 0.0), segments: int = 24,
+          axis: str = "y") -> Tuple[Tensor, Tensor]:
+    """Surface of revolution of a closed profile ``(r, h)`` listed from the bottom axis point
+    (r = 0) round to the top axis point (r = 0), about the ``axis`` through ``center``."""
+    prof = torch.tensor(profile, dtype=torch.float64)
+    n = prof.shape[0]
+    t = torch.arange(segments, dtype=torch.float64) * 2 * math.pi / segments
+    ring = [(prof[i, 0] * torch.cos(t), prof[i, 1].expand(segments), prof[i, 0] * torch.sin(t)) for i in range(n)]
+    pts = torch.stack([torch.stack(r, -1) for r in ring])  # (n, S, 3) as (radial x, height, radial z)
+    verts = [pts[0, 0]]  # bottom pole
+    index = {}
+    for i in range(1, n - 1):
+        for j in range(segments):
+            index[(i, j)] = len(verts)
+            verts.append(pts[i, j])
+    top = len(verts)
+    verts.append(pts[n - 1, 0])
+    faces = []
+    for j in range(segments):
+        k = (j + 1) % segments
+        faces.append([0, index[(1, j)], index[(1, k)]])
+        faces.append([top, index[(n - 2, k)], index[(n - 2, j)]])
+        for i in range(1, n - 2):
+            a, b, c, d = index[(i, j)], index[(i, k)], index[(i + 1, k)], index[(i + 1, j)]
+            faces += [[a, d, c], [a, c, b]]
+    v = torch.stack(verts)
+    if axis == "x":
+        v = v[:, [1, 0, 2]] * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    elif axis == "z":
+        v = v[:, [0, 2, 1]] * torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+    return v + torch.tensor(center, dtype=torch.float64), torch.tensor(faces, dtype=torch.long)
+
+
+def cylinder(center, radius: float, height: float, axis: str = "y", segments: int = 16):
+    h = height / 2
+    return lathe([(0.0, -h), (radius, -h), (radius, h), (0.0, h)], center, segments, axis)
+
+
+def ellipsoid_part(center, radii, level: int = 2):
+    v, f = icosphere(level)
+    return v.double() * torch.tensor(radii, dtype=torch.float64) + torch.tensor(center, dtype=torch.float64), f
+
+
+# ------------------------------------------------------------------------------------------------
+# Categories
+
+
+def _u(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
+
+
+def _color(g: torch.Generator) -> Tuple[float, float, float]:
+    return tuple(float(c) for c in 0.15 + 0.8 * torch.rand(3, generator=g, dtype=torch.float64))
+
+
+def _texture(g: torch.Generator) -> Tuple[str, float]:
+    return TEXTURES[int(torch.randint(len(TEXTURES), (), generator=g))], _u(g, 4.0, 14.0)
+
+
+def _part(g, mesh, color=None) -> Part:
+    tex, freq = _texture(g)
+    return Part(mesh[0], mesh[1], color or _color(g), tex, freq)
+
+
+def _car(g):
+    L, W, H = _u(g, 1.6, 2.2), _u(g, 0.7, 0.9), _u(g, 0.3, 0.45)
+    r = _u(g, 0.15, 0.22)
+    body = _part(g, box((0, r + H / 2, 0), (W, H, L)))
+    cabin = _part(g, box((0, r + H + _u(g, 0.12, 0.2), _u(g, -0.2, 0.1)), (W * 0.85, _u(g, 0.25, 0.4), L * _u(g, 0.4, 0.6))))
+    wheel_color = (0.1, 0.1, 0.1)
+    wheels = [Part(*cylinder((sx * W / 2, r, sz * L * 0.32), r, 0.15, "x"), wheel_color) for sx in (-1, 1) for sz in (-1, 1)]
+    return [body, cabin] + wheels
+
+
+def _legs(g, w, d, h, t, color):
+    return [Part(*box((sx * (w / 2 - t), h / 2, sz * (d / 2 - t)), (t, h, t)), color) for sx in (-1, 1) for sz in (-1, 1)]
+
+
+def _chair(g):
+    w, d, h = _u(g, 0.8, 1.1), _u(g, 0.8, 1.1), _u(g, 0.7, 1.0)
+    t = _u(g, 0.06, 0.12)
+    legc = _color(g)
+    seat = _part(g, box((0, h, 0), (w, 0.12, d)))
+    back = _part(g, box((0, h + _u(g, 0.4, 0.6), -d / 2 + 0.05), (w, _u(g, 0.7, 1.1), 0.1)))
+    return [seat, back] + _legs(g, w, d, h, t, legc)
+
+
+def _table(g):
+    w, d, h = _u(g, 1.4, 2.0), _u(g, 0.8, 1.2), _u(g, 0.8, 1.1)
+    top = _part(g, box((0, h, 0), (w, 0.1, d)))
+    if torch.rand((), generator=g) < 0.5:
+        return [top] + _legs(g, w, d, h, _u(g, 0.06, 0.12), _color(g))
+    return [top, _part(g, cylinder((0, h / 2, 0), _u(g, 0.08, 0.15), h)), _part(g, cylinder((0, 0.03, 0), d * 0.4, 0.06))]
+
+
+def _sofa(g):
+    w, d, h = _u(g, 1.8, 2.4), _u(g, 0.8, 1.0), _u(g, 0.35, 0.5)
+    c = _color(g)
+    base = Part(*box((0, h / 2, 0), (w, h, d)), c, *_texture(g))
+    back = Part(*box((0, h + 0.3, -d / 2 + 0.12), (w, _u(g, 0.5, 0.8), 0.24)), c, *_texture(g))
+    arms = [Part(*box((s * (w / 2 - 0.1), h + 0.12, 0), (0.2, 0.3, d)), c) for s in (-1, 1)]
+    return [base, back] + arms
+
+
+def _airplane(g):
+    L, r = _u(g, 2.0, 2.6), _u(g, 0.13, 0.2)
+    span, chord = _u(g, 1.8, 2.6), _u(g, 0.3, 0.5)
+    fuselage = _part(g, ellipsoid_part((0, 0, 0), (r, r, L / 2)))
+    wings = _part(g, box((0, 0, _u(g, -0.1, 0.2)), (span, 0.05, chord)))
+    tail = _part(g, box((0, _u(g, 0.15, 0.3), -L / 2 + 0.15), (0.05, _u(g, 0.3, 0.5), 0.3)))
+    stab = _part(g, box((0, 0.05, -L / 2 + 0.15), (span * 0.35, 0.04, 0.22)))
+    return [fuselage, wings, tail, stab]
+
+
+def _mug(g):
+    R, H, wall = _u(g, 0.35, 0.5), _u(g, 0.7, 1.1), _u(g, 0.05, 0.09)
+    base = _u(g, 0.06, 0.12)
+    # Profile from the outer bottom centre round the rim into the cavity: a cup with a hollow inside.
+    body = _part(g, lathe([(0.0, 0.0), (R, 0.0), (R, H), (R - wall, H), (R - wall, base), (0.0, base)], segments=28))
+    # Handle: a half ring (torus section) on the side, swept as short cylinders along an arc.
+    hr, tube = H * _u(g, 0.25, 0.35), _u(g, 0.04, 0.07)
+    color = _color(g)
+    handle = []
+    n = 7
+    for k in range(n):
+        a = -math.pi / 2 + math.pi * (k + 0.5) / n
+        cx, cy = R + hr * math.cos(a) - tube * 0.5, H / 2 + hr * math.sin(a)
+        seg = box((cx, cy, 0), (tube * 2, hr * math.pi / n + tube, tube * 2))
+        handle.append(Part(*seg, color))
+    return [body] + handle
+
+
+_BUILDERS: Dict[str, Callable[[torch.Generator], List[Part]]] = {
+    "car": _car, "chair": _chair, "airplane": _airplane, "table": _table, "sofa": _sofa, "mug": _mug,
+}
+
+
+def make_object(category: str, seed: int) -> SyntheticObject:
+    """A random object of ``category`` (one of CATEGORIES), a deterministic function of ``seed``,
+    centred at the origin with its longest bounding-box side equal to 1."""
+    if category not in _BUILDERS:
+        raise ValueError(f"make_object: argument 'category' must be one of {CATEGORIES}, got {category!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    parts = _BUILDERS[category](g)
+    allv = torch.cat([p.verts for p in parts])
+    lo, hi = allv.min(0).values, allv.max(0).values
+    center, scale = (lo + hi) / 2, 1.0 / float((hi - lo).max())
+    for p in parts:
+        p.verts = (p.verts - center) * scale
+        p.frequency = p.frequency  # texture frequency in units of the normalised object
+    return SyntheticObject(category, parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def camera_pose(azimuth: Tensor, elevation: Tensor) -> Tensor:
+    """Object-to-view rotations ``(B, 3, 3)`` of the ShapeNet-NMR camera (radians)."""
+    return rotation_matrix(azimuth, elevation)
+
+
+def _pattern(kind: str, freq: float, p: Tensor, seed: int) -> Tensor:
+    """Solid texture in [0.55, 1] at points ``p (..., 3)``."""
+    if kind == "stripes":
+        return 0.775 + 0.225 * torch.sign(torch.sin(freq * math.pi * p[..., 1]))
+    if kind == "checks":
+        c = torch.floor(freq * p[..., 0]) + torch.floor(freq * p[..., 1]) + torch.floor(freq * p[..., 2])
+        return torch.where(torch.remainder(c, 2) == 0, torch.ones_like(c), torch.full_like(c, 0.55))
+    if kind == "noise":
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(4, 3, generator=g, dtype=p.dtype) * freq
+        ph = torch.rand(4, generator=g, dtype=p.dtype) * 6.283
+        return 0.775 + 0.225 * torch.tanh(torch.sin(p @ w.T + ph).sum(-1))
+    return torch.ones_like(p[..., 0])
+
+
+def render_object(obj: SyntheticObject, azimuth: Tensor, elevation: Tensor, image_size: int = 64,
+                  supersample: int = 2, background: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Shaded renders of one object from ``B`` viewpoints.
+
+    Args:
+        obj: a :class:`SyntheticObject`.
+        azimuth, elevation: ``(B,)`` radians (ShapeNet-NMR: azimuth in [0, 2 pi), elevation 30 deg).
+        image_size: output ``H = W``; rendered at ``supersample`` times that and averaged.
+        background: None (white) or ``(B, 3, H, W)`` images in [0, 1].
+
+    Returns:
+        ``image (B, 3, H, W)`` and ``mask (B, 1, H, W)`` (coverage fraction) in [0, 1], float32.
+    """
+    verts, faces, part_of = obj.mesh()
+    R = camera_pose(azimuth.double(), elevation.double())  # (B, 3, 3)
+    B, S = R.shape[0], image_size * supersample
+    pv = verts[None] @ R.transpose(1, 2)  # view space (B, V, 3)
+    depth = DISTANCE - pv[..., 2]
+    ndc = torch.stack([FOCAL * pv[..., 0] / depth, FOCAL * pv[..., 1] / depth, depth], -1)
+    frag = rasterize(ndc, faces, S, layers=1, sigma=0.0)
+    fi = frag.face_idx[..., 0]  # (B, S, S)
+    covered = fi >= 0
+    # Albedo from the part colour and its solid texture at the object-space point.
+    p_obj = interpolate(frag, verts[None].expand(B, -1, -1), faces)[..., 0, :]  # (B, S, S, 3)
+    face_part = part_of[fi.clamp(min=0)]
+    albedo = torch.zeros(B, S, S, 3, dtype=torch.float64)
+    for k, part in enumerate(obj.parts):
+        sel = covered & (face_part == k)
+        if sel.any():
+            pat = _pattern(part.texture, part.frequency, p_obj[sel], seed=k)
+            albedo[sel] = pat[:, None] * torch.tensor(part.color, dtype=torch.float64)
+    # Lambertian shading with face normals in view space (two-sided: faces seen from the back too).
+    a, b, c = (pv[:, faces[:, k]] for k in range(3))  # (B, F, 3)
+    n = torch.cross(b - a, c - a, dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    n = torch.where(n[..., 2:3] < 0, -n, n)  # face the camera
+    nf = torch.gather(n, 1, fi.clamp(min=0).reshape(B, -1, 1).expand(-1, -1, 3)).reshape(B, S, S, 3)
+    light = torch.full((B, S, S), AMBIENT, dtype=torch.float64)
+    for lx, ly, lz, intensity in LIGHTS:
+        d = torch.tensor([lx, ly, lz], dtype=torch.float64)
+        light = light + intensity * (nf @ (d / d.norm())).clamp(min=0)
+    rgb = (albedo * light[..., None]).clamp(0, 1).permute(0, 3, 1, 2)
+    mask = covered.to(torch.float64)[:, None]
+    bg = torch.ones(B, 3, S, S, dtype=torch.float64) if background is None else torch.nn.functional.interpolate(
+        background.double(), size=(S, S), mode="bilinear", align_corners=False)
+    image = rgb * mask + bg * (1 - mask)
+    pool = lambda t: torch.nn.functional.avg_pool2d(t, supersample)  # noqa: E731
+    return pool(image).float(), pool(mask).float()
