@@ -298,3 +298,153 @@ def render_object(obj: SyntheticObject, azimuth: Tensor, elevation: Tensor, imag
     image = rgb * mask + bg * (1 - mask)
     pool = lambda t: torch.nn.functional.avg_pool2d(t, supersample)  # noqa: E731
     return pool(image).float(), pool(mask).float()
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataset in the ShapeNet-NMR layout (DVR / UNICORN)
+
+SPLITS = (("train", 0.7), ("val", 0.1), ("test", 0.2))
+
+
+def _savez(path, **arrays) -> None:
+    """np.savez with fixed zip timestamps, so that equal arrays give byte-identical files."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            zf.writestr(info, buf.getvalue())
+
+
+def _save_png(path, array) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="PNG", optimize=False)
+
+
+def camera_matrices(rotation: Tensor) -> Tuple[Tensor, Tensor]:
+    """``world_mat (B, 3, 4)`` (object to camera: ``[R | (0, 0, -distance)]``, camera at the origin
+    looking along -z) and ``camera_mat (B, 4, 4)`` (``diag(f, f, 1, 1)``: NDC ``x = f X / -Z``)."""
+    B = rotation.shape[0]
+    t = torch.tensor([0.0, 0.0, -DISTANCE], dtype=rotation.dtype).expand(B, 3)
+    world = torch.cat([rotation, t[..., None]], -1)
+    cam = torch.diag(torch.tensor([FOCAL, FOCAL, 1.0, 1.0], dtype=rotation.dtype)).expand(B, 4, 4)
+    return world, cam.clone()
+
+
+def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[str] = CATEGORIES,
+                     views: int = 24, image_size: int = 64, seed: int = 0, elevation=30.0,
+                     points: int = 10_000, voxel_resolution: int = 32, background: str = "white",
+                     progress: bool = True) -> None:
+    """Writes a synthetic dataset in the ShapeNet-NMR layout read by DVR, UNICORN and
+    :class:`invrender.data.ShapeNetNMR`::
+
+        root/metadata.yaml                         {category: {id, name}}
+        root/<category>/softras_{train,val,test}.lst  object names (70 / 10 / 20 %)
+        root/<category>/<object>/image/NNNN.png    RGB renders, image_size^2
+                                  mask/NNNN.png     silhouettes
+                                  cameras.npz       world_mat_i (3, 4), camera_mat_i (4, 4), azimuth, elevation
+                                  pointcloud.npz    points, normals (``points`` samples on the surface)
+                                  voxels.npy        (R, R, R) uint8 solid occupancy over [-0.5, 0.5]^3
+                                  mesh.npz          verts, faces, part (ground-truth mesh)
+
+    Azimuths are uniform in [0, 360) degrees per view; ``elevation`` is a number of degrees (fixed)
+    or a pair (range, uniform). ``background="random"`` composites onto random smooth colour fields.
+    The output is a deterministic function of the arguments (byte-identical files).
+    """
+    import os
+
+    import numpy as np
+    import yaml
+
+    from . import mesh as mesh_ops
+
+    if background not in ("white", "random"):
+        raise ValueError(f"generate_dataset: argument 'background' must be 'white' or 'random', got {background!r}")
+    for c in categories:
+        if c not in CATEGORIES:
+            raise ValueError(f"generate_dataset: unknown category {c!r} in argument 'categories' (known: {CATEGORIES})")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "metadata.yaml"), "w") as f:
+        yaml.safe_dump({c: {"id": c, "name": c} for c in categories}, f, sort_keys=True)
+    jobs = [(ci, c, k) for ci, c in enumerate(categories) for k in range(objects_per_category)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="synthetic objects", unit="obj")
+    for ci, category in enumerate(categories):
+        names = [f"{category}_{k:05d}" for k in range(objects_per_category)]
+        bounds = np.cumsum([0] + [int(round(frac * len(names))) for _, frac in SPLITS[:-1]])
+        cat_dir = os.path.join(root, category)
+        os.makedirs(cat_dir, exist_ok=True)
+        for s, (split, _) in enumerate(SPLITS):
+            part = names[bounds[s]:] if s == len(SPLITS) - 1 else names[bounds[s]:bounds[s + 1]]
+            with open(os.path.join(cat_dir, f"softras_{split}.lst"), "w") as f:
+                f.write("".join(n + "\n" for n in part))
+        for k, name in enumerate(names):
+            object_seed = seed * 1_000_003 + ci * 10_007 + k
+            obj = make_object(category, object_seed)
+            g = torch.Generator().manual_seed(object_seed)
+            az = torch.rand(views, generator=g, dtype=torch.float64) * 2 * math.pi
+            if isinstance(elevation, (tuple, list)):
+                lo, hi = (math.radians(e) for e in elevation)
+                el = lo + (hi - lo) * torch.rand(views, generator=g, dtype=torch.float64)
+            else:
+                el = torch.full((views,), math.radians(float(elevation)), dtype=torch.float64)
+            bg = None
+            if background == "random":
+                bg = torch.nn.functional.interpolate(torch.rand(views, 3, 4, 4, generator=g, dtype=torch.float64),
+                                                     size=(image_size, image_size), mode="bilinear",
+                                                     align_corners=False)
+            image, mask = render_object(obj, az, el, image_size, background=bg)
+            obj_dir = os.path.join(cat_dir, name)
+            for sub in ("image", "mask"):
+                os.makedirs(os.path.join(obj_dir, sub), exist_ok=True)
+            img8 = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            mask8 = (mask.clamp(0, 1) * 255 + 0.5).to(torch.uint8)[:, 0].numpy()
+            for v in range(views):
+                _save_png(os.path.join(obj_dir, "image", f"{v:04d}.png"), img8[v])
+                _save_png(os.path.join(obj_dir, "mask", f"{v:04d}.png"), mask8[v])
+            world, cam = camera_matrices(camera_pose(az, el))
+            cams = {f"world_mat_{v}": world[v].numpy() for v in range(views)}
+            cams.update({f"camera_mat_{v}": cam[v].numpy() for v in range(views)})
+            cams.update(azimuth=az.numpy(), elevation=el.numpy())
+            _savez(os.path.join(obj_dir, "cameras.npz"), **cams)
+            verts, faces, part_of = obj.mesh()
+            _savez(os.path.join(obj_dir, "mesh.npz"), verts=verts.numpy(), faces=faces.numpy(), part=part_of.numpy())
+            if points > 0:
+                pts, normals = mesh_ops.sample_points(verts, faces, points, return_normals=True, generator=g)
+                _savez(os.path.join(obj_dir, "pointcloud.npz"), points=pts[0].float().numpy(),
+                       normals=normals[0].float().numpy())
+            if voxel_resolution > 0:
+                occ = torch.zeros(voxel_resolution, voxel_resolution, voxel_resolution, dtype=torch.bool)
+                for p in obj.parts:  # parts overlap: the solid is the union of the parts' solids
+                    occ |= mesh_ops.voxelize(p.verts, p.faces, resolution=voxel_resolution, bounds=0.5)[0] > 0.5
+                np.save(os.path.join(obj_dir, "voxels.npy"), occ.numpy().astype(np.uint8))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def default_dataset(cache_dir: Optional[str] = None, **kwargs) -> str:
+    """The embedded default data: generated on first use into ``cache_dir`` (default
+    ``$INVRENDER_CACHE`` or ``~/.cache/invrender``)/``synthetic-v1`` and reused afterwards. Returns
+    its root."""
+    import os
+
+    base = cache_dir or os.environ.get("INVRENDER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "invrender")
+    root = os.path.join(base, "synthetic-v1")
+    done = os.path.join(root, ".complete")
+    if not os.path.exists(done):
+        print(f"invrender: generating the default synthetic dataset into {root} (once; later runs reuse it)")
+        generate_dataset(root, **kwargs)
+        with open(done, "w") as f:
+            f.write("ok\n")
+    return root
