@@ -64,11 +64,11 @@ def make_nmr(root, objects=None, views=3, size=8, rgba=False, mask=True, pointcl
                     seed += 1
                     rgb, m = _img(seed, size), _mask(seed, size)
                     if rgba:
-                        Image.fromarray(np.dstack([rgb, m]), "RGBA").save(d / "image" / f"{v:04d}.png")
+                        Image.fromarray(np.dstack([rgb, m])).save(d / "image" / f"{v:04d}.png")
                     else:
-                        Image.fromarray(rgb, "RGB").save(d / "image" / f"{v:04d}.png")
+                        Image.fromarray(rgb).save(d / "image" / f"{v:04d}.png")
                     if mask:
-                        Image.fromarray(m, "L").save(d / "mask" / f"{v:04d}.png")
+                        Image.fromarray(m).save(d / "mask" / f"{v:04d}.png")
                     cams[f"world_mat_{v}"] = _world(v) if world4x4 else _world(v)[:3]
                     cams[f"camera_mat_{v}"] = _cam(v)
                     cams[f"scale_mat_{v}"] = np.eye(4)
@@ -348,8 +348,8 @@ def test_image_folder(tmp_path):
     wide = np.zeros((8, 16, 3), np.uint8)
     wide[:, 4:12] = 200  # centre square is uniform
     Image.fromarray(wide).save(tmp_path / "b" / "wide.PNG")
-    Image.fromarray(np.full((16, 16), 100, np.uint8), "L").save(tmp_path / "b" / "sub" / "grey.jpg")
-    Image.fromarray(np.dstack([a, np.full((16, 16), 10, np.uint8)]), "RGBA").save(tmp_path / "b" / "sub" / "z.png")
+    Image.fromarray(np.full((16, 16), 100, np.uint8)).save(tmp_path / "b" / "sub" / "grey.jpg")
+    Image.fromarray(np.dstack([a, np.full((16, 16), 10, np.uint8)])).save(tmp_path / "b" / "sub" / "z.png")
     Image.fromarray(a).save(tmp_path / ".hidden" / "x.png")
     (tmp_path / "notes.txt").write_text("not an image")
     ds = ImageFolder(tmp_path, image_size=8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 import torch

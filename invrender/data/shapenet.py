@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -208,7 +208,7 @@ class ShapeNetNMR(Dataset):
                 raise ValueError(f"mask {mask_path!r} is {mask_im.size[0]}x{mask_im.size[1]} but image "
                                  f"{img_path!r} is {im.size[0]}x{im.size[1]}")
         elif has_alpha(im):
-            mask_im = Image.fromarray(alpha_array(im), mode="L")
+            mask_im = Image.fromarray(alpha_array(im))
         else:
             raise ValueError(f"no mask for {img_path!r}: {os.path.join(obj_dir, 'mask')!r} does not exist "
                              f"and the image has no alpha channel (mode {im.mode})")
