@@ -1,0 +1,19 @@
+"""Dataset loaders for the data the seed papers train and evaluate on.
+
+Every loader is a ``torch.utils.data.Dataset`` returning dicts of tensors and strings (the default
+``DataLoader`` collate works); they read files already on disk and never download. See each class'
+docstring for the on-disk layout, the item format and the preprocessing.
+
+- :class:`ShapeNetNMR`: ShapeNet-NMR renders in the DVR / UNICORN layout (images, masks, cameras,
+  point clouds, voxels).
+- :class:`KatoShapeNet`: Kato et al.'s / SoftRas' per-class ``.npz`` renders and voxels.
+- :class:`MNIST`: MNIST / Fashion-MNIST IDX files (Ucar 2019).
+- :class:`ImageFolder`: any folder tree of images (IG-GAN's CelebA, CompCars, LSUN exports).
+"""
+
+from .image_folder import ImageFolder
+from .kato import KatoShapeNet
+from .mnist import MNIST, read_idx
+from .shapenet import ShapeNetNMR, read_metadata, read_split_list
+
+__all__ = ["ImageFolder", "KatoShapeNet", "MNIST", "ShapeNetNMR", "read_idx", "read_metadata", "read_split_list"]
