@@ -237,7 +237,6 @@ def test_degenerate_faces_finite_values_and_gradients():
         out.backward()
         assert torch.isfinite(out), name
         assert torch.isfinite(x.grad).all(), name
-    x = v.clone().requires_grad_()
     # All-degenerate mesh (every vertex at the same point).
     z = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
     g = torch.tensor([[0, 1, 2], [0, 2, 3], [0, 3, 1], [1, 3, 2]])
