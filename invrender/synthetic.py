@@ -350,7 +350,8 @@ def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[
                                   mask/NNNN.png     silhouettes
                                   cameras.npz       world_mat_i (3, 4), camera_mat_i (4, 4), azimuth, elevation
                                   pointcloud.npz    points, normals (``points`` samples on the surface)
-                                  voxels.npy        (R, R, R) uint8 solid occupancy over [-0.5, 0.5]^3
+                                  voxels.npy        (R, R, R) uint8 occupancy over [-0.5, 0.5]^3 (solid
+                                                    interior plus the voxels the surface crosses)
                                   mesh.npz          verts, faces, part (ground-truth mesh)
 
     Azimuths are uniform in [0, 360) degrees per view; ``elevation`` is a number of degrees (fixed)
@@ -420,12 +421,21 @@ def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[
             _savez(os.path.join(obj_dir, "mesh.npz"), verts=verts.numpy(), faces=faces.numpy(), part=part_of.numpy())
             if points > 0:
                 pts, normals = mesh_ops.sample_points(verts, faces, points, return_normals=True, generator=g)
-                _savez(os.path.join(obj_dir, "pointcloud.npz"), points=pts[0].float().numpy(),
-                       normals=normals[0].float().numpy())
+                _savez(os.path.join(obj_dir, "pointcloud.npz"), points=pts.reshape(-1, 3).float().numpy(),
+                       normals=normals.reshape(-1, 3).float().numpy())
             if voxel_resolution > 0:
                 occ = torch.zeros(voxel_resolution, voxel_resolution, voxel_resolution, dtype=torch.bool)
                 for p in obj.parts:  # parts overlap: the solid is the union of the parts' solids
-                    occ |= mesh_ops.voxelize(p.verts, p.faces, resolution=voxel_resolution, bounds=0.5)[0] > 0.5
+                    occ |= mesh_ops.voxelize(p.verts, p.faces, resolution=voxel_resolution,
+                                             bounds=0.5).reshape(occ.shape) > 0.5
+                # Plus every voxel the surface passes through (binvox-like), so that parts thinner
+                # than a voxel are not lost: dense surface samples mark their voxels.
+                dense = mesh_ops.sample_points(verts, faces, 64 * voxel_resolution**2, generator=g).reshape(-1, 3)
+                R = voxel_resolution
+                w = ((dense[:, 0] + 0.5) * R).floor().long().clamp(0, R - 1)
+                h = ((0.5 - dense[:, 1]) * R).floor().long().clamp(0, R - 1)
+                d = ((0.5 - dense[:, 2]) * R).floor().long().clamp(0, R - 1)
+                occ[d, h, w] = True
                 np.save(os.path.join(obj_dir, "voxels.npy"), occ.numpy().astype(np.uint8))
             if bar is not None:
                 bar.update(1)
