@@ -173,6 +173,29 @@ def test_icp_recovers_rotation_translation_and_anisotropic_scale():
     assert tr.loss.shape == (2,) and (tr.loss >= 0).all()
 
 
+def test_icp_ragged_and_subsampled():
+    g = torch.Generator().manual_seed(8)
+    target = asymmetric_blob(600, g)[None].repeat(2, 1, 1)  # (2, 900, 3)
+    R = axis_angle([0.0, 0.0, 1.0], 15.0)
+    source = (target - 0.05) @ R  # x = R^T (x' - t): ICP finds R and t = 0.05
+    tl = torch.tensor([900, 900])
+    sl = torch.tensor([900, 700])
+    source[1, 700:] = 50.0  # padding must be ignored
+    aligned, tr = M.icp_align(source, target, source_lengths=sl, target_lengths=tl, num_points=400,
+                              generator=torch.Generator().manual_seed(0))
+    assert aligned.shape == source.shape
+    # Different random subsets of 400 points of source and target have no exact correspondences:
+    # the fit is good to the subsets' point spacing, not exactly.
+    torch.testing.assert_close(tr.rotation, R.expand(2, 3, 3), atol=5e-2, rtol=0)
+    torch.testing.assert_close(tr.translation, torch.full((2, 3), 0.05, dtype=DT), atol=2e-2, rtol=0)
+    # Point-to-point errors (source point i is target point i moved): from ~0.1 before to the
+    # subsets' sampling noise after.
+    for b, n in enumerate(sl.tolist()):
+        before = (source[b, :n] - target[b, :n]).norm(dim=1).mean()
+        err = (aligned[b, :n] - target[b, :n]).norm(dim=1)
+        assert err.mean() < 0.15 * before and err.max() < 0.08, (err.mean(), err.max(), before)
+
+
 def test_icp_keeps_the_best_iterate():
     g = torch.Generator().manual_seed(4)
     target = asymmetric_blob(200, g)[None]
