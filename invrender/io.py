@@ -12,7 +12,7 @@ These functions are for inspection and evaluation: nothing here is differentiabl
 
 import math
 import os
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch

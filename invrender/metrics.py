@@ -18,7 +18,7 @@ Protocols (see the papers' evaluation sections):
 """
 
 import math
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -10,8 +10,6 @@ from scipy.spatial import cKDTree
 
 from invrender import metrics as M
 
-from .conftest import HAS_CUDA
-
 DT = torch.float64
 
 
