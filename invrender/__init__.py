@@ -10,6 +10,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
 from . import cameras, mesh, reference, renderers
+from . import io, metrics
 from ._build import build_info
 from .cameras import OrthographicCamera, PerspectiveCamera, WeakPerspectiveCamera
 from .ops import (CompositeResult, Fragments, NearestNeighbors, RaymarchResult, SoftrasResult, chamfer_distance,
@@ -36,8 +37,10 @@ __all__ = [
     "composite_layers",
     "face_pixel_centroids",
     "interpolate",
+    "io",
     "layer_alpha",
     "mesh",
+    "metrics",
     "project_voxels",
     "rasterize",
     "raymarch",
