@@ -9,8 +9,7 @@ Conventions (coordinate frames, grid layout, image layout) are in the README.
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
-from . import cameras, mesh, reference, renderers
-from . import io, metrics
+from . import cameras, data, io, mesh, metrics, reference, renderers, synthetic
 from ._build import build_info
 from .cameras import OrthographicCamera, PerspectiveCamera, WeakPerspectiveCamera
 from .ops import (CompositeResult, Fragments, NearestNeighbors, RaymarchResult, SoftrasResult, chamfer_distance,
@@ -21,12 +20,10 @@ from .renderers import LayeredRenderer, face_pixel_centroids
 __version__ = "0.1.0"
 
 __all__ = [
-    "NearestNeighbors",
-    "chamfer_distance",
-    "nearest_neighbors",
     "CompositeResult",
     "Fragments",
     "LayeredRenderer",
+    "NearestNeighbors",
     "OrthographicCamera",
     "PerspectiveCamera",
     "RaymarchResult",
@@ -34,13 +31,16 @@ __all__ = [
     "WeakPerspectiveCamera",
     "build_info",
     "cameras",
+    "chamfer_distance",
     "composite_layers",
+    "data",
     "face_pixel_centroids",
     "interpolate",
     "io",
     "layer_alpha",
     "mesh",
     "metrics",
+    "nearest_neighbors",
     "project_voxels",
     "rasterize",
     "raymarch",
@@ -49,4 +49,5 @@ __all__ = [
     "rotate_voxels",
     "rotation_matrix",
     "softras_blend",
+    "synthetic",
 ]
