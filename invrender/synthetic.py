@@ -235,19 +235,25 @@ def camera_pose(azimuth: Tensor, elevation: Tensor) -> Tensor:
     return rotation_matrix(azimuth, elevation)
 
 
-def _pattern(kind: str, freq: float, p: Tensor, seed: int) -> Tensor:
-    """Solid texture in [0.55, 1] at points ``p (..., 3)``."""
-    if kind == "stripes":
-        return 0.775 + 0.225 * torch.sign(torch.sin(freq * math.pi * p[..., 1]))
-    if kind == "checks":
-        c = torch.floor(freq * p[..., 0]) + torch.floor(freq * p[..., 1]) + torch.floor(freq * p[..., 2])
-        return torch.where(torch.remainder(c, 2) == 0, torch.ones_like(c), torch.full_like(c, 0.55))
-    if kind == "noise":
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(4, 3, generator=g, dtype=p.dtype) * freq
-        ph = torch.rand(4, generator=g, dtype=p.dtype) * 6.283
-        return 0.775 + 0.225 * torch.tanh(torch.sin(p @ w.T + ph).sum(-1))
-    return torch.ones_like(p[..., 0])
+def _albedo(obj: SyntheticObject, part: Tensor, p: Tensor) -> Tensor:
+    """Albedo ``(N, 3)`` of surface points ``p (N, 3)`` (object space) on parts ``part (N,)``: the
+    part colour times its solid texture (in [0.55, 1]): stripes along y, 3-D checks, or smooth noise
+    (a sum of 4 random sinusoids per part, seeded by the part index)."""
+    kinds = torch.tensor([TEXTURES.index(q.texture) for q in obj.parts])[part]
+    freq = torch.tensor([q.frequency for q in obj.parts], dtype=p.dtype)[part]
+    color = torch.tensor([q.color for q in obj.parts], dtype=p.dtype)[part]
+    fp = freq[:, None] * p
+    stripes = 0.775 + 0.225 * torch.sign(torch.sin(math.pi * fp[:, 1]))
+    checks = torch.where(torch.remainder(torch.floor(fp).sum(-1), 2) == 0, 1.0, 0.55).to(p.dtype)
+    waves = []
+    for k in range(len(obj.parts)):
+        g = torch.Generator().manual_seed(k)
+        waves.append((torch.randn(4, 3, generator=g, dtype=p.dtype), torch.rand(4, generator=g, dtype=p.dtype) * 6.283))
+    w = torch.stack([x[0] for x in waves])[part]  # (N, 4, 3)
+    ph = torch.stack([x[1] for x in waves])[part]  # (N, 4)
+    noise = 0.775 + 0.225 * torch.tanh(torch.sin((w @ fp[:, :, None])[..., 0] + ph).sum(-1))
+    pattern = torch.stack([torch.ones_like(stripes), stripes, checks, noise], -1).gather(1, kinds[:, None])[:, 0]
+    return pattern[:, None] * color
 
 
 def render_object(obj: SyntheticObject, azimuth: Tensor, elevation: Tensor, image_size: int = 64,
@@ -268,36 +274,32 @@ def render_object(obj: SyntheticObject, azimuth: Tensor, elevation: Tensor, imag
     B, S = R.shape[0], image_size * supersample
     pv = verts[None] @ R.transpose(1, 2)  # view space (B, V, 3)
     depth = DISTANCE - pv[..., 2]
-    ndc = torch.stack([FOCAL * pv[..., 0] / depth, FOCAL * pv[..., 1] / depth, depth], -1)
+    ndc = torch.stack([FOCAL * pv[..., 0] / depth, FOCAL * pv[..., 1] / depth, depth], -1).float()
     frag = rasterize(ndc, faces, S, layers=1, sigma=0.0)
     fi = frag.face_idx[..., 0]  # (B, S, S)
     covered = fi >= 0
-    # Albedo from the part colour and its solid texture at the object-space point.
-    p_obj = interpolate(frag, verts[None].expand(B, -1, -1), faces)[..., 0, :]  # (B, S, S, 3)
-    face_part = part_of[fi.clamp(min=0)]
-    albedo = torch.zeros(B, S, S, 3, dtype=torch.float64)
-    for k, part in enumerate(obj.parts):
-        sel = covered & (face_part == k)
-        if sel.any():
-            pat = _pattern(part.texture, part.frequency, p_obj[sel], seed=k)
-            albedo[sel] = pat[:, None] * torch.tensor(part.color, dtype=torch.float64)
-    # Lambertian shading with face normals in view space (two-sided: faces seen from the back too).
-    a, b, c = (pv[:, faces[:, k]] for k in range(3))  # (B, F, 3)
-    n = torch.cross(b - a, c - a, dim=-1)
+    # Shade the covered pixels only: albedo at the object-space point, Lambertian with the face
+    # normal in view space (two-sided), two directional lights plus ambient.
+    p_obj = interpolate(frag, verts[None].float().expand(B, -1, -1), faces)[..., 0, :][covered]  # (N, 3)
+    b_idx = torch.arange(B)[:, None, None].expand(B, S, S)[covered]
+    f_idx = fi[covered]
+    albedo = _albedo(obj, part_of[f_idx], p_obj)
+    tri = pv.float()[:, faces]  # (B, F, 3, 3)
+    n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
     n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    n = torch.where(n[..., 2:3] < 0, -n, n)  # face the camera
-    nf = torch.gather(n, 1, fi.clamp(min=0).reshape(B, -1, 1).expand(-1, -1, 3)).reshape(B, S, S, 3)
-    light = torch.full((B, S, S), AMBIENT, dtype=torch.float64)
+    n = torch.where(n[..., 2:3] < 0, -n, n)[b_idx, f_idx]  # face the camera
+    light = torch.full_like(n[:, 0], AMBIENT)
     for lx, ly, lz, intensity in LIGHTS:
-        d = torch.tensor([lx, ly, lz], dtype=torch.float64)
-        light = light + intensity * (nf @ (d / d.norm())).clamp(min=0)
-    rgb = (albedo * light[..., None]).clamp(0, 1).permute(0, 3, 1, 2)
-    mask = covered.to(torch.float64)[:, None]
-    bg = torch.ones(B, 3, S, S, dtype=torch.float64) if background is None else torch.nn.functional.interpolate(
-        background.double(), size=(S, S), mode="bilinear", align_corners=False)
-    image = rgb * mask + bg * (1 - mask)
+        d = torch.tensor([lx, ly, lz])
+        light = light + intensity * (n @ (d / d.norm())).clamp(min=0)
+    rgb = torch.zeros(B, S, S, 3)
+    rgb[covered] = (albedo * light[:, None]).clamp(0, 1)
+    mask = covered.float()[:, None]
+    bg = torch.ones(B, 3, S, S) if background is None else torch.nn.functional.interpolate(
+        background.float(), size=(S, S), mode="bilinear", align_corners=False)
+    image = rgb.permute(0, 3, 1, 2) * mask + bg * (1 - mask)
     pool = lambda t: torch.nn.functional.avg_pool2d(t, supersample)  # noqa: E731
-    return pool(image).float(), pool(mask).float()
+    return pool(image), pool(mask)
 
 
 # ------------------------------------------------------------------------------------------------
