@@ -158,3 +158,14 @@ def test_cli_generates(tmp_path):
     assert main(["data", "synth", "--root", str(tmp_path / "d"), "--objects", "1", "--views", "2", "--size", "16",
                  "--categories", "car", "--points", "100", "--voxels", "8", "--quiet"]) == 0
     assert (tmp_path / "d" / "car" / "car_00000" / "image" / "0001.png").exists()
+
+
+def test_default_dataset_is_generated_once_and_reused(tmp_path, capsys):
+    root = syn.default_dataset(str(tmp_path), objects_per_category=1, categories=("car",), views=1, image_size=8,
+                               points=50, voxel_resolution=8, progress=False)
+    assert "generating the default synthetic dataset" in capsys.readouterr().out
+    before = _tree(root)
+    assert syn.default_dataset(str(tmp_path), objects_per_category=1, categories=("car",), views=1, image_size=8,
+                               points=50, voxel_resolution=8, progress=False) == root
+    assert capsys.readouterr().out == ""
+    assert _tree(root) == before
