@@ -10,6 +10,8 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._util import forbid_double_backward
+
 _ops = torch.ops.invrender
 
 __all__ = ["NearestNeighbors", "nearest_neighbors", "chamfer_distance"]
@@ -81,12 +83,7 @@ def _nn_backward(ctx, grad_dist, grad_idx):
 torch.library.register_autograd("invrender::nearest_neighbors_forward", _nn_backward, setup_context=_nn_setup)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("invrender: double backward through nearest_neighbors is not implemented")
-
-
-torch.library.register_autograd("invrender::nearest_neighbors_backward", _no_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
+forbid_double_backward("nearest_neighbors_backward", "nearest_neighbors")
 
 
 @torch.library.register_fake("invrender::nearest_neighbors_forward")

@@ -9,6 +9,8 @@ from typing import NamedTuple, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._util import forbid_double_backward
+
 from .voxel import _fake_check, _require_tensor
 
 _ops = torch.ops.invrender
@@ -276,17 +278,8 @@ def _softras_backward(ctx, grad_image, grad_silhouette):
 torch.library.register_autograd("invrender::softras_blend_forward", _softras_backward, setup_context=_softras_setup)
 
 
-def _no_double_backward(name):
-    def backward(ctx, *grads):
-        raise NotImplementedError(f"invrender: double backward through {name} is not implemented")
-
-    return backward
-
-
-torch.library.register_autograd("invrender::composite_layers_backward", _no_double_backward("composite_layers"),
-                                setup_context=lambda ctx, inputs, output: None)
-torch.library.register_autograd("invrender::softras_blend_backward", _no_double_backward("softras_blend"),
-                                setup_context=lambda ctx, inputs, output: None)
+forbid_double_backward("composite_layers_backward", "composite_layers")
+forbid_double_backward("softras_blend_backward", "softras_blend")
 
 
 def _fake_check_layers(layers, name, colors, background, op):

@@ -12,6 +12,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._util import forbid_double_backward
+
 _ops = torch.ops.invrender
 
 __all__ = ["Fragments", "rasterize", "interpolate", "default_blur"]
@@ -174,12 +176,7 @@ torch.library.register_autograd("invrender::rasterize_forward", _rasterize_backw
                                 setup_context=_rasterize_setup)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("invrender: double backward through rasterize is not implemented")
-
-
-torch.library.register_autograd("invrender::rasterize_backward", _no_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
+forbid_double_backward("rasterize_backward", "rasterize")
 
 
 @torch.library.register_fake("invrender::rasterize_forward")
@@ -255,12 +252,7 @@ torch.library.register_autograd("invrender::interpolate_forward", _interpolate_b
                                 setup_context=_interpolate_setup)
 
 
-def _no_interpolate_double_backward(ctx, *grads):
-    raise NotImplementedError("invrender: double backward through interpolate is not implemented")
-
-
-torch.library.register_autograd("invrender::interpolate_backward", _no_interpolate_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
+forbid_double_backward("interpolate_backward", "interpolate")
 
 
 @torch.library.register_fake("invrender::interpolate_forward")

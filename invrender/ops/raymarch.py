@@ -6,6 +6,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._util import forbid_double_backward
+
 from ..cameras import OrthographicCamera, PerspectiveCamera
 from .voxel import _batched_rotation, _fake_check, _identity_rotation, _require_tensor
 
@@ -183,12 +185,7 @@ def _raymarch_backward(ctx, grad_color, grad_alpha, grad_depth):
 torch.library.register_autograd("invrender::raymarch_forward", _raymarch_backward, setup_context=_raymarch_setup)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("invrender: double backward through raymarch is not implemented")
-
-
-torch.library.register_autograd("invrender::raymarch_backward", _no_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
+forbid_double_backward("raymarch_backward", "raymarch")
 
 
 def _fake_check_raymarch(absorption, emission, rotation):

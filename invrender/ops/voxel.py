@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ._util import forbid_double_backward
+
 _ops = torch.ops.invrender
 
 __all__ = ["rotation_matrix", "rotate_voxels", "project_voxels"]
@@ -216,18 +218,8 @@ torch.library.register_autograd("invrender::rotate_voxels_forward", _rotate_back
 torch.library.register_autograd("invrender::project_voxels_forward", _project_backward, setup_context=_project_setup)
 
 
-def _no_double_backward(name):
-    def backward(ctx, *grads):
-        raise NotImplementedError(f"invrender: double backward through {name} is not implemented")
-
-    def setup(ctx, inputs, output):
-        pass
-
-    torch.library.register_autograd(f"invrender::{name}", backward, setup_context=setup)
-
-
 for _name in ("rotation_matrix_backward", "rotate_voxels_backward", "project_voxels_backward"):
-    _no_double_backward(_name)
+    forbid_double_backward(_name, _name)
 
 
 def _fake_check(cond: bool, msg: str):
