@@ -365,7 +365,7 @@ def _mesh_list(verts, faces, names: Tuple[str, str], op: str):
 
 def chamfer_l1_meshes(pred_verts, pred_faces, gt_verts, gt_faces, num_points: int = 100_000,
                       align: bool = False, generator: Optional[torch.Generator] = None,
-                      sample_fn: Optional[Callable] = None, icp_num_points: Optional[int] = None) -> Tensor:
+                      sample_fn: Optional[Callable] = None, icp_num_points: Optional[int] = 10_000) -> Tensor:
     """Chamfer-L1 between predicted and ground-truth meshes (DVR / UNICORN protocol), per item.
 
     Samples ``num_points`` points uniformly (area-weighted) on each surface and returns
@@ -384,8 +384,9 @@ def chamfer_l1_meshes(pred_verts, pred_faces, gt_verts, gt_faces, num_points: in
         generator: random generator for the sampling (and ICP subsampling).
         sample_fn: ``sample_fn(verts (1, V, 3), faces (F, 3), num_points, generator=generator) ->
             (1, num_points, 3)``; default :func:`invrender.mesh.sample_points`.
-        icp_num_points: optional number of points per cloud used to fit the ICP transform (faster on
-            the CPU); None uses all ``num_points``.
+        icp_num_points: points per cloud used to fit the ICP transform (default 10k: about 3 s per
+            shape on a 2-core CPU, where fitting on all 100k takes about 25 s); None uses all
+            ``num_points``. The Chamfer-L1 itself is always measured on all ``num_points``.
 
     Returns:
         ``(B,)`` Chamfer-L1 per mesh pair.
