@@ -134,7 +134,7 @@ def test_loader_reads_it_and_ground_truth_agrees_with_the_images(tiny_dataset):
     from PIL import Image
 
     png = root / "a" / item["synset"] / item["object"] / "mask" / f"{int(item['view']):04d}.png"
-    stored = torch.from_numpy(np.asarray(Image.open(png))).double() / 255  # antialiased coverage
+    stored = torch.from_numpy(np.array(Image.open(png))).double() / 255  # antialiased coverage
     assert (sil[0, 0] - stored).abs().max() <= 0.5 / 255 + 1e-6
     assert torch.equal(item["mask"][0] > 0.5, stored > 0.5)
     # Points lie on the mesh, inside occupied voxels (or next to them: they are on the surface).
