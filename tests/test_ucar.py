@@ -311,3 +311,47 @@ def test_short_training_lowers_the_loss(objective, azimuth):
     assert sum(history[-5:]) / 5 < 0.9 * sum(history[:3]) / 3, history
     if before:  # the azimuth latent's own optimizer moved it
         assert not torch.equal(model.azimuth_latent.mean, before[0])
+
+
+def test_train_step_gives_each_optimizer_its_own_group():
+    images = synthetic_images(4)
+    index = torch.arange(4)
+
+    def snapshot(model):
+        groups = model.parameter_groups()
+        return {k: [p.detach().clone() for p in v] for k, v in groups.items()}
+
+    def changed(a, b):
+        return any(not torch.equal(x, y) for x, y in zip(a, b))
+
+    # main optimizer frozen (lr 0): only the free azimuth parameters move
+    model = UcarModel(small_config(dataset_size=4))
+    opts = model.configure_optimizers()
+    opts["main"].param_groups[0]["lr"] = 0.0
+    before = snapshot(model)
+    model.train_step(images, index, opts)
+    after = snapshot(model)
+    assert changed(before["azimuth"], after["azimuth"]) and not changed(before["main"], after["main"])
+
+    # azimuth optimizer frozen: the main step must not touch the free azimuth parameters
+    model = UcarModel(small_config(dataset_size=4))
+    opts = model.configure_optimizers()
+    opts["azimuth"].param_groups[0]["lr"] = 0.0
+    before = snapshot(model)
+    model.train_step(images, index, opts)
+    after = snapshot(model)
+    assert changed(before["main"], after["main"]) and not changed(before["azimuth"], after["azimuth"])
+
+
+def test_eval_mode_uses_the_means():
+    model = UcarModel(small_config()).eval()
+    images, index = torch.rand(2, 1, 28, 28), torch.tensor([3, 7])
+    with torch.no_grad():
+        model.azimuth_latent.logvar.fill_(2.0)
+        a, b = model(images, index), model(images, index)
+    assert torch.equal(a["z"], a["mu"]) and torch.equal(a["projection"], b["projection"])
+    assert torch.equal(a["azimuth"], b["azimuth"])
+    model.train()
+    with torch.no_grad():
+        c, d = model(images, index), model(images, index)
+    assert not torch.equal(c["z"], d["z"]) and not torch.equal(c["azimuth"], d["azimuth"])
