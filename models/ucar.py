@@ -23,7 +23,7 @@ marked "(code)" in the comments; choices of this implementation that neither sou
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -98,6 +98,11 @@ class UcarConfig:
     tau: float = 0.5
     # Section 3: optional texturizer, used by the final model.
     texturizer: bool = True
+    # Initial bias of the decoder's last layer (code: 0). With 0 every voxel starts at occupancy 0.5 and the
+    # projection saturates at 1 - exp(-R/2) ~ 1, where its gradient is ~exp(-14): the image loss then falls
+    # first through the texturizer and the occupancy learns slowly. A negative value (e.g. -4: 28 x 0.018,
+    # projection ~ 0.4) starts unsaturated (ours; optional).
+    occupancy_bias: float = 0.0
     # Texturizer hidden width (code: dense(1000, leaky_relu)).
     texturizer_hidden: int = 1000
     # Encoder / decoder width (code: d_size = 128 channels; decoder 7^3 x 128 -> 14^3 x 64 -> 28^3 x 1).
@@ -137,6 +142,9 @@ class UcarConfig:
             positive_float(name)
         for name in ("beta", "aae_weight", "negative_slope"):
             positive_float(name, allow_zero=True)
+        if isinstance(self.occupancy_bias, bool) or not isinstance(self.occupancy_bias, (int, float)) \
+                or not math.isfinite(self.occupancy_bias):
+            raise ValueError(f"UcarConfig.occupancy_bias must be a finite number, got {self.occupancy_bias!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"UcarConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.azimuth not in AZIMUTH_MODES:
@@ -282,6 +290,7 @@ class Decoder(nn.Module):
                 layers += [nn.BatchNorm3d(out, eps=1e-5, momentum=0.1), nn.LeakyReLU(config.negative_slope)]
             c = out
         self.deconvs = nn.Sequential(*layers)
+        nn.init.constant_(layers[-1].bias, config.occupancy_bias)
         self.negative_slope = config.negative_slope
 
     def forward(self, z: Tensor) -> Tensor:

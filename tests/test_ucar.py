@@ -39,6 +39,7 @@ def test_config_defaults_are_the_papers():
     ("objective", "gan"), ("azimuth", "learned"), ("projection", "bilinear"), ("tau", 0.0), ("tau", -1.0),
     ("beta", -1.0), ("latent_dim", 0), ("image_size", 30), ("image_size", 3), ("dataset_size", 0),
     ("lr", 0.0), ("grad_clip", float("nan")), ("betas", (0.9,)), ("betas", (1.5, 0.9)), ("texturizer", "yes"),
+    ("occupancy_bias", float("inf")),
     ("batch_size", 2.5),
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -267,7 +268,8 @@ def test_parameter_groups_partition_the_parameters():
         ids = [id(p) for g in groups.values() for p in g]
         assert len(ids) == len(set(ids)) == len(list(model.parameters()))
         if azimuth == "latent":
-            assert [id(p) for p in groups["azimuth"]] == [id(model.azimuth_latent.mean), id(model.azimuth_latent.logvar)]
+            latent = model.azimuth_latent
+            assert [id(p) for p in groups["azimuth"]] == [id(latent.mean), id(latent.logvar)]
             assert id(model.azimuth_latent.hidden.weight) in {id(p) for p in groups["main"]}
         else:
             assert groups["azimuth"] == []
@@ -297,20 +299,38 @@ def synthetic_images(n=8, size=28):
     return invrender.project_voxels(vox, invrender.rotation_matrix(theta), tau=0.5).detach()
 
 
-@pytest.mark.parametrize("objective,azimuth", [("mu_vae", "latent"), ("aae", "random")])
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.parametrize("objective,azimuth", [("mu_vae", "latent"), ("aae", "random"), ("beta_vae", "constant")])
 def test_short_training_lowers_the_loss(objective, azimuth):
+    """30 Adam steps on 8 blob projections; occupancy_bias -4 starts the projection unsaturated."""
     images = synthetic_images()
     assert images.max() > 0.5 and images.min() == 0.0
-    model = UcarModel(small_config(objective=objective, azimuth=azimuth, dataset_size=8))
+    model = UcarModel(small_config(objective=objective, azimuth=azimuth, dataset_size=8, occupancy_bias=-4.0))
     optimizers = model.configure_optimizers()
     index = torch.arange(8)
-    before = [model.azimuth_latent.mean.detach().clone()] if azimuth == "latent" else []
-    history = [model.train_step(images, index, optimizers)["reconstruction"].item() for _ in range(30)]
-    assert all(math.isfinite(h) for h in history)
-    # observed: about 890 -> 735 (-18%) in 30 steps; the sigmoid decoder starts saturated (projection ~ 1)
-    assert sum(history[-5:]) / 5 < 0.9 * sum(history[:3]) / 3, history
-    if before:  # the azimuth latent's own optimizer moved it
-        assert not torch.equal(model.azimuth_latent.mean, before[0])
+    before = model.azimuth_latent.mean.detach().clone() if azimuth == "latent" else None
+    history = [model.train_step(images, index, optimizers) for _ in range(30)]
+    total = [h["total"].item() for h in history]
+    projection = [h["projection_loss"].item() for h in history]
+    assert all(math.isfinite(t) for t in total)
+    assert mean(total[-5:]) < 0.8 * mean(total[:3]), total
+    # the 3D pipeline itself learns, not only the texturizer (observed: -25 to -35 %)
+    assert mean(projection[-5:]) < 0.9 * mean(projection[:3]), projection
+    if before is not None:  # the azimuth latent's own optimizer moved it
+        assert not torch.equal(model.azimuth_latent.mean, before)
+
+
+def test_short_training_from_the_codes_initialisation():
+    """Default init (occupancy 0.5, saturated projection): the loss falls, first through the texturizer."""
+    images = synthetic_images()
+    model = UcarModel(small_config(dataset_size=8))
+    optimizers = model.configure_optimizers()
+    total = [model.train_step(images, torch.arange(8), optimizers)["total"].item() for _ in range(30)]
+    # observed: about 890 -> 735 (-18 %)
+    assert mean(total[-5:]) < 0.9 * mean(total[:3]), total
 
 
 def test_train_step_gives_each_optimizer_its_own_group():
