@@ -511,6 +511,9 @@ class UcarModel(nn.Module):
         1. azimuth latent (if any): its own Adam on ``total`` with the VAE frozen;
         2. main: ``total`` backpropagated, each gradient clipped to norm ``grad_clip`` (code), Adam step;
         3. AAE: the discriminator's Adam on ``discriminator``.
+
+        With the azimuth latent the model runs forward twice per step in training mode, so batchnorm running
+        statistics are updated twice (as in the code, which runs both updates with ``train_flag=True``).
         """
         groups = self.parameter_groups()
         if groups["azimuth"]:
