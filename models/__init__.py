@@ -1,5 +1,12 @@
 """Reconstruction models of the seed papers (installed as ``invrender.models``).
 
-Empty for now: the models (Ucar 2019 voxel autoencoders, IG-GAN, UMR, UNICORN) arrive with their
-issues and compose the renderers of ``invrender``.
+Each model composes the renderers of ``invrender``; none re-implements rendering.
+
+- :mod:`invrender.models.ucar`: probabilistic 3D voxel autoencoders of Ucar et al. 2019 (VAE, beta-VAE,
+  AAE, mu-VAE; constant, random or latent azimuth; texturizer).
 """
+
+from . import ucar
+from .ucar import UcarConfig, UcarModel
+
+__all__ = ["UcarConfig", "UcarModel", "ucar"]
