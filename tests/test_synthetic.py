@@ -169,3 +169,20 @@ def test_default_dataset_is_generated_once_and_reused(tmp_path, capsys):
                                points=50, voxel_resolution=8, progress=False) == root
     assert capsys.readouterr().out == ""
     assert _tree(root) == before
+
+
+def test_grayscale_views_for_the_voxel_models(tiny_dataset):
+    from invrender.data import GrayscaleViews, ShapeNetNMR
+
+    root, _ = tiny_dataset
+    base = ShapeNetNMR(root / "a", split="train")
+    views = GrayscaleViews(base, image_size=12)
+    item = views[3]
+    assert item["image"].shape == (1, 12, 12) and item["mask"].shape == (1, 12, 12) and int(item["index"]) == 3
+    src = base[3]
+    luma = (src["image"] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0) * src["mask"][0]
+    expect = torch.nn.functional.avg_pool2d(luma[None, None], 2)[0]  # 24 -> 12 by area averaging
+    assert torch.allclose(item["image"], expect, atol=1e-6)
+    assert (item["image"][item["mask"] == 0] == 0).all()  # black background
+    with pytest.raises(ValueError, match="image_size"):
+        GrayscaleViews(base, image_size=0)

@@ -9,11 +9,13 @@ docstring for the on-disk layout, the item format and the preprocessing.
 - :class:`KatoShapeNet`: Kato et al.'s / SoftRas' per-class ``.npz`` renders and voxels.
 - :class:`MNIST`: MNIST / Fashion-MNIST IDX files (Ucar 2019).
 - :class:`ImageFolder`: any folder tree of images (IG-GAN's CelebA, CompCars, LSUN exports).
+- :class:`GrayscaleViews`: single grayscale views (object on black) for the voxel models.
 """
 
 from .image_folder import ImageFolder
 from .kato import KatoShapeNet
 from .mnist import MNIST, read_idx
 from .shapenet import ShapeNetNMR, read_metadata, read_split_list
+from .views import GrayscaleViews
 
-__all__ = ["ImageFolder", "KatoShapeNet", "MNIST", "ShapeNetNMR", "read_idx", "read_metadata", "read_split_list"]
+__all__ = ["GrayscaleViews", "ImageFolder", "KatoShapeNet", "MNIST", "ShapeNetNMR", "read_idx", "read_metadata", "read_split_list"]
