@@ -13,7 +13,8 @@ A task is any object with these methods (subclass :class:`Task` to get the optio
     build(config, device) -> (model, optimizers)            # required
         model: nn.Module already on ``device``; optimizers: dict name -> torch.optim.Optimizer.
         May also return (model, optimizers, schedulers) with schedulers a dict name -> LR scheduler
-        (anything with state_dict/load_state_dict); the task steps them itself.
+        (``step()``, ``state_dict``, ``load_state_dict``): the trainer calls ``step()`` on each after
+        every training step (schedules count steps, not epochs) and checkpoints them.
     dataset(config, split) -> torch.utils.data.Dataset      # required; split is "train" or "val"
     train_step(model, batch, optimizers, step) -> dict      # required
         One optimization step: forward, backward(s) and optimizer step(s) done by the task, so models
@@ -567,6 +568,8 @@ class Trainer:
         while self.step < total_steps:
             batch = move_to_device(next(batches), self.device)
             losses = self.task.train_step(model, batch, self.optimizers, self.step)
+            for sch in self.schedulers.values():
+                sch.step()
             self.step += 1
             for k, v in (losses or {}).items():
                 v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
