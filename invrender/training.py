@@ -549,6 +549,7 @@ class Trainer:
         if self.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            self._truncate_log(self.step)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.step if ckpt else None)
@@ -629,6 +630,23 @@ class Trainer:
             dist.all_reduce(vec)
             vec = vec.cpu() / self.world_size
         return {k: float(v) for k, v in zip(keys, vec.tolist())}
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log.jsonl entries past ``step`` (written by a run that stopped after its last checkpoint)."""
+        path = os.path.join(self.run_dir, "log.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                pass  # a line cut by a crash
+        if len(keep) != len(lines):
+            _atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
     def _log(self, record: Dict[str, float], bar) -> None:
         for k, v in record.items():

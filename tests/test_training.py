@@ -227,6 +227,20 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     assert training.load_checkpoint(training.latest_checkpoint(run))["step"] == 10
 
 
+def test_log_truncated_on_resume_and_workers_keep_order(tmp_path):
+    run = tmp_path / "run"
+    training.Trainer("toy", _config(steps=10, ckpt_every=5, log_every=1), run, device="cpu", progress=False).fit()
+    os.remove(run / "checkpoints" / "step_00000010.pt")  # as if the run died after step 9
+    training.Trainer("toy", _config(steps=7, log_every=1), run, device="cpu", resume=True, progress=False).fit()
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+    # DataLoader worker processes do not change the data order (or the RNG of the main process)
+    lin = {"model": {"kind": "linear"}, "lr": 0.1, "steps": 8, "batch_size": 8}
+    training.Trainer("toy", _config(**lin), tmp_path / "w0", device="cpu", progress=False).fit()
+    training.Trainer("toy", _config(num_workers=2, **lin), tmp_path / "w2", device="cpu", progress=False).fit()
+    assert torch.equal(_params(tmp_path / "w0")["weight"], _params(tmp_path / "w2")["weight"])
+
+
 def test_bad_batch_size(tmp_path):
     with pytest.raises(ValueError, match="smaller than one global batch"):
         training.Trainer("toy", _config(batch_size=64), tmp_path, device="cpu", progress=False).fit()
