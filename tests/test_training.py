@@ -4,6 +4,7 @@ DDP on CPU with gloo) and the ``invrender train`` / ``invrender eval`` commands,
 import json
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -250,29 +251,58 @@ def test_bad_batch_size(tmp_path):
 # DDP on CPU (gloo)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return tuple(s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
 
 
-def _ddp_worker(rank, world_size, port, cfg, run_dir):
+def _spawn(fn, args, nprocs, timeout=120):
+    """mp.spawn with a deadline: a hung collective fails the test instead of blocking the run."""
+    ctx = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"DDP workers did not finish in {timeout} s")
+
+
+def _ddp_worker(rank, world_size, ports, cfg, root):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(ports[0])})
     torch.set_num_threads(1)
     training.register_task("toy", ToyTask)
-    trainer = training.Trainer("toy", cfg, run_dir, device="cpu", progress=False)
+    # 1. deterministic SGD, compared with one process by the test (the trainer creates the group)
+    trainer = training.Trainer("toy", cfg, os.path.join(root, "ddp"), device="cpu", progress=False)
     trainer.fit()
     assert trainer.distributed and trainer.world_size == world_size and trainer.local_batch == cfg["batch_size"] // 2
+    assert not torch.distributed.is_initialized()  # destroyed by the trainer that created it
+    # 2. exact resume under DDP with per-rank dropout (a process group that already exists is used)
+    # (another port: rank 1 could otherwise reach rank 0's old store before it is torn down)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[1]}", rank=rank,
+                                         world_size=world_size)
+    mlp = dict(cfg, model={"kind": "mlp", "hidden": 8, "dropout": 0.3}, lr=0.01)
+    training.Trainer("toy", mlp, os.path.join(root, "straight"), device="cpu", progress=False).fit()
+    training.Trainer("toy", dict(mlp, steps=4), os.path.join(root, "split"), device="cpu", progress=False).fit()
+    torch.manual_seed(1000 + rank)
+    training.Trainer("toy", mlp, os.path.join(root, "split"), device="cpu", resume=True, progress=False).fit()
+    assert torch.distributed.is_initialized()
+    torch.distributed.destroy_process_group()
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
+def test_ddp_two_processes_match_single_process_and_resume(tmp_path):
     cfg = _config(steps=8, batch_size=8, ckpt_every=4, log_every=4,
                   model={"kind": "linear"}, lr=0.1)  # 3 steps per epoch: crosses epochs
     single = tmp_path / "single"
     training.Trainer("toy", cfg, single, device="cpu", progress=False).fit()
+    _spawn(_ddp_worker, (2, _free_ports(2), cfg, str(tmp_path)), nprocs=2)
     ddp = tmp_path / "ddp"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(ddp)), nprocs=2, join=True)
     a, b = _params(single), _params(ddp)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
@@ -280,7 +310,12 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         training.list_checkpoints(ddp)[0][1])["model"]["weight"])  # parameters moved
     state = training.load_checkpoint(training.latest_checkpoint(ddp))
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank streams
     assert (ddp / "log.jsonl").exists() and list(ddp.glob("tb/events.*"))
+    a, b = _params(tmp_path / "straight"), _params(tmp_path / "split")
+    assert [s for s, _ in training.list_checkpoints(tmp_path / "split")] == [4, 8]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 # ------------------------------------------------------------------------------------------------
