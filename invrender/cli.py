@@ -38,8 +38,9 @@ def _train(args) -> int:
 
     task = training.get_task(args.task)
     config_path = args.config
-    if config_path is None and args.resume and args.run_dir and os.path.exists(os.path.join(args.run_dir, "config.yaml")):
-        config_path = os.path.join(args.run_dir, "config.yaml")
+    saved = os.path.join(args.run_dir, "config.yaml") if args.run_dir else None
+    if config_path is None and args.resume and saved and os.path.exists(saved):
+        config_path = saved  # resuming without --config: the run's own config
     config = training.resolve_config(task, config_path, args.overrides)
     run_dir = args.run_dir or config.get("run_dir") or os.path.join(
         "runs", args.task, time.strftime("%Y%m%d-%H%M%S"))
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a registered task. Extra arguments key=value override the config.")
     train.add_argument("task", help="task name, e.g. ucar")
     train.add_argument("--config", default=None, help="YAML config file")
-    train.add_argument("--run-dir", default=None, help="output directory (default: config run_dir or runs/<task>/<time>)")
+    train.add_argument("--run-dir", default=None,
+                       help="output directory (default: the config's run_dir, else runs/<task>/<time>)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

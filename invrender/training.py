@@ -83,7 +83,6 @@ import datetime
 import glob
 import importlib
 import json
-import math
 import os
 import random
 import re
@@ -749,7 +748,8 @@ class Trainer:
 # evaluation
 
 
-def evaluate_run(run_dir, checkpoint=None, device="auto", out_dir=None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+def evaluate_run(run_dir, checkpoint=None, device="auto", out_dir=None,
+                 overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Evaluate a run: rebuild its task from ``<run_dir>/config.yaml``, load a checkpoint (the newest
     by default), call ``task.evaluate(model, config, out_dir)`` with the model in eval mode, and write
     the metrics (plus ``step`` and ``checkpoint``) to ``<out_dir>/metrics.json``
