@@ -83,6 +83,7 @@ import datetime
 import glob
 import importlib
 import json
+import math
 import os
 import random
 import re
@@ -133,6 +134,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "vis_every": 500,         # steps between visualize() calls; 0: never
     "vis_batch_size": 8,      # samples in the fixed visualization batch
     "find_unused_parameters": False,  # passed to DistributedDataParallel
+    "stop_on_nonfinite": True,  # raise FloatingPointError when a logged loss is NaN or infinite
 }
 
 
@@ -588,6 +590,10 @@ class Trainer:
                     record[f"lr/{name}"] = float(opt.param_groups[0]["lr"])
                 if self.is_main:
                     self._log(record, bar)
+                bad = [k for k, v in record.items() if not math.isfinite(v)]
+                if bad and cfg["stop_on_nonfinite"]:  # every rank sees the same reduced values
+                    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {self.step} "
+                                             f"(the last checkpoint is still in {self.run_dir}/checkpoints)")
                 sums, count, t0 = {}, 0, time.perf_counter()
 
             vis_every = int(cfg["vis_every"] or 0)

@@ -242,6 +242,12 @@ def test_log_truncated_on_resume_and_workers_keep_order(tmp_path):
     assert torch.equal(_params(tmp_path / "w0")["weight"], _params(tmp_path / "w2")["weight"])
 
 
+def test_nonfinite_loss_stops(tmp_path):
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 2"):
+        training.Trainer("toy", _config(lr=1e300, log_every=1, model={"kind": "linear"}), tmp_path,
+                         device="cpu", progress=False).fit()
+
+
 def test_bad_batch_size(tmp_path):
     with pytest.raises(ValueError, match="smaller than one global batch"):
         training.Trainer("toy", _config(batch_size=64), tmp_path, device="cpu", progress=False).fit()
