@@ -542,9 +542,18 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         # Per-rank randomness for the steps (dropout, noise): seed + rank.
         _seed_all(int(cfg["seed"]) + self.rank)
-        ckpt = latest_checkpoint(self.run_dir) if self.resume else None
+        ckpt = None
+        if self.resume:
+            # Rank 0 reads the checkpoint and sends it to the others (no shared filesystem needed).
+            if self.is_main:
+                path = latest_checkpoint(self.run_dir)
+                ckpt = load_checkpoint(path) if path is not None else None
+            if self.distributed:
+                box = [ckpt]
+                dist.broadcast_object_list(box, src=0)
+                ckpt = box[0]
         if ckpt is not None:
-            self._restore(load_checkpoint(ckpt))
+            self._restore(ckpt)
 
         self.writer = None
         if self.is_main:
@@ -553,7 +562,9 @@ class Trainer:
             self._truncate_log(self.step)
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"), purge_step=self.step if ckpt else None)
+            # purge_step: on resume, TensorBoard drops events logged after the checkpoint.
+            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"),
+                                        purge_step=self.step if ckpt is not None else None)
         self._vis_batch = None
 
         bar = None
