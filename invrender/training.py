@@ -20,7 +20,10 @@ A task is any object with these methods (subclass :class:`Task` to get the optio
         One optimization step: forward, backward(s) and optimizer step(s) done by the task, so models
         with several optimizers (GANs) work. ``model`` is the DDP-wrapped module under DDP (call it,
         do not call ``model.module`` in the forward you differentiate, or gradients are not
-        synchronized); use :func:`unwrap` for attributes. Returns scalar losses / metrics (floats or
+        synchronized); use :func:`unwrap` for attributes. A model with several sub-networks
+        (generator and discriminator) should dispatch in its ``forward`` (e.g. ``model(x,
+        mode="discriminate")``) and set ``find_unused_parameters: true`` when a step's forward
+        leaves some parameters unused. Returns scalar losses / metrics (floats or
         0-dim tensors) for logging. ``batch`` is already on the device. ``step`` counts from 0.
     default_config() -> dict                                 # optional; defaults below the YAML
     collate_fn                                               # optional attribute for the DataLoader
