@@ -36,7 +36,11 @@ def _synth(args) -> int:
 def _train(args) -> int:
     from . import training
 
-    task = training.get_task(args.task)
+    try:
+        task = training.get_task(args.task)
+    except KeyError as e:
+        print(f"invrender train: {e.args[0]}", file=sys.stderr)
+        return 2
     config_path = args.config
     saved = os.path.join(args.run_dir, "config.yaml") if args.run_dir else None
     if config_path is None and args.resume and saved and os.path.exists(saved):

@@ -347,3 +347,5 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert metrics == printed and metrics["step"] == 6 and metrics["mse"] >= 0
     with pytest.raises(SystemExit):
         cli_main(["train", "toy", "--bogus"])
+    assert cli_main(["train", "no_such_task_xyz"]) == 2
+    assert "unknown task 'no_such_task_xyz'" in capsys.readouterr().err
