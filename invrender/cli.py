@@ -3,9 +3,17 @@
     invrender data synth --root DIR [--objects 10] [--views 24] [--size 64] [--seed 0]
                          [--categories car chair ...] [--elevation 30 | --elevation-range -10 30]
                          [--points 10000] [--voxels 32] [--background white|random]
+    invrender train <task> [--config FILE] [--run-dir DIR] [--device auto|cpu|cuda] [--resume]
+                           [--no-progress] [key=value ...]
+    invrender eval <run-dir> [--checkpoint FILE] [--device auto] [--out DIR] [key=value ...]
+
+``train`` runs any registered task (``invrender.training.register_task``; ``invrender.models.<task>``
+is imported on demand) with the config file plus ``key=value`` overrides (dotted keys, YAML values).
+Launch it with ``torchrun --nproc-per-node N -m invrender train ...`` for DDP.
 """
 
 import argparse
+import os
 import sys
 import time
 from typing import List, Optional
@@ -22,6 +30,41 @@ def _synth(args) -> int:
                      voxel_resolution=args.voxels, background=args.background, progress=not args.quiet)
     n = len(categories) * args.objects
     print(f"wrote {n} objects x {args.views} views to {args.root} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _train(args) -> int:
+    from . import training
+
+    try:
+        task = training.get_task(args.task)
+    except KeyError as e:
+        print(f"invrender train: {e.args[0]}", file=sys.stderr)
+        return 2
+    config_path = args.config
+    saved = os.path.join(args.run_dir, "config.yaml") if args.run_dir else None
+    if config_path is None and args.resume and saved and os.path.exists(saved):
+        config_path = saved  # resuming without --config: the run's own config
+    config = training.resolve_config(task, config_path, args.overrides)
+    run_dir = args.run_dir or config.get("run_dir") or os.path.join(
+        "runs", args.task, time.strftime("%Y%m%d-%H%M%S"))
+    config["task"] = args.task
+    trainer = training.Trainer(task, config, run_dir, device=args.device, resume=args.resume,
+                               progress=not args.no_progress)
+    trainer.fit()
+    if trainer.is_main:
+        print(f"trained {args.task} to step {trainer.step}; run directory: {run_dir}")
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+
+    from . import training
+
+    metrics = training.evaluate_run(args.run_dir, checkpoint=args.checkpoint, device=args.device,
+                                    out_dir=args.out, overrides=args.overrides)
+    print(json.dumps(metrics, indent=2, default=float))
     return 0
 
 
@@ -43,11 +86,38 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--background", choices=("white", "random"), default="white")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
+
+    train = sub.add_parser("train", help="train a model (a registered task)",
+                           description="Train a registered task. Extra arguments key=value override the config.")
+    train.add_argument("task", help="task name, e.g. ucar")
+    train.add_argument("--config", default=None, help="YAML config file")
+    train.add_argument("--run-dir", default=None,
+                       help="output directory (default: the config's run_dir, else runs/<task>/<time>)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys, YAML values)")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a trained run (writes metrics.json)")
+    ev.add_argument("run_dir", help="run directory written by 'invrender train'")
+    ev.add_argument("--checkpoint", default=None, help="checkpoint file (default: the newest in the run)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--out", default=None, help="output directory (default: <run-dir>/eval)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    ev.set_defaults(func=_eval)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # parse_known_args: key=value overrides may come after options (argparse would reject them there).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        bad = [a for a in extra if "=" not in a or a.startswith("-")]
+        if bad or not hasattr(args, "overrides"):
+            parser.error("unrecognized arguments: " + " ".join(bad or extra))
+        args.overrides = list(args.overrides) + extra
     return args.func(args)
 
 

@@ -1,0 +1,800 @@
+"""Model-agnostic training: configs, a task registry, and a ``Trainer`` with exact resume and DDP.
+
+Every model in ``invrender.models`` trains through this module (``invrender train <task>``). A model
+plugs in as a *task*: a small object that knows how to build the model and its optimizers, which
+data to read, and what one training step does. The trainer owns everything else: devices,
+distributed data parallel (DDP), data order, progress bar, TensorBoard, sample images, and
+checkpoints that resume bit-identically.
+
+Task protocol
+-------------
+A task is any object with these methods (subclass :class:`Task` to get the optional ones as no-ops)::
+
+    build(config, device) -> (model, optimizers)            # required
+        model: nn.Module already on ``device``; optimizers: dict name -> torch.optim.Optimizer.
+        May also return (model, optimizers, schedulers) with schedulers a dict name -> LR scheduler
+        (``step()``, ``state_dict``, ``load_state_dict``): the trainer calls ``step()`` on each after
+        every training step (schedules count steps, not epochs) and checkpoints them.
+    dataset(config, split) -> torch.utils.data.Dataset      # required; split is "train" or "val"
+    train_step(model, batch, optimizers, step) -> dict      # required
+        One optimization step: forward, backward(s) and optimizer step(s) done by the task, so models
+        with several optimizers (GANs) work. ``model`` is the DDP-wrapped module under DDP (call it,
+        do not call ``model.module`` in the forward you differentiate, or gradients are not
+        synchronized); use :func:`unwrap` for attributes. A model with several sub-networks
+        (generator and discriminator) should dispatch in its ``forward`` (e.g. ``model(x,
+        mode="discriminate")``) and set ``find_unused_parameters: true`` when a step's forward
+        leaves some parameters unused. Returns scalar losses / metrics (floats or
+        0-dim tensors) for logging. ``batch`` is already on the device. ``step`` counts from 0.
+    default_config() -> dict                                 # optional; defaults below the YAML
+    collate_fn                                               # optional attribute for the DataLoader
+    visualize(model, batch, out_dir, step) -> dict           # optional
+        Called on rank 0 every ``vis_every`` steps with the unwrapped model in eval mode under
+        ``torch.no_grad()`` and a fixed batch of the "val" split (falling back to "train"). May
+        write files a person can look at (meshes, GIFs) into ``out_dir``; returns images name ->
+        tensor ``(C, H, W)`` or ``(N, C, H, W)`` in [0, 1], which the trainer saves as PNG in
+        ``out_dir`` and logs to TensorBoard (batches as one grid). The RNG states are restored
+        afterwards, so visualizing never changes training.
+    evaluate(model, config, out_dir) -> dict                 # optional; used by ``invrender eval``
+        The unwrapped model in eval mode; returns JSON-serializable metrics.
+
+Tasks are registered by name with :func:`register_task` (a factory: a class or any zero-argument
+callable returning a task). :func:`get_task` looks the name up and, if it is unknown, imports
+``invrender.models.<name>`` once so that model modules can register themselves on import.
+
+Configuration
+-------------
+A config is a plain nested dict. :func:`resolve_config` merges, later winning:
+:data:`TRAIN_DEFAULTS` < ``task.default_config()`` < the YAML file < ``key=value`` overrides
+(dotted keys for nested dicts, values parsed as YAML: ``lr=1e-3 model.dims=[32,64] name=foo``).
+The trainer's own keys are the top-level keys of :data:`TRAIN_DEFAULTS`; everything else belongs to
+the task. The resolved config (with the task name) is saved as ``<run_dir>/config.yaml``.
+
+Run directory
+-------------
+::
+
+    config.yaml                 resolved config (``invrender eval`` reads it)
+    checkpoints/step_XXXXXXXX.pt
+    tb/                         TensorBoard event files (scalars, image grids)
+    samples/step_XXXXXXXX/      PNGs returned by visualize, plus whatever it wrote (meshes)
+    log.jsonl                   the logged scalars, one JSON object per log step
+
+Exact resume
+------------
+A checkpoint holds the model state, every optimizer's and scheduler's state, the step, the data
+position (epoch and batch within the epoch) and the RNG states of every rank (torch CPU, CUDA when
+present, numpy, python ``random``). The data order is a pure function of ``(seed, epoch)``
+(:class:`ResumableDistributedSampler`) and the DataLoader's worker seeds come from a generator
+re-seeded at each epoch, so on the CPU a run stopped at step k and resumed continues bit-identically
+to one that never stopped (including shuffling and dropout). One limit: randomness drawn *inside
+DataLoader worker processes* (``num_workers > 0``) restarts from the epoch's worker seed, so a
+mid-epoch resume reproduces it only with ``num_workers: 0`` (the default). Checkpoints are written
+atomically: a temporary file in the same directory, fsync, then ``os.replace``.
+
+Distributed
+-----------
+Launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment), the trainer initializes
+the process group (gloo on CPU, nccl on CUDA, device ``cuda:LOCAL_RANK``), wraps the model in
+``DistributedDataParallel``, and gives each process ``batch_size / world_size`` samples (the config's
+``batch_size`` is the global batch). Only rank 0 shows progress and writes logs, samples and
+checkpoints; logged losses are averaged over ranks.
+"""
+
+import contextlib
+import copy
+import datetime
+import glob
+import importlib
+import json
+import math
+import os
+import random
+import re
+import tempfile
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "Task",
+    "Trainer",
+    "ResumableDistributedSampler",
+    "register_task",
+    "get_task",
+    "available_tasks",
+    "load_config",
+    "apply_overrides",
+    "parse_override",
+    "merge_config",
+    "resolve_config",
+    "save_config",
+    "resolve_device",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "unwrap",
+    "move_to_device",
+    "evaluate_run",
+]
+
+#: The trainer's config keys and their defaults (everything else in a config belongs to the task).
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "steps": 1000,            # total optimization steps (a resumed run continues up to this)
+    "batch_size": 32,         # GLOBAL batch; each of the world_size processes gets batch_size / world_size
+    "seed": 0,                # model init, data order, dropout; rank r's step randomness uses seed + r
+    "num_workers": 0,         # DataLoader workers (0: exact mid-epoch resume, see module docs)
+    "shuffle": True,          # reshuffle the training set every epoch
+    "log_every": 10,          # steps between logged scalars (TensorBoard, log.jsonl, progress bar)
+    "ckpt_every": 500,        # steps between checkpoints (and one at the end); 0: only at the end
+    "keep_checkpoints": 3,    # newest checkpoints kept (0 or None: keep all)
+    "vis_every": 500,         # steps between visualize() calls; 0: never
+    "vis_batch_size": 8,      # samples in the fixed visualization batch
+    "find_unused_parameters": False,  # passed to DistributedDataParallel
+    "stop_on_nonfinite": True,  # raise FloatingPointError when a logged loss is NaN or infinite
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# task protocol and registry
+
+
+class Task:
+    """Optional base class of tasks: documents the protocol (see the module docstring) and supplies
+    no-op defaults for the optional methods. Subclasses implement ``build``, ``dataset`` and
+    ``train_step``."""
+
+    collate_fn: Optional[Callable] = None
+
+    def default_config(self) -> Dict[str, Any]:
+        return {}
+
+    def build(self, config: Dict[str, Any], device: torch.device):
+        raise NotImplementedError
+
+    def dataset(self, config: Dict[str, Any], split: str) -> Dataset:
+        raise NotImplementedError
+
+    def train_step(self, model: nn.Module, batch: Any, optimizers: Dict[str, torch.optim.Optimizer],
+                   step: int) -> Dict[str, Any]:
+        raise NotImplementedError
+
+
+_TASKS: Dict[str, Callable[[], Any]] = {}
+
+
+def register_task(name: str, factory: Callable[[], Any] = None):
+    """Register a task factory under ``name`` (replacing any previous one).
+
+    ``factory`` is a class or zero-argument callable returning a task object. Usable as a
+    decorator: ``@register_task("ucar")`` above a ``Task`` subclass.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_task: argument 'name' must be a non-empty string, got {name!r}")
+    if factory is None:
+        def deco(f):
+            register_task(name, f)
+            return f
+        return deco
+    if not callable(factory):
+        raise TypeError(f"register_task: argument 'factory' must be callable, got {type(factory).__name__}")
+    _TASKS[name] = factory
+    return factory
+
+
+def available_tasks() -> List[str]:
+    """Names of the registered tasks."""
+    return sorted(_TASKS)
+
+
+def get_task(name: str):
+    """A new task object for ``name``; imports ``invrender.models.<name>`` if it is not registered yet."""
+    if name not in _TASKS:
+        try:
+            importlib.import_module(f"invrender.models.{name}")
+        except ModuleNotFoundError as e:
+            if e.name not in (f"invrender.models.{name}", "invrender.models"):
+                raise
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {available_tasks()}")
+    return _TASKS[name]()
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+
+
+def load_config(path) -> Dict[str, Any]:
+    """Read a YAML file into a dict (an empty file gives ``{}``)."""
+    import yaml
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config {path}: expected a mapping at the top level, got {type(config).__name__}")
+    return config
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _FLOAT_RE.match(text.strip()):
+        return float(value)  # YAML 1.1 reads an unquoted "1e-3" as a string; a float is meant
+    return value
+
+
+def parse_override(text: str) -> Tuple[List[str], Any]:
+    """``"a.b=value"`` -> ``(["a", "b"], parsed value)``; the value is parsed as YAML."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ValueError(f"config override must look like key=value (dotted keys for nested), got {text!r}")
+    key, value = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ValueError(f"config override {text!r}: empty key")
+    return keys, _parse_value(value)
+
+
+def apply_overrides(config: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """A copy of ``config`` with ``key=value`` overrides applied (nested dicts created as needed)."""
+    config = copy.deepcopy(config)
+    for text in overrides or ():
+        keys, value = parse_override(text)
+        node = config
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                if k in node and node[k] is not None:
+                    raise ValueError(f"config override {text!r}: {k!r} is not a mapping ({node[k]!r})")
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return config
+
+
+def merge_config(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """Recursive merge: a copy of ``base`` with ``update``'s values (dicts merged key by key)."""
+    out = copy.deepcopy(base)
+    for k, v in (update or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_config(task=None, path=None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """:data:`TRAIN_DEFAULTS` < ``task.default_config()`` < YAML file ``path`` < ``overrides``."""
+    config = dict(TRAIN_DEFAULTS)
+    if task is not None and hasattr(task, "default_config"):
+        config = merge_config(config, task.default_config() or {})
+    if path is not None:
+        config = merge_config(config, load_config(path))
+    return apply_overrides(config, overrides)
+
+
+def save_config(config: Dict[str, Any], path) -> None:
+    """Write ``config`` as YAML (atomically)."""
+    import yaml
+
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# ------------------------------------------------------------------------------------------------
+# devices, distributed, checkpoints
+
+
+def resolve_device(device="auto", local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:local_rank`` when CUDA is available, else CPU; ``"cuda"`` -> ``cuda:local_rank``."""
+    name = str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` (or ``model`` itself)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors in nested dicts / lists / tuples / namedtuples moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return type(batch)((k, move_to_device(v, device)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def _atomic_write(path, write: Callable) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then ``os.replace``.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(state: Dict[str, Any], path) -> None:
+    """``torch.save(state)`` to ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (it holds numpy RNG states, so not weights-only)."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+_CKPT_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def list_checkpoints(run_dir) -> List[Tuple[int, str]]:
+    """``(step, path)`` of the checkpoints in ``run_dir/checkpoints``, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(os.fspath(run_dir), "checkpoints", "step_*.pt")):
+        m = _CKPT_RE.match(os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir) -> Optional[str]:
+    """Path of the newest checkpoint in ``run_dir`` (highest step), or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _get_rng_state(device: torch.device) -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def _preserved_rng(device: torch.device):
+    state = _get_rng_state(device)
+    try:
+        yield
+    finally:
+        _set_rng_state(state, device)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` whose epoch can be entered part-way (``start`` = samples of this rank to skip).
+
+    The order of epoch ``e`` is a pure function of ``(seed, e)`` (as in ``DistributedSampler``); with
+    ``num_replicas=1`` it also serves single-process runs, so one process with the global batch and
+    ``W`` processes with ``1/W`` of it see the same samples at every step (rank r takes every W-th
+    index of the epoch's permutation).
+    """
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.start:])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# trainer
+
+
+class Trainer:
+    """Runs a task's training loop; see the module docstring for the protocol and guarantees.
+
+    Args:
+        task: a task object, or the name of a registered task.
+        config: the resolved config dict (see :func:`resolve_config`); missing trainer keys take
+            :data:`TRAIN_DEFAULTS`.
+        run_dir: output directory (config, checkpoints, TensorBoard logs, samples).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``. Under DDP ``cuda`` means
+            ``cuda:LOCAL_RANK``.
+        resume: continue from the newest checkpoint in ``run_dir`` (if there is one).
+        progress: show a tqdm progress bar (rank 0 only).
+
+    ``fit()`` trains up to ``config["steps"]`` and returns the logged scalars (rank 0; a list of dicts).
+    """
+
+    def __init__(self, task, config: Dict[str, Any], run_dir, device="auto", resume: bool = False,
+                 progress: bool = True):
+        self.task_name = task if isinstance(task, str) else config.get("task", getattr(task, "name", None))
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.config = merge_config(TRAIN_DEFAULTS, config)
+        if self.task_name is not None:
+            self.config["task"] = self.task_name
+        self.run_dir = os.fspath(run_dir)
+        self.requested_device = device
+        self.resume = resume
+        self.progress = progress
+        self.history: List[Dict[str, Any]] = []
+
+    # -- distributed setup ------------------------------------------------------------------------
+
+    def _setup_distributed(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", str(self.rank)))
+        self.distributed = "RANK" in os.environ and self.world_size > 1
+        self._owns_group = False
+        if self.distributed:
+            device = resolve_device(self.requested_device, self.local_rank)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                        timeout=datetime.timedelta(minutes=30))
+                self._owns_group = True
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            self.world_size, self.rank = 1, 0
+            device = resolve_device(self.requested_device, 0)
+        self.device = device
+        self.is_main = self.rank == 0
+
+    # -- main loop ----------------------------------------------------------------------------------
+
+    def fit(self) -> List[Dict[str, Any]]:
+        self._setup_distributed()
+        try:
+            return self._fit()
+        finally:
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
+            if self._owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _build(self):
+        cfg = self.config
+        _seed_all(int(cfg["seed"]))  # same initialization on every rank
+        built = self.task.build(cfg, self.device)
+        if not isinstance(built, tuple) or len(built) not in (2, 3):
+            raise TypeError("task.build must return (model, optimizers) or (model, optimizers, schedulers)")
+        self.model, self.optimizers = built[0], dict(built[1])
+        self.schedulers = dict(built[2]) if len(built) == 3 and built[2] is not None else {}
+
+    def _fit(self) -> List[Dict[str, Any]]:
+        cfg = self.config
+        global_batch = int(cfg["batch_size"])
+        if global_batch % self.world_size:
+            raise ValueError(f"batch_size {global_batch} is not divisible by the world size {self.world_size}")
+        self.local_batch = global_batch // self.world_size
+        total_steps = int(cfg["steps"])
+
+        self._build()
+        model = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=bool(cfg["find_unused_parameters"]))
+        self.ddp_model = model
+
+        dataset = self.task.dataset(cfg, "train")
+        self.sampler = ResumableDistributedSampler(dataset, self.world_size, self.rank,
+                                                   shuffle=bool(cfg["shuffle"]), seed=int(cfg["seed"]))
+        self.loader_generator = torch.Generator()
+        workers = int(cfg["num_workers"])
+        self.loader = DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
+                                 num_workers=workers, collate_fn=getattr(self.task, "collate_fn", None),
+                                 pin_memory=self.device.type == "cuda", generator=self.loader_generator,
+                                 persistent_workers=False)
+        self.steps_per_epoch = self.sampler.num_samples // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set ({len(dataset)} samples) is smaller than one global batch "
+                             f"({global_batch})")
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        # Per-rank randomness for the steps (dropout, noise): seed + rank.
+        _seed_all(int(cfg["seed"]) + self.rank)
+        ckpt = None
+        if self.resume:
+            # Rank 0 reads the checkpoint and sends it to the others (no shared filesystem needed).
+            if self.is_main:
+                path = latest_checkpoint(self.run_dir)
+                ckpt = load_checkpoint(path) if path is not None else None
+            if self.distributed:
+                box = [ckpt]
+                dist.broadcast_object_list(box, src=0)
+                ckpt = box[0]
+        if ckpt is not None:
+            self._restore(ckpt)
+
+        self.writer = None
+        if self.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+            self._truncate_log(self.step)
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: on resume, TensorBoard drops events logged after the checkpoint.
+            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"),
+                                        purge_step=self.step if ckpt is not None else None)
+        self._vis_batch = None
+
+        bar = None
+        if self.is_main and self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_steps, initial=self.step, desc=str(self.task_name or "train"), dynamic_ncols=True)
+
+        sums: Dict[str, Any] = {}
+        count, t0 = 0, time.perf_counter()
+        last_saved = self.step if ckpt is not None else None
+        batches = self._batches()
+        model.train()
+        while self.step < total_steps:
+            batch = move_to_device(next(batches), self.device)
+            losses = self.task.train_step(model, batch, self.optimizers, self.step)
+            for sch in self.schedulers.values():
+                sch.step()
+            self.step += 1
+            for k, v in (losses or {}).items():
+                v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+                sums[k] = sums[k] + v if k in sums else v
+            count += 1
+            if bar is not None:
+                bar.update(1)
+
+            log_every = int(cfg["log_every"] or 0)
+            if (log_every and self.step % log_every == 0) or self.step == total_steps:
+                record = self._reduce({k: v / count for k, v in sums.items()})
+                elapsed = time.perf_counter() - t0
+                record["time/step_s"] = elapsed / count
+                record["time/samples_per_s"] = count * global_batch / max(elapsed, 1e-12)
+                for name, opt in self.optimizers.items():
+                    record[f"lr/{name}"] = float(opt.param_groups[0]["lr"])
+                if self.is_main:
+                    self._log(record, bar)
+                bad = [k for k, v in record.items() if not math.isfinite(v)]
+                if bad and cfg["stop_on_nonfinite"]:  # every rank sees the same reduced values
+                    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {self.step} "
+                                             f"(the last checkpoint is still in {self.run_dir}/checkpoints)")
+                sums, count, t0 = {}, 0, time.perf_counter()
+
+            vis_every = int(cfg["vis_every"] or 0)
+            if self.is_main and vis_every and self.step % vis_every == 0 and hasattr(self.task, "visualize"):
+                self._visualize()
+
+            ckpt_every = int(cfg["ckpt_every"] or 0)
+            if (ckpt_every and self.step % ckpt_every == 0) or self.step == total_steps:
+                self._checkpoint()
+                last_saved = self.step
+        if last_saved != self.step and self.step > 0:  # e.g. resumed at or past `steps`
+            self._checkpoint()
+        if bar is not None:
+            bar.close()
+        if self.distributed:
+            dist.barrier()
+        return self.history
+
+    def _batches(self):
+        """Endless batches; keeps (epoch, batch_in_epoch) = the position of the next batch."""
+        while True:
+            self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.local_batch)
+            # Worker seeds come from this generator (not the global RNG): resuming never shifts the RNG.
+            self.loader_generator.manual_seed(int(self.config["seed"]) * 1_000_003 + self.epoch)
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _reduce(self, values: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Average scalars over ranks (all ranks must call it with the same keys)."""
+        keys = sorted(values)
+        if not keys:
+            return {}
+        vec = torch.stack([values[k].to(torch.float64).cpu() for k in keys])
+        if self.distributed:
+            vec = vec.to(self.device)
+            dist.all_reduce(vec)
+            vec = vec.cpu() / self.world_size
+        return {k: float(v) for k, v in zip(keys, vec.tolist())}
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log.jsonl entries past ``step`` (written by a run that stopped after its last checkpoint)."""
+        path = os.path.join(self.run_dir, "log.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                pass  # a line cut by a crash
+        if len(keep) != len(lines):
+            _atomic_write(path, lambda f: f.write("".join(keep).encode()))
+
+    def _log(self, record: Dict[str, float], bar) -> None:
+        for k, v in record.items():
+            self.writer.add_scalar(k if "/" in k else f"train/{k}", v, self.step)
+        self.writer.flush()
+        entry = {"step": self.step, **record}
+        self.history.append(entry)
+        with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if "/" not in k}, refresh=False)
+
+    # -- visualization ----------------------------------------------------------------------------
+
+    def _visualization_batch(self):
+        if self._vis_batch is None:
+            try:
+                data = self.task.dataset(self.config, "val")
+            except (KeyError, ValueError, FileNotFoundError, NotImplementedError):
+                data = None
+            if data is None or len(data) == 0:
+                data = self.task.dataset(self.config, "train")
+            n = min(int(self.config["vis_batch_size"]), len(data))
+            loader = DataLoader(data, batch_size=n, shuffle=False, collate_fn=getattr(self.task, "collate_fn", None))
+            self._vis_batch = next(iter(loader))
+        return move_to_device(self._vis_batch, self.device)
+
+    def _visualize(self) -> None:
+        from .io import image_grid, save_image
+
+        out_dir = os.path.join(self.run_dir, "samples", f"step_{self.step:08d}")
+        os.makedirs(out_dir, exist_ok=True)
+        module = unwrap(self.model)
+        was_training = module.training
+        with _preserved_rng(self.device), torch.no_grad():
+            batch = self._visualization_batch()
+            module.eval()
+            try:
+                images = self.task.visualize(module, batch, out_dir, self.step) or {}
+            finally:
+                module.train(was_training)
+        for name, img in images.items():
+            img = img.detach().float().cpu().clamp(0, 1)
+            if img.dim() == 4:
+                img = image_grid(img, nrow=min(8, img.shape[0]))
+            if img.dim() == 2:
+                img = img[None]
+            save_image(os.path.join(out_dir, f"{name.replace('/', '_')}.png"), img)
+            self.writer.add_image(name if "/" in name else f"samples/{name}", img, self.step)
+        self.writer.flush()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        rng = _get_rng_state(self.device)
+        if self.distributed:
+            states = [None] * self.world_size
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if self.is_main:
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "world_size": self.world_size,
+                "model": unwrap(self.model).state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "rng": states,
+                "config": self.config,
+                "task": self.task_name,
+            }
+            path = os.path.join(self.run_dir, "checkpoints", f"step_{self.step:08d}.pt")
+            save_checkpoint(state, path)
+            keep = self.config.get("keep_checkpoints")
+            if keep:
+                for _, old in list_checkpoints(self.run_dir)[:-int(keep)]:
+                    with contextlib.suppress(OSError):
+                        os.remove(old)
+        if self.distributed:
+            dist.barrier()
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sch in self.schedulers.items():
+            if k in state.get("schedulers", {}):
+                sch.load_state_dict(state["schedulers"][k])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if state.get("world_size", 1) != self.world_size:
+            # Another world size: the per-rank data position and RNG streams cannot be continued exactly.
+            self.epoch, self.batch_in_epoch = self.epoch + (self.batch_in_epoch > 0), 0
+            return
+        _set_rng_state(state["rng"][self.rank], self.device)
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_run(run_dir, checkpoint=None, device="auto", out_dir=None,
+                 overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Evaluate a run: rebuild its task from ``<run_dir>/config.yaml``, load a checkpoint (the newest
+    by default), call ``task.evaluate(model, config, out_dir)`` with the model in eval mode, and write
+    the metrics (plus ``step`` and ``checkpoint``) to ``<out_dir>/metrics.json``
+    (``out_dir`` defaults to ``<run_dir>/eval``). Returns the metrics dict."""
+    run_dir = os.fspath(run_dir)
+    config = apply_overrides(load_config(os.path.join(run_dir, "config.yaml")), overrides)
+    if not config.get("task"):
+        raise ValueError(f"{run_dir}/config.yaml does not name its task (key 'task')")
+    task = get_task(config["task"])
+    if not hasattr(task, "evaluate"):
+        raise NotImplementedError(f"task {config['task']!r} has no evaluate(model, config, out_dir)")
+    checkpoint = checkpoint or latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
+    dev = resolve_device(device)
+    _seed_all(int(config.get("seed", 0)))
+    built = task.build(config, dev)
+    model = built[0]
+    state = load_checkpoint(checkpoint)
+    model.load_state_dict(state["model"])
+    model.eval()
+    out_dir = os.fspath(out_dir) if out_dir else os.path.join(run_dir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = dict(task.evaluate(model, config, out_dir) or {})
+    result = {"step": state.get("step"), "checkpoint": os.path.abspath(checkpoint), **metrics}
+    text = json.dumps(result, indent=2, default=float)
+    _atomic_write(os.path.join(out_dir, "metrics.json"), lambda f: f.write((text + "\n").encode()))
+    return result
