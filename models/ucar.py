@@ -539,3 +539,127 @@ class UcarModel(nn.Module):
             disc.backward()
             optimizers["discriminator"].step()
         return {k: v.detach() for k, v in terms.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Training task (``invrender train ucar --config configs/ucar_synthetic.yaml``)
+
+
+class UcarTask:
+    """Trains :class:`UcarModel` with :class:`invrender.training.Trainer`.
+
+    Config (defaults in :meth:`default_config`): ``model`` holds :class:`UcarConfig` fields
+    (``dataset_size`` is set from the data); ``data.root`` is a ShapeNet-NMR-layout folder (default:
+    the embedded synthetic dataset, generated on first use), ``data.categories`` the categories,
+    ``data.image_size`` the view size (28, the paper's). Single-process only for now: the paper's
+    per-example azimuth optimizer steps inside :meth:`UcarModel.train_step`, outside DDP's
+    gradient synchronisation.
+    """
+
+    def default_config(self):
+        return {
+            "model": {"objective": "mu_vae", "azimuth": "latent", "projection": "trilinear", "texturizer": True,
+                      "occupancy_bias": -4.0},
+            "data": {"root": None, "categories": ["car"], "image_size": 28,
+                     "synthetic": {"objects_per_category": 40, "views": 24, "image_size": 64}},
+            "batch_size": 64, "steps": 1000, "vis_every": 250, "ckpt_every": 250, "log_every": 20,
+        }
+
+    def _root(self, config):
+        from invrender import synthetic
+
+        data = config["data"]
+        if data.get("root"):
+            return data["root"]
+        kw = dict(data.get("synthetic") or {})
+        return synthetic.default_dataset(progress=False, **kw)
+
+    def dataset(self, config, split):
+        from invrender.data import GrayscaleViews, ShapeNetNMR
+
+        data = config["data"]
+        base = ShapeNetNMR(self._root(config), categories=data.get("categories"), split=split)
+        return GrayscaleViews(base, image_size=int(data.get("image_size", 28)))
+
+    def build(self, config, device):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise NotImplementedError("ucar: training runs in one process (the azimuth optimizer steps outside "
+                                      "DDP's gradient synchronisation); launch without torchrun")
+        fields = dict(config.get("model") or {})
+        fields["image_size"] = int(config["data"].get("image_size", 28))
+        fields["dataset_size"] = len(self.dataset(config, "train"))
+        if "betas" in fields:
+            fields["betas"] = tuple(fields["betas"])
+        model = UcarModel(UcarConfig(**fields)).to(device)
+        return model, model.configure_optimizers()
+
+    def train_step(self, model, batch, optimizers, step):
+        from invrender.training import unwrap
+
+        return unwrap(model).train_step(batch["image"], batch["index"], optimizers)
+
+    def visualize(self, model, batch, out_dir, step):
+        """Inputs, the constant-view projection of the decoded shape, and a turntable of the learned
+        3D shape (azimuths sweeping [-pi, pi]) for the first input; the decoded voxels of the first
+        input exported as a marching-cubes OBJ."""
+        import os
+
+        from invrender import io
+
+        images = batch["image"]
+        mu, _ = model.encoder(images)
+        voxels = model.decoder(mu)
+        tau = model.config.tau
+        n = images.shape[0]
+        front = invrender.project_voxels(voxels / tau, invrender.rotation_matrix(torch.zeros(n, device=images.device)),
+                                         mode=model.config.projection, tau=tau)
+        az = torch.linspace(-math.pi, math.pi, 9, device=images.device)[:-1]
+        turn = invrender.project_voxels(voxels[:1].expand(8, -1, -1, -1, -1) / tau, invrender.rotation_matrix(az),
+                                        mode=model.config.projection, tau=tau)
+        mesh = io.marching_cubes(voxels[:1, 0].detach().cpu().float(), level=0.5)[0]
+        if mesh[1].shape[0] > 0:
+            io.save_mesh(os.path.join(out_dir, "shape0.obj"), *mesh)
+        return {"inputs": images, "projections": front, "turntable": turn}
+
+    def evaluate(self, model, config, out_dir):
+        """Mean squared reconstruction error of the projection (and texturizer) on the test split,
+        and the test voxel IoU against the ground-truth 32^3 grids after the best of 24 azimuths."""
+        from invrender import metrics
+        from invrender.data import GrayscaleViews, ShapeNetNMR
+
+        data = config["data"]
+        base = ShapeNetNMR(self._root(config), categories=data.get("categories"), split="test", load_voxels=True)
+        views = GrayscaleViews(base, image_size=model.config.image_size)
+        device = next(model.parameters()).device
+        loader = torch.utils.data.DataLoader(views, batch_size=64)
+        mse, ious, count = 0.0, [], 0
+        for k, batch in enumerate(loader):
+            images = batch["image"].to(device)
+            mu, _ = model.encoder(images)
+            voxels = model.decoder(mu)
+            tau = model.config.tau
+            front = invrender.project_voxels(voxels / tau, invrender.rotation_matrix(torch.zeros(len(images), device=device)),
+                                             mode=model.config.projection, tau=tau)
+            mse += float(((front - images) ** 2).mean(dim=(1, 2, 3)).sum())
+            count += len(images)
+            if k == 0:  # voxel IoU on the first batch: GT resampled to the model's grid, best azimuth
+                gt = torch.stack([base[i]["voxels"] for i in range(len(images))]).float().to(device)[:, None]
+                gt = torch.nn.functional.interpolate(gt, size=voxels.shape[-3:], mode="trilinear") > 0.5
+                best = torch.zeros(len(images), device=device)
+                for a in torch.linspace(0, 2 * math.pi, 25)[:-1]:
+                    rot = invrender.rotate_voxels(voxels, invrender.rotation_matrix(a.expand(len(images)).to(device)))
+                    best = torch.maximum(best, metrics.voxel_iou(rot[:, 0], gt[:, 0].float()))
+                ious = best.tolist()
+        return {"test_projection_mse": mse / max(count, 1), "test_voxel_iou_best_azimuth": sum(ious) / max(len(ious), 1),
+                "test_views": count}
+
+
+def _register():
+    from invrender.training import register_task
+
+    register_task("ucar", UcarTask)
+
+
+_register()

@@ -375,3 +375,23 @@ def test_eval_mode_uses_the_means():
     with torch.no_grad():
         c, d = model(images, index), model(images, index)
     assert not torch.equal(c["z"], d["z"]) and not torch.equal(c["azimuth"], d["azimuth"])
+
+
+def test_train_and_eval_cli_end_to_end(tmp_path, monkeypatch):
+    import json
+
+    from invrender import synthetic
+    from invrender.cli import main
+
+    root = tmp_path / "data"
+    synthetic.generate_dataset(root, objects_per_category=5, categories=("car",), views=4, image_size=32,
+                               points=100, voxel_resolution=16, progress=False)
+    run = tmp_path / "run"
+    args = ["train", "ucar", "--config", "configs/ucar_synthetic.yaml", "--run-dir", str(run), "--no-progress",
+            f"data.root={root}", "steps=3", "batch_size=4", "vis_every=3", "ckpt_every=3", "log_every=1"]
+    assert main(args) == 0
+    assert list((run / "checkpoints").glob("*.pt"))
+    assert list((run / "samples").rglob("turntable*.png"))
+    assert main(["eval", str(run)]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["test_views"] > 0 and 0 <= metrics["test_voxel_iou_best_azimuth"] <= 1
