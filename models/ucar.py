@@ -623,6 +623,7 @@ class UcarTask:
             io.save_mesh(os.path.join(out_dir, "shape0.obj"), *mesh)
         return {"inputs": images, "projections": front, "turntable": turn}
 
+    @torch.no_grad()
     def evaluate(self, model, config, out_dir):
         """Mean squared reconstruction error of the front projection on the test split, and the voxel
         IoU against the ground-truth grids (first 64 test views) after the best of 24 azimuths, at the
