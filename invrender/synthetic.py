@@ -222,7 +222,6 @@ def make_object(category: str, seed: int) -> SyntheticObject:
     center, scale = (lo + hi) / 2, 1.0 / float((hi - lo).max())
     for p in parts:
         p.verts = (p.verts - center) * scale
-        p.frequency = p.frequency  # texture frequency in units of the normalised object
     return SyntheticObject(category, parts)
 
 

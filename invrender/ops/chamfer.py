@@ -119,6 +119,16 @@ def _reduce_points(term: Tensor, lengths: Tensor, reduction) -> Tensor:
     return torch.where(lengths > 0, total / count.clamp(min=1), torch.zeros_like(total))
 
 
+def _check_chamfer_args(x, y, point_reduction, batch_reduction, op: str) -> None:
+    _clouds(x, y, op)
+    if point_reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: argument 'point_reduction' must be 'mean', 'sum' or None, got {point_reduction!r}")
+    if batch_reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: argument 'batch_reduction' must be 'mean', 'sum' or None, got {batch_reduction!r}")
+    if point_reduction is None and batch_reduction is not None:
+        raise ValueError(f"{op}: argument 'batch_reduction' must be None when 'point_reduction' is None")
+
+
 def chamfer_distance(
     x: Tensor,
     y: Tensor,
@@ -156,17 +166,18 @@ def chamfer_distance(
         directional), 0 beyond the lengths. With ``return_nn``: ``(result, (nn_x, nn_y))``.
     """
     op = "chamfer_distance"
-    _clouds(x, y, op)
-    if point_reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: argument 'point_reduction' must be 'mean', 'sum' or None, got {point_reduction!r}")
-    if batch_reduction not in _REDUCTIONS:
-        raise ValueError(f"{op}: argument 'batch_reduction' must be 'mean', 'sum' or None, got {batch_reduction!r}")
-    if point_reduction is None and batch_reduction is not None:
-        raise ValueError(f"{op}: argument 'batch_reduction' must be None when 'point_reduction' is None")
+    _check_chamfer_args(x, y, point_reduction, batch_reduction, op)
     xl = _lengths(x_lengths, x, "x_lengths", op)
     yl = _lengths(y_lengths, y, "y_lengths", op)
-    nn_x = nearest_neighbors(x, y, xl, yl)
-    nn_y = None if single_directional else nearest_neighbors(y, x, yl, xl)
+    return _chamfer_from_nn(nearest_neighbors, x, y, xl, yl, squared, point_reduction, batch_reduction,
+                            single_directional, return_nn)
+
+
+def _chamfer_from_nn(nn_fn, x, y, xl, yl, squared, point_reduction, batch_reduction, single_directional,
+                     return_nn):
+    """The Chamfer reductions on top of a nearest-neighbour search ``nn_fn`` (ours or the reference's)."""
+    nn_x = nn_fn(x, y, xl, yl)
+    nn_y = None if single_directional else nn_fn(y, x, yl, xl)
     terms = [_point_term(nn_x, squared)] + ([] if nn_y is None else [_point_term(nn_y, squared)])
     if point_reduction is None:
         result = (terms[0], terms[1] if nn_y is not None else None)

@@ -9,7 +9,7 @@ from typing import NamedTuple, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._util import forbid_double_backward
+from ._util import check_like, forbid_double_backward
 
 from .voxel import _fake_check, _require_tensor
 
@@ -284,11 +284,7 @@ forbid_double_backward("softras_blend_backward", "softras_blend")
 
 def _fake_check_layers(layers, name, colors, background, op):
     for arg, t in (("colors", colors), ("background", background)):
-        if t.device != layers.device:
-            raise ValueError(f"{op}: argument '{arg}' is on {t.device} but '{name}' is on {layers.device}; "
-                             "they must be on one device")
-        if t.dtype != layers.dtype:
-            raise TypeError(f"{op}: argument '{arg}' has dtype {t.dtype} but '{name}' has dtype {layers.dtype}")
+        check_like(t, arg, layers, name, op)
     _fake_check(layers.dim() == 4, f"{op}: argument '{name}' must be a 4-D tensor (B, H, W, L)")
     _fake_check(colors.dim() == 5, f"{op}: argument 'colors' must be a 5-D tensor (B, H, W, L, C)")
     B, H, W, _ = layers.shape

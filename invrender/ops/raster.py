@@ -7,7 +7,7 @@ int64 ``(F, 3)``, counter-clockwise seen from the front.
 """
 
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor

@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._util import forbid_double_backward
+from ._util import check_like, forbid_double_backward
 
 from ..cameras import OrthographicCamera, PerspectiveCamera
 from .voxel import _batched_rotation, _fake_check, _identity_rotation, _require_tensor
@@ -190,13 +190,8 @@ forbid_double_backward("raymarch_backward", "raymarch")
 
 def _fake_check_raymarch(absorption, emission, rotation):
     for name, t in (("emission", emission), ("rotation", rotation)):
-        if t is None:
-            continue
-        if t.device != absorption.device:
-            raise ValueError(f"raymarch: argument '{name}' is on {t.device} but 'absorption' is on "
-                             f"{absorption.device}; they must be on one device")
-        if t.dtype != absorption.dtype:
-            raise TypeError(f"raymarch: argument '{name}' has dtype {t.dtype} but 'absorption' has dtype {absorption.dtype}")
+        if t is not None:
+            check_like(t, name, absorption, "absorption", "raymarch")
     _fake_check(absorption.dim() == 5 and absorption.shape[1] == 1,
                 "raymarch: argument 'absorption' must be a 5-D tensor (B, 1, D, H, W)")
     _fake_check(rotation.dim() == 3 and rotation.shape[0] == absorption.shape[0],

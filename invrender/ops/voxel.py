@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ._util import forbid_double_backward
+from ._util import check_like, forbid_double_backward
 
 _ops = torch.ops.invrender
 
@@ -238,11 +238,7 @@ def _(grad, azimuth, elevation, roll):
 
 
 def _fake_check_voxels(voxels, rotation, op):
-    if rotation.device != voxels.device:
-        raise ValueError(f"{op}: argument 'rotation' is on {rotation.device} but 'voxels' is on {voxels.device}; "
-                         "they must be on one device")
-    if rotation.dtype != voxels.dtype:
-        raise TypeError(f"{op}: argument 'rotation' has dtype {rotation.dtype} but 'voxels' has dtype {voxels.dtype}")
+    check_like(rotation, "rotation", voxels, "voxels", op)
     _fake_check(voxels.dim() == 5, f"{op}: argument 'voxels' must be a 5-D tensor (B, C, D, H, W)")
     _fake_check(rotation.dim() == 3 and rotation.shape[0] == voxels.shape[0],
                 f"{op}: argument 'rotation' must have shape (B, 3, 3)")

@@ -36,10 +36,10 @@ def nearest_neighbors(x: Tensor, y: Tensor, x_lengths: Optional[Tensor] = None,
 
 def chamfer_distance(x, y, x_lengths=None, y_lengths=None, squared=True, point_reduction="mean",
                      batch_reduction="mean", single_directional=False, return_nn=False):
-    original = _ours.nearest_neighbors
-    _ours.nearest_neighbors = nearest_neighbors  # the same reductions on top of the dense search
-    try:
-        return _ours.chamfer_distance(x, y, x_lengths, y_lengths, squared, point_reduction, batch_reduction,
-                                      single_directional, return_nn)
-    finally:
-        _ours.nearest_neighbors = original
+    """:func:`invrender.chamfer_distance` with the dense :func:`nearest_neighbors` above."""
+    op = "chamfer_distance"
+    _ours._check_chamfer_args(x, y, point_reduction, batch_reduction, op)
+    xl = _ours._lengths(x_lengths, x, "x_lengths", op)
+    yl = _ours._lengths(y_lengths, y, "y_lengths", op)
+    return _ours._chamfer_from_nn(nearest_neighbors, x, y, xl, yl, squared, point_reduction, batch_reduction,
+                                  single_directional, return_nn)
