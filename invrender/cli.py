@@ -6,6 +6,7 @@
     invrender train <task> [--config FILE] [--run-dir DIR] [--device auto|cpu|cuda] [--resume]
                            [--no-progress] [key=value ...]
     invrender eval <run-dir> [--checkpoint FILE] [--device auto] [--out DIR] [key=value ...]
+    invrender demo [--out DIR] [--steps N] [--device auto|cpu|cuda] [--categories car ...] [key=value ...]
 
 ``train`` runs any registered task (``invrender.training.register_task``; ``invrender.models.<task>``
 is imported on demand) with the config file plus ``key=value`` overrides (dotted keys, YAML values).
@@ -68,6 +69,14 @@ def _eval(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, steps=args.steps, device=args.device, categories=args.categories,
+             overrides=args.overrides, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invrender", description="invrender command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="output directory (default: <run-dir>/eval)")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     ev.set_defaults(func=_eval)
+
+    demo = sub.add_parser("demo", help="the main job: learn 3D shapes from single views of the synthetic data "
+                                       "(a few minutes on a CPU) and write an HTML results page",
+                          description="Train Ucar et al.'s mu-VAE with the azimuth latent and texturizer on the "
+                                      "embedded synthetic data, evaluate it on the test split and write a results "
+                                      "folder (index.html, turntables, meshes, metrics.json).")
+    demo.add_argument("--out", default="invrender-demo", help="results folder (default: ./invrender-demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    demo.add_argument("--categories", nargs="+", default=None, help="synthetic categories (default: car)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (as for train)")
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -27,6 +27,12 @@ A task is any object with these methods (subclass :class:`Task` to get the optio
         0-dim tensors) for logging. ``batch`` is already on the device. ``step`` counts from 0.
     default_config() -> dict                                 # optional; defaults below the YAML
     collate_fn                                               # optional attribute for the DataLoader
+    wrap_ddp = False                                         # optional attribute (default True)
+        The trainer then does not wrap the model in ``DistributedDataParallel``: ``train_step``
+        synchronizes the processes itself, with :func:`average_gradients` after computing each
+        optimizer's gradients and :func:`broadcast_buffers` (for models whose optimizer steps
+        interleave with forwards in ways DDP's hooks do not follow, e.g. per-example latents with
+        their own optimizer).
     visualize(model, batch, out_dir, step) -> dict           # optional
         Called on rank 0 every ``vis_every`` steps with the unwrapped model in eval mode under
         ``torch.no_grad()`` and a fixed batch of the "val" split (falling back to "train"). May
@@ -75,7 +81,8 @@ Distributed
 -----------
 Launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment), the trainer initializes
 the process group (gloo on CPU, nccl on CUDA, device ``cuda:LOCAL_RANK``), wraps the model in
-``DistributedDataParallel``, and gives each process ``batch_size / world_size`` samples (the config's
+``DistributedDataParallel`` (unless the task sets ``wrap_ddp = False`` and synchronizes itself with
+:func:`average_gradients`), and gives each process ``batch_size / world_size`` samples (the config's
 ``batch_size`` is the global batch). Only rank 0 shows progress and writes logs, samples and
 checkpoints; logged losses are averaged over ranks.
 """
@@ -122,6 +129,8 @@ __all__ = [
     "unwrap",
     "move_to_device",
     "evaluate_run",
+    "average_gradients",
+    "broadcast_buffers",
 ]
 
 #: The trainer's config keys and their defaults (everything else in a config belongs to the task).
@@ -315,6 +324,42 @@ def unwrap(model: nn.Module) -> nn.Module:
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """Average the ``.grad`` of ``parameters`` over the processes of the default group, in place
+    (one flat all-reduce). Without a process group, or with one process, nothing happens. A missing
+    gradient counts as zeros (every process must pass the same parameters in the same order)."""
+    world = _world_size()
+    if world == 1:
+        return
+    params = list(parameters)
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy ``module``'s buffers (batchnorm running statistics and counters) from rank ``src`` to
+    every process, as DDP does before each forward. No-op without a process group."""
+    if _world_size() == 1:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src)
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -522,7 +567,7 @@ class Trainer:
 
         self._build()
         model = self.model
-        if self.distributed:
+        if self.distributed and getattr(self.task, "wrap_ddp", True):
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=ids, find_unused_parameters=bool(cfg["find_unused_parameters"]))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("vae", "beta_vae", "aae", "mu_vae")
-AZIMUTH_MODES = ("constant", "random", "latent")
+AZIMUTH_MODES = ("constant", "random", "latent", "encoder")
 PROJECTIONS = ("trilinear", "nearest")
 
 
@@ -82,12 +82,18 @@ class UcarConfig:
     beta: float = 30.0
     # Table 1, AAE: weight lambda of the adversarial term (the paper gives no value; ours: 1).
     aae_weight: float = 1.0
-    # Section 3.2: azimuth "constant" (0), "random" (uniform in [-pi, pi]) or "latent" (final model).
+    # Section 3.2: azimuth "constant" (0), "random" (uniform in [-pi, pi]) or "latent" (final model);
+    # "encoder" (AAE only, section 4.2): one more encoder output, held to a uniform prior on [-1, 1]
+    # by the discriminator and scaled to [-pi, pi].
     azimuth: str = "latent"
     # Dimension of the azimuth latent Z_theta (ours: 1; code: 12 free variables per batch slot).
     azimuth_latent_dim: int = 1
     # Hidden width of the azimuth network (section 3.2: two layers with tanh; code: dense(10, tanh)).
     azimuth_hidden: int = 10
+    # Learning rate of the azimuth latent's own optimizer (None: ``lr``, the paper's). Each example's
+    # (mu_theta, sigma_theta) moves only when its image is in the batch, about once per epoch, so short
+    # trainings on small datasets may raise it (ours; the demo does).
+    azimuth_lr: Optional[float] = None
     # Number of training examples: one free (mu_theta, logvar_theta) pair per example (section 3: the
     # azimuth parameters are not amortised). Set it to len(dataset); 60000 is MNIST's training set.
     dataset_size: int = 60000
@@ -140,6 +146,8 @@ class UcarConfig:
             positive_int(name)
         for name in ("tau", "lr", "mu_clip", "logvar_clip", "grad_clip"):
             positive_float(name)
+        if self.azimuth_lr is not None:
+            positive_float("azimuth_lr")
         for name in ("beta", "aae_weight", "negative_slope"):
             positive_float(name, allow_zero=True)
         if isinstance(self.occupancy_bias, bool) or not isinstance(self.occupancy_bias, (int, float)) \
@@ -149,6 +157,9 @@ class UcarConfig:
             raise ValueError(f"UcarConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.azimuth not in AZIMUTH_MODES:
             raise ValueError(f"UcarConfig.azimuth must be one of {AZIMUTH_MODES}, got {self.azimuth!r}")
+        if self.azimuth == "encoder" and self.objective != "aae":
+            raise ValueError(f"UcarConfig.azimuth='encoder' needs objective='aae' (section 4.2: the discriminator "
+                             f"holds the encoded azimuth to its uniform prior), got objective={self.objective!r}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"UcarConfig.projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if not isinstance(self.texturizer, bool):
@@ -246,7 +257,8 @@ class Encoder(nn.Module):
     """2D CNN: 4 x (conv 3x3 stride 2, batchnorm, Leaky ReLU) then linear ``mu`` and ``logvar`` (section 3.1).
 
     28x28 -> 14 -> 7 -> 4 -> 2 with 128 channels (code), flattened, then two linear heads whose outputs are
-    norm-clipped per example (code): ``||mu|| <= 6 sqrt(20)``, ``||logvar|| <= sqrt(20)``.
+    norm-clipped per example (code): ``||mu|| <= 6 sqrt(20)``, ``||logvar|| <= sqrt(20)``. With
+    ``azimuth="encoder"`` (AAE, section 4.2) a third head gives the azimuth code ``s = tanh(.)`` in (-1, 1).
     """
 
     def __init__(self, config: UcarConfig):
@@ -260,11 +272,18 @@ class Encoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.mu = nn.Linear(c * size * size, config.latent_dim)
         self.logvar = nn.Linear(c * size * size, config.latent_dim)
+        self.azimuth = nn.Linear(c * size * size, 1) if config.azimuth == "encoder" else None
         self.mu_clip, self.logvar_clip = config.mu_clip, config.logvar_clip
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(mu, logvar)``, each (B, latent_dim), of images (B, 1, R, R)."""
+        return self.encode(images)[:2]
+
+    def encode(self, images: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(mu, logvar, s)``: ``s`` (B, 1) is the azimuth code in (-1, 1), or None without that head."""
         h = self.features(images).flatten(1)
-        return _clip_rows(self.mu(h), self.mu_clip), _clip_rows(self.logvar(h), self.logvar_clip)
+        s = torch.tanh(self.azimuth(h)) if self.azimuth is not None else None
+        return _clip_rows(self.mu(h), self.mu_clip), _clip_rows(self.logvar(h), self.logvar_clip), s
 
 
 class Decoder(nn.Module):
@@ -296,7 +315,9 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.linear(z).view(z.shape[0], self.channels, self.base, self.base, self.base)
         h = F.leaky_relu(self.linear_norm(h), self.negative_slope)
-        return torch.sigmoid(self.deconvs(h))
+        # channels_last_3d: the CPU transposed convolutions run about 20% faster on it (same values).
+        h = h.contiguous(memory_format=torch.channels_last_3d)
+        return torch.sigmoid(self.deconvs(h)).contiguous()
 
 
 class Texturizer(nn.Module):
@@ -363,12 +384,15 @@ class LatentDiscriminator(nn.Module):
     """AAE discriminator on the shape latent (section 3, Figure 2): logits of "sample of the prior".
 
     The paper does not describe it; ours is an MLP ``latent_dim -> 512 -> 512 -> 1`` with Leaky ReLUs.
+    With ``azimuth="encoder"`` it sees the shape latent and the azimuth code together (``latent_dim + 1``
+    inputs), whose prior is ``N(0, I) x U(-1, 1)`` (section 4.2).
     """
 
     def __init__(self, config: UcarConfig):
         super().__init__()
         h = config.discriminator_hidden
-        self.net = nn.Sequential(nn.Linear(config.latent_dim, h), nn.LeakyReLU(config.negative_slope),
+        inputs = config.latent_dim + (1 if config.azimuth == "encoder" else 0)
+        self.net = nn.Sequential(nn.Linear(inputs, h), nn.LeakyReLU(config.negative_slope),
                                  nn.Linear(h, h), nn.LeakyReLU(config.negative_slope), nn.Linear(h, 1))
 
     def forward(self, z: Tensor) -> Tensor:
@@ -400,13 +424,17 @@ class UcarModel(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def azimuth(self, batch: int, index: Optional[Tensor], reference: Tensor) -> Dict[str, Tensor]:
-        """Azimuth per section 3.2: constant 0, uniform in [-pi, pi], or from the azimuth latent."""
+    def azimuth(self, batch: int, index: Optional[Tensor], reference: Tensor,
+                code: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Azimuth per section 3.2: constant 0, uniform in [-pi, pi], from the azimuth latent, or (AAE,
+        section 4.2) ``pi * code`` from the encoder's azimuth head."""
         mode = self.config.azimuth
         if mode == "constant":
             return {"azimuth": reference.new_zeros(batch)}
         if mode == "random":
             return {"azimuth": (torch.rand(batch, dtype=reference.dtype, device=reference.device) * 2 - 1) * math.pi}
+        if mode == "encoder":
+            return {"azimuth": math.pi * code.squeeze(1)}
         if index is None:
             raise ValueError("UcarModel.forward: index (B,) int64 is required with azimuth='latent'")
         if index.shape != (batch,):
@@ -424,26 +452,59 @@ class UcarModel(nn.Module):
         Returns a dict: ``voxels`` (B, 1, R, R, R) occupancy in [0, 1]; ``projection`` (B, 1, R, R), eq. 2;
         ``texture`` (B, 1, R, R) texturizer output (``projection`` itself when the texturizer is off);
         ``mu``, ``logvar``, ``z`` (B, latent_dim); ``azimuth`` (B,) radians; with the azimuth latent also
-        ``azimuth_mu`` and ``azimuth_logvar`` (B, azimuth_latent_dim). In training mode ``z`` (and the
-        azimuth latent) are samples; in evaluation mode the means.
+        ``azimuth_mu`` and ``azimuth_logvar`` (B, azimuth_latent_dim); with the encoder's azimuth
+        ``azimuth_code`` (B, 1) in (-1, 1). In training mode ``z`` (and the azimuth latent) are samples;
+        in evaluation mode the means.
         """
+        return self.render(self.encode_decode(images), index)
+
+    def encode_decode(self, images: Tensor) -> Dict[str, Tensor]:
+        """The shape half of :meth:`forward`: ``mu``, ``logvar``, ``z``, ``voxels`` (and ``azimuth_code``)."""
         r = self.config.image_size
         if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (1, r, r):
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"UcarModel.forward: images must be (B, 1, {r}, {r}), got {shape}")
-        mu, logvar = self.encoder(images)
+        mu, logvar, code = self.encoder.encode(images)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-        voxels = self.decoder(z)
-        out = {"voxels": voxels, "mu": mu, "logvar": logvar, "z": z}
-        out.update(self.azimuth(images.shape[0], index, images))
+        out = {"voxels": self.decoder(z), "mu": mu, "logvar": logvar, "z": z}
+        if code is not None:
+            out["azimuth_code"] = code
+        return out
+
+    def render(self, shape: Dict[str, Tensor], index: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """The view half of :meth:`forward`: azimuth, projection (eq. 2) and texturizer for the output of
+        :meth:`encode_decode` (a new dict; ``shape`` is not modified)."""
+        out = dict(shape)
+        voxels = out["voxels"]
+        out.update(self.azimuth(voxels.shape[0], index, voxels, out.get("azimuth_code")))
         rotation = invrender.rotation_matrix(out["azimuth"])  # (B, 3, 3), elevation 0 (section 3.2)
-        # Decoder output sigmoid / tau, projected with tau (code): eq. 2 on the occupancy; see UcarConfig.
-        tau = self.config.tau
-        out["projection"] = invrender.project_voxels(voxels / tau, rotation, mode=self.config.projection, tau=tau)
+        out["projection"] = self.project(voxels, rotation)
         out["texture"] = self.texturizer(out["projection"]) if self.texturizer is not None else out["projection"]
         return out
 
+    def decode(self, images: Tensor) -> Tensor:
+        """The occupancy grid (B, 1, R, R, R) of images (B, 1, R, R) from the posterior means (evaluation)."""
+        return self.decoder(self.encoder(images)[0])
+
+    def project(self, voxels: Tensor, rotation: Tensor) -> Tensor:
+        """Eq. 2 for occupancies (B, 1, R, R, R) seen through rotations (B, 3, 3) -> (B, 1, R, R).
+
+        The decoder's sigmoid / tau and the projection's tau cancel (code); see :class:`UcarConfig`.
+        """
+        tau = self.config.tau
+        return invrender.project_voxels(voxels / tau, rotation, mode=self.config.projection, tau=tau)
+
     # -- losses ----------------------------------------------------------------------------------
+
+    def _adversarial(self, batch_out: Dict[str, Tensor], detach: bool = False) -> Tuple[Tensor, Tensor]:
+        """AAE terms on the code the discriminator judges: ``z`` (and the azimuth code, prior U(-1, 1))."""
+        code = batch_out["z"]
+        prior = torch.randn_like(code)
+        if "azimuth_code" in batch_out:
+            s = batch_out["azimuth_code"]
+            code = torch.cat([code, s], 1)
+            prior = torch.cat([prior, torch.rand_like(s) * 2 - 1], 1)
+        return aae_losses(self.discriminator, code.detach() if detach else code, prior)
 
     def losses(self, batch_out: Dict[str, Tensor], images: Tensor) -> Dict[str, Tensor]:
         """Named terms of the Table 1 objective (as losses to minimise) and their ``total``.
@@ -474,7 +535,7 @@ class UcarModel(nn.Module):
             terms["mu_vae_latent"] = mu_vae_latent_loss(mu, logvar)
             total = total + terms["mu_vae_latent"]
         else:  # aae
-            terms["generator"], terms["discriminator"] = aae_losses(self.discriminator, batch_out["z"])
+            terms["generator"], terms["discriminator"] = self._adversarial(batch_out)
             total = total + cfg.aae_weight * terms["generator"]
         if "azimuth_mu" in batch_out:
             a_mu, a_logvar = batch_out["azimuth_mu"], batch_out["azimuth_logvar"]
@@ -499,44 +560,52 @@ class UcarModel(nn.Module):
         return {"main": main, "azimuth": azimuth, "discriminator": discriminator}
 
     def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
-        """One Adam per non-empty parameter group (section 3.4: lr 1e-3, betas (0.9, 0.999))."""
+        """One Adam per non-empty parameter group (section 3.4: lr 1e-3, betas (0.9, 0.999); the azimuth
+        latent's at ``azimuth_lr`` when set)."""
         cfg = self.config
-        return {name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+        lrs = {"azimuth": cfg.azimuth_lr if cfg.azimuth_lr is not None else cfg.lr}
+        return {name: torch.optim.Adam(params, lr=lrs.get(name, cfg.lr), betas=cfg.betas)
                 for name, params in self.parameter_groups().items() if params}
 
-    def train_step(self, images: Tensor, index: Optional[Tensor], optimizers: Dict[str, torch.optim.Optimizer]
-                   ) -> Dict[str, Tensor]:
+    def train_step(self, images: Tensor, index: Optional[Tensor], optimizers: Dict[str, torch.optim.Optimizer],
+                   reduce_gradients: Optional[Callable[[List[nn.Parameter]], None]] = None) -> Dict[str, Tensor]:
         """One iteration of section 3.4; returns the detached loss terms of the main step.
 
         1. azimuth latent (if any): its own Adam on ``total`` with the VAE frozen;
         2. main: ``total`` backpropagated, each gradient clipped to norm ``grad_clip`` (code), Adam step;
         3. AAE: the discriminator's Adam on ``discriminator``.
 
-        With the azimuth latent the model runs forward twice per step in training mode, so batchnorm running
-        statistics are updated twice (as in the code, which runs both updates with ``train_flag=True``).
+        The image is encoded and decoded once per step (ours): steps 1 and 2 share the decoded grid and its
+        sample ``z``, and step 2 renders it again at the azimuth updated by step 1 (the code runs the whole
+        network twice, drawing ``z`` twice; the decoder is most of a step's time on the CPU).
+
+        ``reduce_gradients(params)``, when given, is called on each group's parameters after their
+        gradients are set and before the step (data parallelism: average them over processes).
         """
         groups = self.parameter_groups()
+        reduce_gradients = reduce_gradients or (lambda params: None)
+
+        def set_grads(params, grads):
+            for p, g in zip(params, grads):
+                p.grad = g if g is not None else torch.zeros_like(p)
+            reduce_gradients(params)
+
+        shape = self.encode_decode(images)
         if groups["azimuth"]:
-            out = self(images, index)
-            total = self.losses(out, images)["total"]
-            grads = torch.autograd.grad(total, groups["azimuth"])
-            for p, g in zip(groups["azimuth"], grads):
-                p.grad = g
+            total = self.losses(self.render(shape, index), images)["total"]
+            set_grads(groups["azimuth"], torch.autograd.grad(total, groups["azimuth"], retain_graph=True))
             optimizers["azimuth"].step()
             optimizers["azimuth"].zero_grad(set_to_none=True)
-        out = self(images, index)
+        out = self.render(shape, index)
         terms = self.losses(out, images)
         optimizers["main"].zero_grad(set_to_none=True)
-        main_grads = torch.autograd.grad(terms["total"], groups["main"], allow_unused=True)
-        for p, g in zip(groups["main"], main_grads):
-            p.grad = g
+        set_grads(groups["main"], torch.autograd.grad(terms["total"], groups["main"], allow_unused=True))
         clip_gradients(groups["main"], self.config.grad_clip)
         optimizers["main"].step()
         if groups["discriminator"]:
             optimizers["discriminator"].zero_grad(set_to_none=True)
-            z = out["z"].detach()
-            _, disc = aae_losses(self.discriminator, z)
-            disc.backward()
+            _, disc = self._adversarial(out, detach=True)
+            set_grads(groups["discriminator"], torch.autograd.grad(disc, groups["discriminator"]))
             optimizers["discriminator"].step()
         return {k: v.detach() for k, v in terms.items()}
 
@@ -551,16 +620,24 @@ class UcarTask:
     Config (defaults in :meth:`default_config`): ``model`` holds :class:`UcarConfig` fields
     (``dataset_size`` is set from the data); ``data.root`` is a ShapeNet-NMR-layout folder (default:
     the embedded synthetic dataset, generated on first use), ``data.categories`` the categories,
-    ``data.image_size`` the view size (28, the paper's). Single-process only for now: the paper's
-    per-example azimuth optimizer steps inside :meth:`UcarModel.train_step`, outside DDP's
-    gradient synchronisation.
+    ``data.image_size`` the view size (28, the paper's).
+
+    Data parallel (``torchrun``): the per-example azimuth optimizer steps inside
+    :meth:`UcarModel.train_step`, between two renders, which DDP's hooks do not follow; so the model is
+    not wrapped (``wrap_ddp = False``) and every optimizer's gradients are averaged over the processes
+    before its step (:func:`invrender.training.average_gradients`); batchnorm statistics are computed
+    per process and rank 0's running averages are copied to the others after each step. Every process
+    then holds the same parameters. The batch terms (batchnorm, the mu-VAE moment term) see the local
+    batch, so N processes with batch B/N approximate, not reproduce, one process with batch B.
     """
+
+    wrap_ddp = False
 
     def default_config(self):
         return {
             "model": {"objective": "mu_vae", "azimuth": "latent", "projection": "trilinear", "texturizer": True,
                       "occupancy_bias": -4.0},
-            "data": {"root": None, "categories": ["car"], "image_size": 28,
+            "data": {"kind": "shapenet", "root": None, "categories": ["car"], "image_size": 28,
                      "synthetic": {"objects_per_category": 40, "views": 24, "image_size": 64}},
             "batch_size": 64, "steps": 1000, "vis_every": 250, "ckpt_every": 250, "log_every": 20,
         }
@@ -571,22 +648,39 @@ class UcarTask:
         data = config["data"]
         if data.get("root"):
             return data["root"]
+        if data.get("kind", "shapenet") != "shapenet":
+            raise ValueError(f"ucar: data.root is required with data.kind={data['kind']!r} (the folder with the files)")
         kw = dict(data.get("synthetic") or {})
         return synthetic.default_dataset(progress=False, **kw)
 
-    def dataset(self, config, split):
-        from invrender.data import GrayscaleViews, ShapeNetNMR
+    def dataset(self, config, split, load_voxels: bool = False):
+        """Single grayscale views (B, 1, R, R) by ``data.kind``:
+
+        * ``shapenet`` (default): a ShapeNet-NMR-layout folder ``data.root`` (default: the embedded
+          synthetic data), ``data.categories``; splits train / val / test;
+        * ``mnist`` / ``fashion_mnist``: the IDX files in ``data.root`` (section 4.1); "val" and "test"
+          read the t10k files;
+        * ``folder``: every image under ``data.root`` (e.g. CelebA, section 4.2), converted to grey; no
+          held-out split unless ``data.test_root`` names another folder.
+        """
+        from invrender.data import MNIST, GrayscaleViews, ImageFolder, ShapeNetNMR
 
         data = config["data"]
-        base = ShapeNetNMR(self._root(config), categories=data.get("categories"), split=split)
-        return GrayscaleViews(base, image_size=int(data.get("image_size", 28)))
+        kind, size = data.get("kind", "shapenet"), int(data.get("image_size", 28))
+        if kind == "shapenet":
+            base = ShapeNetNMR(self._root(config), categories=data.get("categories"), split=split,
+                               load_voxels=load_voxels)
+        elif kind in ("mnist", "fashion_mnist"):
+            base = MNIST(self._root(config), split="train" if split == "train" else "test",
+                         kind="mnist" if kind == "mnist" else "fashion", image_size=size)
+        elif kind == "folder":
+            root = data.get("test_root") if split != "train" and data.get("test_root") else self._root(config)
+            base = ImageFolder(root, image_size=size)
+        else:
+            raise ValueError(f"ucar: data.kind must be 'shapenet', 'mnist', 'fashion_mnist' or 'folder', got {kind!r}")
+        return GrayscaleViews(base, image_size=size)
 
     def build(self, config, device):
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise NotImplementedError("ucar: training runs in one process (the azimuth optimizer steps outside "
-                                      "DDP's gradient synchronisation); launch without torchrun")
         fields = dict(config.get("model") or {})
         fields["image_size"] = int(config["data"].get("image_size", 28))
         fields["dataset_size"] = len(self.dataset(config, "train"))
@@ -596,80 +690,133 @@ class UcarTask:
         return model, model.configure_optimizers()
 
     def train_step(self, model, batch, optimizers, step):
-        from invrender.training import unwrap
+        from invrender.training import average_gradients, broadcast_buffers, unwrap
 
-        return unwrap(model).train_step(batch["image"], batch["index"], optimizers)
+        model = unwrap(model)
+        terms = model.train_step(batch["image"], batch["index"], optimizers, reduce_gradients=average_gradients)
+        broadcast_buffers(model)
+        return terms
 
     def visualize(self, model, batch, out_dir, step):
-        """Inputs, the constant-view projection of the decoded shape, and a turntable of the learned
-        3D shape (azimuths sweeping [-pi, pi]) for the first input; the decoded voxels of the first
-        input exported as a marching-cubes OBJ."""
+        """Inputs, the constant-view projection of the decoded shape and the texturizer's image of it, and a
+        turntable of the learned 3D shape (azimuths sweeping [-pi, pi]) for the first input; the decoded
+        voxels of the first input exported as a marching-cubes OBJ."""
         import os
 
         from invrender import io
 
         images = batch["image"]
-        mu, _ = model.encoder(images)
-        voxels = model.decoder(mu)
-        tau = model.config.tau
+        voxels = model.decode(images)
         n = images.shape[0]
-        front = invrender.project_voxels(voxels / tau, invrender.rotation_matrix(torch.zeros(n, device=images.device)),
-                                         mode=model.config.projection, tau=tau)
+        front = model.project(voxels, invrender.rotation_matrix(images.new_zeros(n)))
+        texture = model.texturizer(front) if model.texturizer is not None else front
         az = torch.linspace(-math.pi, math.pi, 9, device=images.device)[:-1]
-        turn = invrender.project_voxels(voxels[:1].expand(8, -1, -1, -1, -1) / tau, invrender.rotation_matrix(az),
-                                        mode=model.config.projection, tau=tau)
+        turn = model.project(voxels[:1].expand(8, -1, -1, -1, -1), invrender.rotation_matrix(az))
         mesh = io.marching_cubes(voxels[:1, 0].detach().cpu().float(), level=0.5)[0]
         if mesh[1].shape[0] > 0:
             io.save_mesh(os.path.join(out_dir, "shape0.obj"), *mesh)
-        return {"inputs": images, "projections": front, "turntable": turn}
+        return {"inputs": images, "projections": front, "textures": texture, "turntable": turn}
 
     @torch.no_grad()
-    def evaluate(self, model, config, out_dir):
-        """Mean squared reconstruction error of the front projection on the test split, and the voxel
-        IoU against the ground-truth grids (first 64 test views) after the best of 24 azimuths, at the
-        best of a few global occupancy thresholds."""
+    def evaluate(self, model, config, out_dir, max_views: Optional[int] = None):
+        """Metrics on the test split ("val" split for MNIST's t10k files, the folder itself for images).
+
+        * ``test_projection_mse``: mean squared error per pixel of the azimuth-0 projection (the constant
+          model's reconstruction); ``test_projection_mse_best_azimuth``: of the best of 24 azimuths per
+          image (the azimuth of an unseen image is not known to the latent model);
+        * shapenet data with voxels: ``test_voxel_iou_best_azimuth`` (and per category): the decoded grid,
+          turned by the best of 24 azimuths per view, against the ground-truth grid resampled into the
+          model's frame, at one global occupancy threshold for the run, the best of {0.05 ... 0.5}
+          (visual-hull occupancies sit well below 0.5, so, like IG-GAN's binarisation, the threshold is
+          a property of the run); ``voxel_iou_threshold`` is the one chosen.
+
+        Every test view is used unless ``max_views`` limits them.
+        """
         from invrender import metrics
-        from invrender.data import GrayscaleViews, ShapeNetNMR
 
-        data = config["data"]
-        base = ShapeNetNMR(self._root(config), categories=data.get("categories"), split="test", load_voxels=True)
-        views = GrayscaleViews(base, image_size=model.config.image_size)
+        shapenet = config["data"].get("kind", "shapenet") == "shapenet"
+        views = self.dataset(config, "test", load_voxels=shapenet)
+        names = getattr(views.base, "category_names", None)
+        if max_views is not None:
+            views = torch.utils.data.Subset(views, range(min(max_views, len(views))))
         device = next(model.parameters()).device
-        loader = torch.utils.data.DataLoader(views, batch_size=64)
-        mse, ious, count = 0.0, [], 0
-        for k, batch in enumerate(loader):
+        loader = torch.utils.data.DataLoader(views, batch_size=64, collate_fn=_collate_views)
+        azimuths = torch.linspace(-math.pi, math.pi, 25, device=device)[:-1]
+        thresholds = VOXEL_IOU_THRESHOLDS
+        front_se, best_se, ious, categories, count = 0.0, 0.0, [], [], 0
+        for batch in loader:
             images = batch["image"].to(device)
-            mu, _ = model.encoder(images)
-            voxels = model.decoder(mu)
-            tau = model.config.tau
-            front = invrender.project_voxels(voxels / tau, invrender.rotation_matrix(torch.zeros(len(images), device=device)),
-                                             mode=model.config.projection, tau=tau)
-            mse += float(((front - images) ** 2).mean(dim=(1, 2, 3)).sum())
-            count += len(images)
-            if k == 0:  # voxel IoU on the first batch: GT resampled to the model's grid, best azimuth
-                gt = torch.stack([base[i]["voxels"] for i in range(len(images))]).float().to(device)[:, None]
-                # GT grids span the object's [-0.5, 0.5]^3; the model's grid spans the image's [-1, 1]
-                # (a 28x28 view), where the camera (focal 3.732 at distance 2.732) shows the object
-                # magnified by about 3.732 / 2.732: resample GT into the model's frame.
-                from invrender.synthetic import DISTANCE, FOCAL
+            n = len(images)
+            voxels = model.decode(images)
+            errors = torch.stack([((model.project(voxels, invrender.rotation_matrix(a.expand(n))) - images) ** 2)
+                                  .mean(dim=(1, 2, 3)) for a in azimuths])  # (24, B)
+            front_se += float(errors[12].sum())  # azimuths[12] == 0
+            best_se += float(errors.min(0).values.sum())
+            count += n
+            if "voxels" in batch:
+                gt = ground_truth_in_model_frame(batch["voxels"].to(device).float(), model.config.image_size)
+                ious.append(best_azimuth_voxel_iou(voxels, gt, azimuths, thresholds)[0])  # (T, B)
+                categories += batch["category"].tolist()
+        out = {"test_views": count, "test_projection_mse": front_se / max(count, 1),
+               "test_projection_mse_best_azimuth": best_se / max(count, 1)}
+        if ious:
+            iou = torch.cat(ious, 1)
+            t = int(iou.mean(1).argmax())
+            out["voxel_iou_threshold"] = thresholds[t]
+            out["test_voxel_iou_best_azimuth"] = float(iou[t].mean())
+            for c in sorted(set(categories)):
+                sel = torch.tensor([x == c for x in categories], device=iou.device)
+                name = names[c] if names is not None else str(c)
+                out[f"test_voxel_iou_best_azimuth/{name}"] = float(iou[t][sel].mean())
+        return out
 
-                scale = 2.0 * DISTANCE / FOCAL
-                theta = torch.zeros(len(images), 3, 4, device=device)
-                theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = scale
-                grid = torch.nn.functional.affine_grid(theta, list(voxels.shape), align_corners=False)
-                gt = torch.nn.functional.grid_sample(gt, grid, mode="bilinear", padding_mode="zeros",
-                                                     align_corners=False) > 0.5
-                # The visual hull fixes only sum-along-depth, so occupancies are often well below 0.5:
-                # like IG-GAN's binarisation, one global threshold (the best of a few) for the run.
-                thresholds = (0.05, 0.1, 0.2, 0.3, 0.5)
-                best = torch.zeros(len(thresholds), len(images), device=device)
-                for a in torch.linspace(0, 2 * math.pi, 25)[:-1]:
-                    rot = invrender.rotate_voxels(voxels, invrender.rotation_matrix(a.expand(len(images)).to(device)))
-                    for t, th in enumerate(thresholds):
-                        best[t] = torch.maximum(best[t], metrics.voxel_iou(rot[:, 0], gt[:, 0].float(), threshold=th))
-                ious = best[best.mean(1).argmax()].tolist()
-        return {"test_projection_mse": mse / max(count, 1), "test_voxel_iou_best_azimuth": sum(ious) / max(len(ious), 1),
-                "test_views": count}
+
+#: Global occupancy thresholds among which the voxel-IoU evaluation picks the run's best.
+VOXEL_IOU_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def _collate_views(items):
+    """Default collation; strings stay lists and keys some items lack are dropped."""
+    keys = set(items[0]).intersection(*items[1:])
+    return {k: [it[k] for it in items] if isinstance(items[0][k], str) else
+            torch.utils.data.default_collate([it[k] for it in items]) for k in keys}
+
+
+def ground_truth_in_model_frame(gt: Tensor, image_size: int) -> Tensor:
+    """Ground-truth occupancy grids (B, D, D, D) of the synthetic / ShapeNet-NMR data, which span the
+    object's [-0.5, 0.5]^3, resampled into the voxel model's frame (B, 1, R, R, R) as a 0/1 float grid.
+
+    The model's grid spans the image's [-1, 1]^2 (the 28x28 view), where the camera (focal 3.732 at distance
+    2.732) shows the object magnified by about 3.732 / 2.732: GT is scaled by that, trilinearly, then
+    thresholded at 0.5.
+    """
+    from invrender.synthetic import DISTANCE, FOCAL
+
+    b = gt.shape[0]
+    scale = 2.0 * DISTANCE / FOCAL
+    theta = torch.zeros(b, 3, 4, device=gt.device, dtype=gt.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = scale
+    grid = F.affine_grid(theta, [b, 1, image_size, image_size, image_size], align_corners=False)
+    return (F.grid_sample(gt[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).to(gt.dtype)
+
+
+def best_azimuth_voxel_iou(voxels: Tensor, gt: Tensor, azimuths: Tensor, thresholds=VOXEL_IOU_THRESHOLDS
+                           ) -> Tuple[Tensor, Tensor]:
+    """For each threshold and view, the IoU of ``voxels >= threshold`` turned by the best of ``azimuths``
+    against ``gt`` (both (B, 1, R, R, R)): returns ``(iou (T, B), azimuth index (T, B))``."""
+    from invrender import metrics
+
+    b = voxels.shape[0]
+    best = voxels.new_full((len(thresholds), b), -1.0)
+    arg = torch.zeros(len(thresholds), b, dtype=torch.long, device=voxels.device)
+    for k, a in enumerate(azimuths):
+        turned = invrender.rotate_voxels(voxels, invrender.rotation_matrix(a.expand(b)))
+        for t, th in enumerate(thresholds):
+            iou = metrics.voxel_iou(turned[:, 0], gt[:, 0], threshold=th)
+            better = iou > best[t]
+            best[t] = torch.where(better, iou, best[t])
+            arg[t] = torch.where(better, torch.full_like(arg[t], k), arg[t])
+    return best, arg
 
 
 def _register():

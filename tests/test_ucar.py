@@ -98,8 +98,10 @@ def test_encoder_outputs_are_norm_clipped():
     assert torch.allclose(logvar.norm(dim=1), torch.full((3,), 0.25), atol=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["vae", "beta_vae", "aae", "mu_vae"])
-@pytest.mark.parametrize("azimuth", ["constant", "random", "latent"])
+FORWARD_CASES = [(o, a) for o in ("vae", "beta_vae", "aae", "mu_vae") for a in ("constant", "random", "latent")]
+
+
+@pytest.mark.parametrize("objective,azimuth", FORWARD_CASES + [("aae", "encoder")])
 def test_forward_shapes_and_ranges(objective, azimuth):
     cfg = small_config(objective=objective, azimuth=azimuth, texturizer=objective != "vae")
     model = UcarModel(cfg)
@@ -118,6 +120,11 @@ def test_forward_shapes_and_ranges(objective, azimuth):
         assert out["azimuth_mu"].shape == out["azimuth_logvar"].shape == (3, 1)
     else:
         assert "azimuth_mu" not in out
+    if azimuth == "encoder":  # section 4.2: theta = pi * s, s the encoder's azimuth code in (-1, 1)
+        assert out["azimuth_code"].shape == (3, 1) and out["azimuth_code"].abs().max() < 1
+        assert torch.allclose(out["azimuth"], math.pi * out["azimuth_code"][:, 0])
+    else:
+        assert "azimuth_code" not in out
     if not cfg.texturizer:
         assert out["texture"] is out["projection"]
     terms = model.losses(out, images)
@@ -303,7 +310,8 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-@pytest.mark.parametrize("objective,azimuth", [("mu_vae", "latent"), ("aae", "random"), ("beta_vae", "constant")])
+@pytest.mark.parametrize("objective,azimuth", [("mu_vae", "latent"), ("aae", "random"), ("beta_vae", "constant"),
+                                               ("aae", "encoder")])
 def test_short_training_lowers_the_loss(objective, azimuth):
     """30 Adam steps on 8 blob projections; occupancy_bias -4 starts the projection unsaturated."""
     images = synthetic_images()
@@ -395,3 +403,59 @@ def test_train_and_eval_cli_end_to_end(tmp_path, monkeypatch):
     assert main(["eval", str(run)]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["test_views"] > 0 and 0 <= metrics["test_voxel_iou_best_azimuth"] <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoder azimuth (AAE, section 4.2), azimuth learning rate, one decode per step
+
+
+def test_encoder_azimuth_needs_aae_and_joins_the_discriminator():
+    with pytest.raises(ValueError, match="azimuth='encoder' needs objective='aae'"):
+        UcarConfig(objective="mu_vae", azimuth="encoder")
+    model = UcarModel(small_config(objective="aae", azimuth="encoder"))
+    assert model.discriminator.net[0].in_features == 19 + 1 and model.azimuth_latent is None
+    seen = []
+    model.discriminator.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    torch.manual_seed(0)
+    out = model(torch.rand(64, 1, 28, 28))
+    model.losses(out, torch.rand(64, 1, 28, 28))
+    code, prior = seen[0], seen[1]  # generator term on (z, s); discriminator's prior sample
+    assert torch.equal(code[:, :19], out["z"].detach()) and torch.equal(code[:, 19], out["azimuth_code"][:, 0].detach())
+    # the prior of the azimuth code is U(-1, 1), of z N(0, I)
+    assert prior[:, 19].abs().max() <= 1 and prior[:, 19].min() < -0.5 and prior[:, 19].max() > 0.5
+    assert prior[:, :19].abs().max() > 1.5
+
+
+def test_azimuth_lr_sets_only_the_azimuth_optimizer():
+    opts = UcarModel(small_config(azimuth_lr=0.05)).configure_optimizers()
+    assert opts["azimuth"].param_groups[0]["lr"] == 0.05 and opts["main"].param_groups[0]["lr"] == 1e-3
+    assert UcarModel(small_config()).configure_optimizers()["azimuth"].param_groups[0]["lr"] == 1e-3
+    with pytest.raises(ValueError, match="azimuth_lr"):
+        UcarConfig(azimuth_lr=-1.0)
+
+
+def test_train_step_decodes_once_and_renders_the_updated_azimuth():
+    model = UcarModel(small_config(dataset_size=4))
+    calls = []
+    model.decoder.register_forward_hook(lambda *a: calls.append("decode"))
+    rendered = []
+    render = model.render
+    model.render = lambda shape, index=None: rendered.append(render(shape, index)) or rendered[-1]
+    opts = model.configure_optimizers()
+    model.train_step(synthetic_images(4), torch.arange(4), opts)
+    assert calls == ["decode"] and len(rendered) == 2
+    # the second render comes after the azimuth step: same z and voxels, a different azimuth
+    assert torch.equal(rendered[0]["voxels"], rendered[1]["voxels"])
+    assert not torch.equal(rendered[0]["azimuth"], rendered[1]["azimuth"])
+
+
+def test_reduce_gradients_hook_sees_every_group():
+    model = UcarModel(small_config(objective="aae", azimuth="latent", dataset_size=4))
+    groups = model.parameter_groups()
+    seen = []
+
+    def hook(params):
+        assert all(p.grad is not None for p in params)
+        seen.append(len(params))
+    model.train_step(synthetic_images(4), torch.arange(4), model.configure_optimizers(), reduce_gradients=hook)
+    assert seen == [len(groups["azimuth"]), len(groups["main"]), len(groups["discriminator"])]

@@ -12,14 +12,16 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 class GrayscaleViews(Dataset):
-    """Wraps a dataset whose items hold ``image (3, H, W)`` and ``mask (1, H, W)`` (e.g.
-    :class:`ShapeNetNMR` on the synthetic data) into single-channel views for the voxel models.
+    """Wraps a dataset whose items hold ``image (3, H, W)`` or ``(1, H, W)`` and optionally
+    ``mask (1, H, W)`` (e.g. :class:`ShapeNetNMR` on the synthetic data, :class:`MNIST`,
+    :class:`ImageFolder`) into single-channel views for the voxel models.
 
     Item: ``image (1, S, S)`` float in [0, 1], the luminance times the mask (the object bright on a
-    black background, the visual-hull convention of :func:`invrender.project_voxels`), resized to
-    ``image_size`` (area averaging); ``mask (1, S, S)``; ``index`` int64 (the item's position, which
+    black background, the visual-hull convention of :func:`invrender.project_voxels`; without a mask,
+    the luminance itself, as MNIST's white digits on black are), resized to ``image_size`` (area
+    averaging); ``mask (1, S, S)`` when the base has one; ``index`` int64 (the item's position, which
     the per-example azimuth latents of Ucar et al. use); the base item's ``view`` / ``object`` /
-    ``category`` when present.
+    ``category`` / ``label`` / ``voxels`` when present.
     """
 
     def __init__(self, base: Dataset, image_size: int = 28):
@@ -33,14 +35,20 @@ class GrayscaleViews(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         item = self.base[index]
-        if "image" not in item or "mask" not in item:
-            raise KeyError("GrayscaleViews: the base dataset's items need 'image' and 'mask'")
-        image, mask = item["image"].float(), item["mask"].float()
-        gray = (image * _LUMA.view(3, 1, 1)).sum(0, keepdim=True) if image.shape[0] == 3 else image[:1]
-        both = torch.cat([gray * mask, mask])[None]
-        both = torch.nn.functional.interpolate(both, size=(self.image_size, self.image_size), mode="area")[0]
-        out = {"image": both[:1].clamp(0, 1), "mask": both[1:].clamp(0, 1), "index": torch.tensor(index)}
-        for key in ("view", "object", "category"):
+        if "image" not in item:
+            raise KeyError("GrayscaleViews: the base dataset's items need 'image'")
+        image = item["image"].float()
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"GrayscaleViews: item 'image' must be (1, H, W) or (3, H, W), got {tuple(image.shape)}")
+        gray = (image * _LUMA.view(3, 1, 1)).sum(0, keepdim=True) if image.shape[0] == 3 else image
+        mask = item["mask"].float() if "mask" in item else None
+        both = torch.cat([gray * mask, mask]) if mask is not None else gray
+        if tuple(both.shape[-2:]) != (self.image_size, self.image_size):
+            both = torch.nn.functional.interpolate(both[None], size=(self.image_size, self.image_size), mode="area")[0]
+        out = {"image": both[:1].clamp(0, 1), "index": torch.tensor(index)}
+        if mask is not None:
+            out["mask"] = both[1:].clamp(0, 1)
+        for key in ("view", "object", "category", "label", "voxels"):
             if key in item:
                 out[key] = item[key]
         return out
