@@ -662,6 +662,9 @@ class UcarTask:
           read the t10k files;
         * ``folder``: every image under ``data.root`` (e.g. CelebA, section 4.2), converted to grey; no
           held-out split unless ``data.test_root`` names another folder.
+
+        ``data.floor`` (default 0) lifts object pixels to ``floor + (1 - floor) * luminance``
+        (:class:`invrender.data.GrayscaleViews`).
         """
         from invrender.data import MNIST, GrayscaleViews, ImageFolder, ShapeNetNMR
 
@@ -678,7 +681,7 @@ class UcarTask:
             base = ImageFolder(root, image_size=size)
         else:
             raise ValueError(f"ucar: data.kind must be 'shapenet', 'mnist', 'fashion_mnist' or 'folder', got {kind!r}")
-        return GrayscaleViews(base, image_size=size)
+        return GrayscaleViews(base, image_size=size, floor=float(data.get("floor", 0.0)))
 
     def build(self, config, device):
         fields = dict(config.get("model") or {})
@@ -698,9 +701,10 @@ class UcarTask:
         return terms
 
     def visualize(self, model, batch, out_dir, step):
-        """Inputs, the constant-view projection of the decoded shape and the texturizer's image of it, and a
-        turntable of the learned 3D shape (azimuths sweeping [-pi, pi]) for the first input; the decoded
-        voxels of the first input exported as a marching-cubes OBJ."""
+        """Inputs, the constant-view projection of the decoded shape and the texturizer's image of it, and
+        turntables of the learned 3D shape of the first input (azimuths sweeping [-pi, pi] at elevations 0
+        and 30 degrees, the paper's Figures 12-13); the decoded voxels of the first input exported as a
+        marching-cubes OBJ."""
         import os
 
         from invrender import io
@@ -711,11 +715,13 @@ class UcarTask:
         front = model.project(voxels, invrender.rotation_matrix(images.new_zeros(n)))
         texture = model.texturizer(front) if model.texturizer is not None else front
         az = torch.linspace(-math.pi, math.pi, 9, device=images.device)[:-1]
-        turn = model.project(voxels[:1].expand(8, -1, -1, -1, -1), invrender.rotation_matrix(az))
+        turn = {f"turntable_elev{e}": model.project(voxels[:1].expand(8, -1, -1, -1, -1),
+                                                     invrender.rotation_matrix(az, torch.full_like(az, math.radians(e))))
+                for e in (0, 30)}
         mesh = io.marching_cubes(voxels[:1, 0].detach().cpu().float(), level=0.5)[0]
         if mesh[1].shape[0] > 0:
             io.save_mesh(os.path.join(out_dir, "shape0.obj"), *mesh)
-        return {"inputs": images, "projections": front, "textures": texture, "turntable": turn}
+        return {"inputs": images, "projections": front, "textures": texture, **turn}
 
     @torch.no_grad()
     def evaluate(self, model, config, out_dir, max_views: Optional[int] = None):

@@ -57,6 +57,20 @@ def test_grayscale_views_without_mask_keep_the_luminance():
         GrayscaleViews([{"image": torch.zeros(2, 4, 4)}], image_size=4)[0]
 
 
+def test_grayscale_views_floor_lifts_the_object_only():
+    mask = torch.zeros(1, 4, 4)
+    mask[:, 1:3, 1:3] = 1
+    base = [{"image": torch.full((3, 4, 4), 0.2), "mask": mask}]
+    plain, lifted, silhouette = (GrayscaleViews(base, image_size=4, floor=f)[0]["image"] for f in (0.0, 0.5, 1.0))
+    assert torch.allclose(plain, 0.2 * mask) and torch.allclose(lifted, 0.6 * mask)
+    assert torch.equal(silhouette, mask)
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="floor"):
+            GrayscaleViews(base, image_size=4, floor=bad)
+    with pytest.raises(ValueError, match="mask"):
+        GrayscaleViews([{"image": torch.zeros(1, 4, 4)}], image_size=4, floor=0.5)[0]
+
+
 @pytest.mark.parametrize("kind", ["mnist", "fashion_mnist"])
 def test_mnist_data_for_the_task(tmp_path, kind):
     imgs, _ = make_mnist(tmp_path, n=6)
@@ -216,3 +230,25 @@ def test_demo_writes_a_results_folder(tiny_root, tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--steps", "1", "--no-progress", f"data.root={tiny_root}",
                  "batch_size=4", "model.channels=8", "model.texturizer_hidden=32"]) == 0
     assert [s for s, _ in training.list_checkpoints(out / "run")] == [1]
+
+
+@pytest.mark.parametrize("name", ["ucar_synthetic", "ucar_mnist", "ucar_celeba"])
+def test_repo_configs_build(name, tmp_path, tiny_root):
+    """Every config in configs/ resolves and builds a model (data roots pointed at small files)."""
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml"
+    task = UcarTask()
+    cfg = training.resolve_config(task, str(path), ["model.channels=8", "model.texturizer_hidden=32"])
+    kind = cfg["data"].get("kind", "shapenet")
+    if kind == "mnist":
+        make_mnist(tmp_path, n=3)
+        cfg["data"]["root"] = str(tmp_path)
+    elif kind == "folder":
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+        cfg["data"]["root"] = str(tmp_path)
+    else:
+        cfg["data"]["root"] = tiny_root
+    model, opts = task.build(cfg, torch.device("cpu"))
+    assert model.config.objective == {"mnist": "mu_vae", "folder": "aae", "shapenet": "mu_vae"}[kind]
+    assert set(opts) >= {"main"}
