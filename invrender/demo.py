@@ -116,10 +116,10 @@ def _pictures(model, task, config, out_dir: str, threshold: float) -> Dict[str, 
     azimuths = torch.linspace(-math.pi, math.pi, 25, device=device)[:-1]
 
     # image reconstruction at each input's best azimuth
-    errors = torch.stack([((model.project(voxels, invrender.rotation_matrix(a.expand(n))) - images) ** 2)
+    errors = torch.stack([((model.project(voxels, model.view_rotation(a.expand(n))) - images) ** 2)
                           .mean(dim=(1, 2, 3)) for a in azimuths])
     best_view = azimuths[errors.argmin(0)]
-    projection = model.project(voxels, invrender.rotation_matrix(best_view))
+    projection = model.project(voxels, model.view_rotation(best_view))
     texture = model.texturizer(projection) if model.texturizer is not None else projection
     grid = io.image_grid(_zoom(torch.cat([images, projection, texture])), nrow=n, padding=4, pad_value=1.0)
     io.save_image(os.path.join(out_dir, "reconstructions.png"), grid)

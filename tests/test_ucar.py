@@ -169,6 +169,20 @@ def test_constant_azimuth_projection_is_invrender_projection_with_identity():
     assert torch.allclose(out["projection"], eq2, atol=1e-5)
 
 
+def test_fixed_camera_elevation_turns_every_view():
+    cfg = small_config(azimuth="random", texturizer=False, elevation_deg=30.0)
+    model = UcarModel(cfg).eval()
+    out = model(torch.rand(3, 1, 28, 28))
+    rotation = invrender.rotation_matrix(out["azimuth"], torch.full((3,), math.pi / 6))
+    expected = invrender.project_voxels(out["voxels"] / cfg.tau, rotation, mode="trilinear", tau=cfg.tau)
+    assert torch.allclose(out["projection"], expected, atol=1e-6)
+    level = invrender.project_voxels(out["voxels"] / cfg.tau, invrender.rotation_matrix(out["azimuth"]), tau=cfg.tau)
+    assert not torch.allclose(out["projection"], level, atol=1e-3)
+    for bad in (91.0, "30", True):
+        with pytest.raises(ValueError, match="elevation_deg"):
+            UcarConfig(elevation_deg=bad)
+
+
 def test_latent_azimuth_projection_uses_its_rotation():
     cfg = small_config(azimuth="latent", texturizer=False)
     model = UcarModel(cfg).eval()

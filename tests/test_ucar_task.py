@@ -82,7 +82,7 @@ def test_mnist_data_for_the_task(tmp_path, kind):
     assert item["image"].shape == (1, 28, 28) and int(item["index"]) == 2
     assert torch.allclose(item["image"][0], torch.from_numpy(imgs[2]).float() / 255)  # white digit on black, as is
     model, opts = task.build(cfg, torch.device("cpu"))
-    assert model.config.dataset_size == 6
+    assert model.config.dataset_size == 6 and model.config.elevation_deg == 0.0  # digits are seen head-on
     batch = torch.utils.data.default_collate([train[i] for i in range(4)])
     terms = task.train_step(model, batch, opts, 0)
     assert torch.isfinite(terms["total"])
@@ -145,6 +145,7 @@ def test_best_azimuth_voxel_iou_finds_the_turn():
 def test_evaluate_covers_the_whole_test_split_per_category(tiny_root):
     task, cfg = task_config(tiny_root, data={"categories": ["car", "chair"]})
     model, _ = task.build(cfg, torch.device("cpu"))
+    assert model.config.elevation_deg == 30.0  # the synthetic data's camera
     metrics = task.evaluate(model.eval(), cfg, tiny_root)
     assert metrics["test_views"] == len(task.dataset(cfg, "test")) == 2 * 6
     assert metrics["voxel_iou_threshold"] in ucar.VOXEL_IOU_THRESHOLDS
