@@ -752,7 +752,9 @@ class UcarTask:
           turned by the best of 24 azimuths per view, against the ground-truth grid resampled into the
           model's frame, at one global occupancy threshold for the run, the best of {0.05 ... 0.5}
           (visual-hull occupancies sit well below 0.5, so, like IG-GAN's binarisation, the threshold is
-          a property of the run); ``voxel_iou_threshold`` is the one chosen.
+          a property of the run); ``voxel_iou_threshold`` is the one chosen;
+          ``test_voxel_iou_mean_shape`` (and per category): the same protocol for the mean of the training
+          objects' ground-truth grids, a learning-free reference (high for a category of similar shapes).
 
         Every test view is used unless ``max_views`` limits them.
         """
@@ -784,15 +786,29 @@ class UcarTask:
         out = {"test_views": count, "test_projection_mse": front_se / max(count, 1),
                "test_projection_mse_best_azimuth": best_se / max(count, 1)}
         if ious:
-            iou = torch.cat(ious, 1)
-            t = int(iou.mean(1).argmax())
-            out["voxel_iou_threshold"] = thresholds[t]
-            out["test_voxel_iou_best_azimuth"] = float(iou[t].mean())
-            for c in sorted(set(categories)):
-                sel = torch.tensor([x == c for x in categories], device=iou.device)
-                name = names[c] if names is not None else str(c)
-                out[f"test_voxel_iou_best_azimuth/{name}"] = float(iou[t][sel].mean())
+            baseline = self._mean_shape_iou(config, views, model.config.image_size, azimuths, device)
+            for key, iou in (("test_voxel_iou_best_azimuth", torch.cat(ious, 1)), ("test_voxel_iou_mean_shape", baseline)):
+                t = int(iou.mean(1).argmax())
+                if key == "test_voxel_iou_best_azimuth":
+                    out["voxel_iou_threshold"] = thresholds[t]
+                out[key] = float(iou[t].mean())
+                for c in sorted(set(categories)):
+                    sel = torch.tensor([x == c for x in categories], device=iou.device)
+                    name = names[c] if names is not None else str(c)
+                    out[f"{key}/{name}"] = float(iou[t][sel].mean())
         return out
+
+    def _mean_shape_iou(self, config, test_views, image_size, azimuths, device) -> Tensor:
+        """(T, N) best-azimuth IoU of the mean training ground-truth grid against every test view's."""
+        train = self.dataset(config, "train").base
+        mean = torch.stack([train.object_voxels(k) for k in range(len(train.objects))]).float().to(device)
+        mean = ground_truth_in_model_frame(mean, image_size).mean(0, keepdim=True)
+        loader = torch.utils.data.DataLoader(test_views, batch_size=64, collate_fn=_collate_views)
+        ious = []
+        for batch in loader:
+            gt = ground_truth_in_model_frame(batch["voxels"].to(device).float(), image_size)
+            ious.append(best_azimuth_voxel_iou(mean.expand(len(gt), -1, -1, -1, -1), gt, azimuths)[0])
+        return torch.cat(ious, 1)
 
 
 #: Global occupancy thresholds among which the voxel-IoU evaluation picks the run's best.

@@ -152,6 +152,9 @@ def test_evaluate_covers_the_whole_test_split_per_category(tiny_root):
     per = [metrics["test_voxel_iou_best_azimuth/car"], metrics["test_voxel_iou_best_azimuth/chair"]]
     assert all(0 <= v <= 1 for v in per)
     assert math.isclose(metrics["test_voxel_iou_best_azimuth"], sum(per) / 2, rel_tol=1e-5)
+    base = [metrics["test_voxel_iou_mean_shape/car"], metrics["test_voxel_iou_mean_shape/chair"]]
+    assert all(0 < v <= 1 for v in base)  # the mean training shape overlaps every test object
+    assert math.isclose(metrics["test_voxel_iou_mean_shape"], sum(base) / 2, rel_tol=1e-5)
     assert task.evaluate(model, cfg, tiny_root, max_views=5)["test_views"] == 5
 
 

@@ -229,6 +229,14 @@ class ShapeNetNMR(Dataset):
             item["voxels"] = self._voxels(os.path.join(obj_dir, "voxels.npy"))
         return item
 
+    def object_voxels(self, k: int) -> torch.Tensor:
+        """The stored voxel grid (D, D, D) float32 of object ``k`` of ``self.objects`` (any ``load_voxels``)."""
+        if not 0 <= k < len(self.objects):
+            raise IndexError(f"object {k} out of range for {len(self.objects)} objects")
+        _, synset, name = self.objects[k]
+        path = require_file(os.path.join(self.root, synset, name, "voxels.npy"), f"voxels.npy of object {synset}/{name}")
+        return self._voxels(path)
+
     @staticmethod
     def _camera(path: str, view: int) -> dict:
         with load_npz(path, "cameras file") as npz:
