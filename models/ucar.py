@@ -94,6 +94,11 @@ class UcarConfig:
     # (mu_theta, sigma_theta) moves only when its image is in the batch, about once per epoch, so short
     # trainings on small datasets may raise it (ours; the demo does).
     azimuth_lr: Optional[float] = None
+    # Initial log-variance of the azimuth latent (code: 0). With 0 every sample of theta carries noise of
+    # about one radian, and the main optimizer answers it by flattening the azimuth network until theta is
+    # the same for every image (observed on the synthetic cars: the latent model then is the constant one).
+    # A small value (e.g. -6, sigma 0.05) lets the per-example means set the azimuths (ours).
+    azimuth_init_logvar: float = 0.0
     # Number of training examples: one free (mu_theta, logvar_theta) pair per example (section 3: the
     # azimuth parameters are not amortised). Set it to len(dataset); 60000 is MNIST's training set.
     dataset_size: int = 60000
@@ -152,6 +157,9 @@ class UcarConfig:
             positive_float(name)
         if self.azimuth_lr is not None:
             positive_float("azimuth_lr")
+        if isinstance(self.azimuth_init_logvar, bool) or not isinstance(self.azimuth_init_logvar, (int, float)) \
+                or not math.isfinite(self.azimuth_init_logvar):
+            raise ValueError(f"UcarConfig.azimuth_init_logvar must be a finite number, got {self.azimuth_init_logvar!r}")
         if isinstance(self.elevation_deg, bool) or not isinstance(self.elevation_deg, (int, float)) \
                 or not -90.0 <= self.elevation_deg <= 90.0:
             raise ValueError(f"UcarConfig.elevation_deg must be a number in [-90, 90], got {self.elevation_deg!r}")
@@ -347,8 +355,8 @@ class AzimuthLatent(nn.Module):
 
     Each training example ``i`` owns free variational parameters ``mean[i]`` (``mu_theta``) and
     ``logvar[i]`` (``log sigma_theta^2``; the notes' "log-scale": the code samples
-    ``mean + eps * exp(0.5 * logvar)``), shapes ``(dataset_size, azimuth_latent_dim)``, initialised to 0
-    (code). They are not amortised: no encoder predicts them (section 3). A reparameterised sample
+    ``mean + eps * exp(0.5 * logvar)``), shapes ``(dataset_size, azimuth_latent_dim)``, initialised to 0 and
+    ``azimuth_init_logvar`` (code: 0 and 0). They are not amortised: no encoder predicts them (section 3). A reparameterised sample
     ``z_theta`` goes through ``Linear(., 10) tanh -> Linear(10, 1) tanh`` to ``s`` in [-1, 1], and
     ``theta = pi * s`` in [-pi, pi] as the paper says ("scaled to [-pi, pi]"). The released code uses
     ``(s + 1) * pi`` in [0, 2 pi]: the same rotations, shifted by pi (s = 0 faces the canonical view here).
@@ -358,7 +366,7 @@ class AzimuthLatent(nn.Module):
         super().__init__()
         shape = (config.dataset_size, config.azimuth_latent_dim)
         self.mean = nn.Parameter(torch.zeros(shape))
-        self.logvar = nn.Parameter(torch.zeros(shape))
+        self.logvar = nn.Parameter(torch.full(shape, float(config.azimuth_init_logvar)))
         self.hidden = nn.Linear(config.azimuth_latent_dim, config.azimuth_hidden)
         self.out = nn.Linear(config.azimuth_hidden, 1)
         for layer in (self.hidden, self.out):  # code: Xavier initialisation

@@ -446,6 +446,10 @@ def test_azimuth_lr_sets_only_the_azimuth_optimizer():
     assert UcarModel(small_config()).configure_optimizers()["azimuth"].param_groups[0]["lr"] == 1e-3
     with pytest.raises(ValueError, match="azimuth_lr"):
         UcarConfig(azimuth_lr=-1.0)
+    latent = UcarModel(small_config(azimuth_init_logvar=-6.0)).azimuth_latent
+    assert torch.equal(latent.logvar, torch.full((16, 1), -6.0)) and torch.equal(latent.mean, torch.zeros(16, 1))
+    with pytest.raises(ValueError, match="azimuth_init_logvar"):
+        UcarConfig(azimuth_init_logvar=float("nan"))
 
 
 def test_train_step_decodes_once_and_renders_the_updated_azimuth():
