@@ -99,6 +99,10 @@ class UcarConfig:
     # the same for every image (observed on the synthetic cars: the latent model then is the constant one).
     # A small value (e.g. -6, sigma 0.05) lets the per-example means set the azimuths (ours).
     azimuth_init_logvar: float = 0.0
+    # Weight of the azimuth latent's regulariser (Table 1's term: 1). The mu-VAE term pins the batch mean of
+    # log sigma_theta^2 to 0, so the noise returns to about one radian whatever the initial value; 0 leaves
+    # (mu_theta, sigma_theta) to the reconstruction alone (ours).
+    azimuth_latent_weight: float = 1.0
     # Number of training examples: one free (mu_theta, logvar_theta) pair per example (section 3: the
     # azimuth parameters are not amortised). Set it to len(dataset); 60000 is MNIST's training set.
     dataset_size: int = 60000
@@ -163,7 +167,7 @@ class UcarConfig:
         if isinstance(self.elevation_deg, bool) or not isinstance(self.elevation_deg, (int, float)) \
                 or not -90.0 <= self.elevation_deg <= 90.0:
             raise ValueError(f"UcarConfig.elevation_deg must be a number in [-90, 90], got {self.elevation_deg!r}")
-        for name in ("beta", "aae_weight", "negative_slope"):
+        for name in ("beta", "aae_weight", "negative_slope", "azimuth_latent_weight"):
             positive_float(name, allow_zero=True)
         if isinstance(self.occupancy_bias, bool) or not isinstance(self.occupancy_bias, (int, float)) \
                 or not math.isfinite(self.occupancy_bias):
@@ -563,7 +567,8 @@ class UcarModel(nn.Module):
                 terms["azimuth_latent"] = mu_vae_latent_loss(a_mu, a_logvar)
             else:
                 terms["azimuth_latent"] = kl_divergence(a_mu, a_logvar)
-            total = total + terms["azimuth_latent"]
+            if cfg.azimuth_latent_weight:
+                total = total + cfg.azimuth_latent_weight * terms["azimuth_latent"]
         terms["total"] = total
         return terms
 

@@ -477,3 +477,18 @@ def test_reduce_gradients_hook_sees_every_group():
         seen.append(len(params))
     model.train_step(synthetic_images(4), torch.arange(4), model.configure_optimizers(), reduce_gradients=hook)
     assert seen == [len(groups["azimuth"]), len(groups["main"]), len(groups["discriminator"])]
+
+
+def test_azimuth_latent_weight_scales_its_term():
+    torch.manual_seed(0)
+    images, index = torch.rand(4, 1, 28, 28), torch.arange(4)
+    totals = {}
+    for w in (0.0, 1.0, 2.5):
+        model = UcarModel(small_config(azimuth_latent_weight=w, dataset_size=4)).eval()
+        with torch.no_grad():
+            model.azimuth_latent.mean.copy_(torch.tensor([[0.5], [1.0], [-0.2], [0.3]]))
+            terms = model.losses(model(images, index), images)
+        totals[w] = (terms["total"] - terms["reconstruction"] - terms["mu_vae_latent"]).item()
+        assert terms["azimuth_latent"].item() == pytest.approx(1.6 / 4)  # |mean sum mu| + |mean sum logvar|
+    assert totals[0.0] == pytest.approx(0.0, abs=1e-3)  # float32 rounding of a total of about 200
+    assert totals[1.0] == pytest.approx(0.4, abs=1e-3) and totals[2.5] == pytest.approx(1.0, abs=1e-3)
