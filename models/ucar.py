@@ -692,7 +692,9 @@ class UcarTask:
         (the data's camera) and 0 otherwise.
 
         ``data.floor`` (default 0) lifts object pixels to ``floor + (1 - floor) * luminance``
-        (:class:`invrender.data.GrayscaleViews`).
+        (:class:`invrender.data.GrayscaleViews`). ``data.cache`` (default: true for ``shapenet``) decodes
+        the training views once and keeps them in memory (28x28 views are small; PNG decoding was a fifth
+        of a CPU step).
         """
         from invrender.data import MNIST, GrayscaleViews, ImageFolder, ShapeNetNMR
 
@@ -709,7 +711,10 @@ class UcarTask:
             base = ImageFolder(root, image_size=size)
         else:
             raise ValueError(f"ucar: data.kind must be 'shapenet', 'mnist', 'fashion_mnist' or 'folder', got {kind!r}")
-        return GrayscaleViews(base, image_size=size, floor=float(data.get("floor", 0.0)))
+        views = GrayscaleViews(base, image_size=size, floor=float(data.get("floor", 0.0)))
+        if split == "train" and data.get("cache", kind == "shapenet"):
+            return _InMemory(views)
+        return views
 
     def build(self, config, device):
         fields = dict(config.get("model") or {})
@@ -813,7 +818,7 @@ class UcarTask:
 
     def _mean_shape_iou(self, config, test_views, image_size, azimuths, device) -> Tensor:
         """(T, N) best-azimuth IoU of the mean training ground-truth grid against every test view's."""
-        train = self.dataset(config, "train").base
+        train = self.dataset(dict(config, data=dict(config["data"], cache=False)), "train").base
         mean = torch.stack([train.object_voxels(k) for k in range(len(train.objects))]).float().to(device)
         mean = ground_truth_in_model_frame(mean, image_size).mean(0, keepdim=True)
         loader = torch.utils.data.DataLoader(test_views, batch_size=64, collate_fn=_collate_views)
@@ -822,6 +827,20 @@ class UcarTask:
             gt = ground_truth_in_model_frame(batch["voxels"].to(device).float(), image_size)
             ious.append(best_azimuth_voxel_iou(mean.expand(len(gt), -1, -1, -1, -1), gt, azimuths)[0])
         return torch.cat(ious, 1)
+
+
+class _InMemory(torch.utils.data.Dataset):
+    """The items of ``dataset``, loaded once (``base`` is the wrapped dataset's base, for its metadata)."""
+
+    def __init__(self, dataset):
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.base = getattr(dataset, "base", None)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
 
 
 #: Global occupancy thresholds among which the voxel-IoU evaluation picks the run's best.
