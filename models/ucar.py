@@ -776,8 +776,6 @@ class UcarTask:
 
         Every test view is used unless ``max_views`` limits them.
         """
-        from invrender import metrics
-
         shapenet = config["data"].get("kind", "shapenet") == "shapenet"
         views = self.dataset(config, "test", load_voxels=shapenet)
         names = getattr(views.base, "category_names", None)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import invrender
-from invrender import io, synthetic, training
+from invrender import synthetic, training
 from invrender.data import GrayscaleViews, ShapeNetNMR
 from invrender.models import ucar
 from invrender.models.ucar import UcarTask
