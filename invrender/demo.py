@@ -239,7 +239,7 @@ def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, devic
     config["task"] = "ucar"
 
     t = time.perf_counter()
-    task.dataset(config, "train")  # generates the default data on first use (timed apart from training)
+    train_views = len(task.dataset(config, "train"))  # generates the default data on first use (timed apart)
     data_s = time.perf_counter() - t
     trainer = training.Trainer(task, config, run_dir, device=device, progress=progress)
     t = time.perf_counter()
@@ -254,7 +254,7 @@ def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, devic
     floor = float(config["data"].get("floor", 0.0))
     views = ("white silhouettes" if floor == 1.0 else
              f"grayscale views (object pixels lifted to {floor} + {1 - floor:g} x luminance)" if floor else "grayscale views")
-    info = {"train_views": len(task.dataset(config, "train")), "categories": config["data"]["categories"], "views": views,
+    info = {"train_views": train_views, "categories": config["data"]["categories"], "views": views,
             "steps": trainer.step, "train_s": train_s, "device": str(trainer.device), "run_dir": run_dir}
     metrics = dict(metrics, data_s=round(data_s, 1), train_s=round(train_s, 1), eval_s=round(eval_s, 1),
                    steps=trainer.step, train_steps_per_s=round(trainer.step / max(train_s, 1e-9), 3))

@@ -80,11 +80,14 @@ def _lengths(value, cloud: Tensor, name: str, op: str) -> Optional[Tensor]:
 
 
 def _same_batch(a: Tensor, b: Tensor, names: Tuple[str, str], op: str) -> None:
+    """Two point clouds that belong together: same batch size, device and dtype."""
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"{op}: arguments '{names[0]}' and '{names[1]}' must have the same batch size, "
                          f"got {a.shape[0]} and {b.shape[0]}")
     if a.device != b.device:
         raise ValueError(f"{op}: argument '{names[1]}' is on {b.device} but '{names[0]}' is on {a.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{op}: argument '{names[1]}' has dtype {b.dtype} but '{names[0]}' has {a.dtype}")
 
 
 def _same_shape(a: Tensor, b: Tensor, names: Tuple[str, str], op: str) -> None:
@@ -130,8 +133,6 @@ def chamfer_l1(pred_points: Tensor, gt_points: Tensor, pred_lengths: Optional[Te
     pred = _points(pred_points, "pred_points", op)
     gt = _points(gt_points, "gt_points", op)
     _same_batch(pred, gt, ("pred_points", "gt_points"), op)
-    if pred.dtype != gt.dtype:
-        raise TypeError(f"{op}: argument 'gt_points' has dtype {gt.dtype} but 'pred_points' has {pred.dtype}")
     pl = _lengths(pred_lengths, pred, "pred_lengths", op)
     gl = _lengths(gt_lengths, gt, "gt_lengths", op)
     return 0.5 * chamfer_distance(pred, gt, pl, gl, squared=False, point_reduction="mean", batch_reduction=None)
@@ -275,8 +276,6 @@ def icp_align(source: Tensor, target: Tensor, iterations: int = 100, lr: float =
     source = _points(source, "source", op)
     target = _points(target, "target", op)
     _same_batch(source, target, ("source", "target"), op)
-    if source.dtype != target.dtype:
-        raise TypeError(f"{op}: argument 'target' has dtype {target.dtype} but 'source' has {source.dtype}")
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 0:
         raise ValueError(f"{op}: argument 'iterations' must be a non-negative int, got {iterations!r}")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:

@@ -782,7 +782,7 @@ class UcarTask:
         if max_views is not None:
             views = torch.utils.data.Subset(views, range(min(max_views, len(views))))
         device = next(model.parameters()).device
-        loader = torch.utils.data.DataLoader(views, batch_size=64, collate_fn=_collate_views)
+        loader = torch.utils.data.DataLoader(views, batch_size=64)
         azimuths = torch.linspace(-math.pi, math.pi, 25, device=device)[:-1]
         thresholds = VOXEL_IOU_THRESHOLDS
         front_se, best_se, ious, categories, count = 0.0, 0.0, [], [], 0
@@ -819,7 +819,7 @@ class UcarTask:
         train = self.dataset(dict(config, data=dict(config["data"], cache=False)), "train").base
         mean = torch.stack([train.object_voxels(k) for k in range(len(train.objects))]).float().to(device)
         mean = ground_truth_in_model_frame(mean, image_size).mean(0, keepdim=True)
-        loader = torch.utils.data.DataLoader(test_views, batch_size=64, collate_fn=_collate_views)
+        loader = torch.utils.data.DataLoader(test_views, batch_size=64)
         ious = []
         for batch in loader:
             gt = ground_truth_in_model_frame(batch["voxels"].to(device).float(), image_size)
@@ -843,13 +843,6 @@ class _InMemory(torch.utils.data.Dataset):
 
 #: Global occupancy thresholds among which the voxel-IoU evaluation picks the run's best.
 VOXEL_IOU_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
-
-
-def _collate_views(items):
-    """Default collation; strings stay lists and keys some items lack are dropped."""
-    keys = set(items[0]).intersection(*items[1:])
-    return {k: [it[k] for it in items] if isinstance(items[0][k], str) else
-            torch.utils.data.default_collate([it[k] for it in items]) for k in keys}
 
 
 def ground_truth_in_model_frame(gt: Tensor, image_size: int) -> Tensor:
