@@ -195,12 +195,27 @@ def test_gradcheck_absorption_only_and_density(cam):
         assert gradcheck(f, inputs)
 
 
-@pytest.mark.parametrize("cam", sorted(CAMERAS))
-def test_exact_zero_and_one_give_reference_gradients(cam):
+def _opaque_volume(kind, g):
+    """Volumes whose samples reach absorption exactly 1 (and 0): under the identity orthographic
+    view the samples sit on voxel centres; under any view a thick opaque slab samples exactly 1."""
+    if kind == "centres":
+        return (torch.randint(0, 3, (2, 1, 5, 5, 5), generator=g) / 2).to(torch.float64)  # 0, 0.5, 1
+    a = 0.6 * torch.rand(2, 1, 7, 7, 7, generator=g, **D64)
+    a[:, :, 2:5] = 1.0
+    a[1, :, :, :, :3] = 0.0
+    return a
+
+
+@pytest.mark.parametrize("cam,rotation,kind", [("ortho", "identity", "centres"), ("ortho", "random", "centres"),
+                                               ("ortho", "random", "slab"), ("persp", "random", "slab"),
+                                               ("persp", "identity", "slab")])
+def test_exact_zero_and_one_give_reference_gradients(cam, rotation, kind):
+    # Rays stop at the first opaque sample in the forward; the gradient of that sample still
+    # depends on what lies behind it (issue 13).
     g = torch.Generator().manual_seed(3)
-    a = (torch.randint(0, 3, (2, 1, 5, 5, 5), generator=g) / 2).to(torch.float64)  # 0, 0.5, 1
-    e = torch.rand(2, 2, 5, 5, 5, generator=g, **D64)
-    R = random_rotation(2, generator=g)
+    a = _opaque_volume(kind, g)
+    e = torch.rand(2, 2, *a.shape[2:], generator=g, **D64)
+    R = random_rotation(2, generator=g) if rotation == "random" else torch.eye(3, **D64).expand(2, 3, 3)
     bg = torch.rand(2, **D64, generator=g)
     grads = []
     for fn in (invrender.raymarch, ref.raymarch):
@@ -209,9 +224,51 @@ def test_exact_zero_and_one_give_reference_gradients(cam):
         weights = [torch.rand(o.shape, generator=torch.Generator().manual_seed(i), **D64) for i, o in enumerate(out)]
         loss = sum((o * w).sum() for o, w in zip(out, weights))
         grads.append(torch.autograd.grad(loss, inputs))
+    assert (grads[1][0][a == 1] != 0).any()  # opaque voxels do get gradient
+    if rotation == "identity":
+        # Samples on voxel centres sit on the kinks of trilinear interpolation, where the derivative
+        # in the sample position (the rotation gradient) is one-sided and either side is right.
+        grads = [(ga, ge, gb) for ga, ge, _, gb in grads]
     for x, y in zip(*grads):
         assert torch.isfinite(x).all()
         assert torch.allclose(x, y, rtol=1e-9, atol=1e-12)
+
+
+def _ray_polynomial(a, e, bg):
+    """Emission-absorption of one ray as the multilinear polynomial it is, without clamping:
+    (image, alpha) = (sum_i T_i a_i e_i + T_S bg, 1 - T_S), T_i = prod_{j<i} (1 - a_j)."""
+    t, image = 1.0, 0.0
+    for ai, ei in zip(a, e):
+        image += t * ai * ei
+        t *= 1.0 - ai
+    return image + t * bg, 1.0 - t
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradient_at_full_opacity_matches_closed_form(seed):
+    # Each output is affine in every a_k, so d out / d a_k = out(a_k = 1) - out(a_k = 0) exactly.
+    # Issue 13's case: a = [1, .5, .3, 0], e = [.2, .9, .4, .7]: d alpha/d a_0 = .35, d image/d a_0 = -.31.
+    rng = np.random.default_rng(seed)
+    D = 6
+    if seed == 0:
+        a, e, bg = np.array([1, .5, .3, 0, 0, 0]), np.array([.2, .9, .4, .7, .1, .3]), 0.0
+    else:
+        a = rng.choice([0.0, 1.0, 0.25, 0.5, rng.uniform()], size=D)
+        e, bg = rng.uniform(size=D), rng.uniform()
+    ta = torch.tensor(a, **D64).view(1, 1, D, 1, 1).requires_grad_()
+    te = torch.tensor(e, **D64).view(1, 1, D, 1, 1).requires_grad_()
+    out = invrender.raymarch(ta, te, background=bg)
+    ga, ge = torch.autograd.grad(out.image.sum(), (ta, te))
+    (gal,) = torch.autograd.grad(invrender.raymarch(ta).alpha.sum(), ta)
+    for k in range(D):
+        hi, lo = a.copy(), a.copy()
+        hi[k], lo[k] = 1.0, 0.0
+        (i1, al1), (i0, al0) = _ray_polynomial(hi, e, bg), _ray_polynomial(lo, e, bg)
+        assert ga.flatten()[k].item() == pytest.approx(i1 - i0, abs=1e-14)
+        assert gal.flatten()[k].item() == pytest.approx(al1 - al0, abs=1e-14)
+        assert ge.flatten()[k].item() == pytest.approx(np.prod(1 - a[:k]) * a[k], abs=1e-14)
+    if seed == 0:
+        assert gal.flatten()[0].item() == pytest.approx(0.35) and ga.flatten()[0].item() == pytest.approx(-0.31)
 
 
 @pytest.mark.parametrize("cam", sorted(CAMERAS))

@@ -17,6 +17,10 @@
 // then chunks are visited back to front, each marched front to back to refill its samples' state
 // in a fixed per-ray array (raymarch_backward_ray). Nothing per sample is kept in memory between
 // the forward and the backward. 128 samples cover a 64^3 grid under either camera in one chunk.
+// The forward stops where T reaches 0 (a fully opaque sample), but the backward cannot: r_k and
+// lambda_k of that sample are made of what lies behind it (d alpha / d a_k = T_k lambda_k is not 0
+// when T_{k+1} is). So the backward marches on behind it, with the suffix transmittance
+// prod_{i>k} (1 - a_i), until that reaches 0 too (RayStop).
 //
 // Cameras (view space, the camera looking down -z; pixel (i, j) at NDC x = -1 + (2j+1)/Wi,
 // y = 1 - (2i+1)/Hi):
@@ -56,6 +60,22 @@ struct Ray {
   Vec3<T> u0, du;
   T z0, dz;
   T delta;  // sample spacing along the ray (density mode)
+};
+
+// Where the backward can stop marching a ray: `trans` is T, and once T is 0 (at sample k),
+// `behind` is prod_{k<i<=current} (1 - a_i), the transmittance of what lies behind sample k, which
+// still enters r_k and lambda_k. Nothing beyond the sample that makes `behind` 0 matters.
+template <typename T>
+struct RayStop {
+  T trans = T(1), behind = T(1);
+  // Takes sample absorption a; false once the samples after this one no longer matter.
+  HOST_DEVICE INLINE bool advance(T a) {
+    if (trans != T(0))
+      trans *= T(1) - a;
+    else
+      behind *= T(1) - a;
+    return behind != T(0);
+  }
 };
 
 // u = c + M q with M[i][j] = K_i R[j][i] / K_j: input index of the view point q (index-scaled).
@@ -245,27 +265,26 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
   if (first > last) return;
   voxel::interior_span(g, r.u0, r.du, first, last, &ifirst, &ilast);
 
-  // Pre-pass: transmittance at the start of every chunk but the first; it stops at the sample
-  // that makes T exactly 0 (`end`: later samples have T = 0 and no gradient).
-  T chunk_T[kMaxRayChunks];
-  chunk_T[0] = T(1);
+  // Pre-pass: the march state (T, and the transmittance behind the sample that made T 0) at the
+  // start of every chunk but the first; it stops where later samples no longer matter (`end`).
+  RayStop<T> chunk_state[kMaxRayChunks];
   int64_t end = last, last_chunk = (last - first) / kRayChunk;
   if (last_chunk > 0) {
-    T trans = T(1);
+    RayStop<T> state;
     int64_t next = 1;  // next chunk whose start is to be recorded
     visit_stencils(g, r, first, first + last_chunk * kRayChunk - 1, ifirst, ilast,
                    [&](int64_t k, const auto& s) {
                      while (next <= last_chunk && first + next * kRayChunk <= k)
-                       chunk_T[next++] = trans;
+                       chunk_state[next++] = state;
                      T v[8], unused;
                      voxel::corner_values(g, s, abs_b, v);
-                     trans *= T(1) - absorption_of(voxel::trilinear_interp(s, v), p.density,
-                                                   r.delta, &unused);
-                     if (trans != T(0)) return true;
+                     if (state.advance(absorption_of(voxel::trilinear_interp(s, v), p.density,
+                                                     r.delta, &unused)))
+                       return true;
                      end = k;
                      return false;
                    });
-    while (next <= last_chunk) chunk_T[next++] = trans;
+    while (next <= last_chunk) chunk_state[next++] = state;
     last_chunk = (end - first) / kRayChunk;
   }
 
@@ -292,8 +311,9 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
       ring_a[k - k0] = T(0);
       ring_da[k - k0] = T(0);
     }
-    // Front to back: one load of each volume's corners serves value, d/du and scatter.
-    T t = chunk_T[m];
+    // Front to back: one load of each volume's corners serves value, d/du and scatter. Behind an
+    // opaque sample T is 0: no gradient there, but a and eps still enter r and lambda.
+    RayStop<T> state = chunk_state[m];
     visit_stencils(g, r, k0, k1, ifirst, ilast, [&](int64_t k, const auto& s) {
       const int64_t n = k - k0;
       T v[8], wk[8];
@@ -301,7 +321,7 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
       voxel::corner_values(g, s, abs_b, v);
       const T a = absorption_of(voxel::trilinear_value_grad(s, v, &ring_du[n]), p.density,
                                 r.delta, &ring_da[n]);
-      const T w = t * a;
+      const T t = state.trans, w = t * a;
       T eps = gz * (r.z0 + T(k) * r.dz);
       Vec3<T> gue = {T(0), T(0), T(0)};  // sum_c dL/de_c d(e_c)/du
       if (gem_b != nullptr) voxel::trilinear_weights(s.fw, s.fh, s.fd, T(1), wk);
@@ -323,8 +343,7 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
       ring_T[n] = t;
       ring_a[n] = a;
       ring_eps[n] = eps;
-      t *= T(1) - a;
-      if (t != T(0)) return true;
+      if (state.advance(a)) return true;
       end = k;  // only ever reached in the last chunk
       k1 = k;
       return false;
