@@ -15,7 +15,7 @@ face that has such a vertex (its NDC x, y are meaningless: perspective flips or 
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Optional, Tuple, Union
+from typing import ClassVar, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -52,6 +52,9 @@ class PerspectiveCamera:
     rasterizer. :meth:`project` maps mesh vertices to NDC for :func:`invrender.rasterize`;
     :meth:`from_focal_length` builds the camera from a focal length instead of a field of view.
     """
+
+    #: Floor of a positive depth in :meth:`project`'s division (keeps x and y finite).
+    MIN_DEPTH: ClassVar[float] = 1e-12
 
     fov: float = 30.0
     distance: float = 2.732
@@ -101,7 +104,9 @@ class PerspectiveCamera:
         ``p_view = R p + t``; ``depth = distance - p_view.z`` (the camera sits at
         ``(0, 0, distance)`` looking along -z); ``x_ndc = f p_view.x / depth``,
         ``y_ndc = f p_view.y / depth`` with ``f =`` :attr:`focal_length`. Vertices at depth <= 0 are
-        not an error (their x, y are then meaningless or infinite); the rasterizer drops their faces.
+        not an error: they get x = y = 0 and their depth, and the rasterizer drops their faces; positive
+        depths are floored at :attr:`MIN_DEPTH` (1e-12) in the division, so the output and its
+        gradients are always finite.
 
         Args:
             verts: ``(B, V, 3)`` or ``(V, 3)`` float32/float64 object-space vertices.
@@ -123,8 +128,13 @@ class PerspectiveCamera:
             p = p + translation.reshape(-1, 1, 3)
         depth = self.distance - p[..., 2]
         f = self.focal_length
-        out = torch.stack([f * p[..., 0] / depth, f * p[..., 1] / depth, depth], dim=-1)
-        return out  # broadcasting gives (B, V, 3), (1, V, 3) when nothing is batched
+        # A vertex at depth <= 0 gets x = y = 0 (finite, zero gradient) and keeps its depth, so the
+        # rasterizer drops its faces instead of meeting 0/0; a positive depth is floored at
+        # MIN_DEPTH so that x and y stay finite (such faces lie beyond the rasterizer's MAX_COORD).
+        front = depth > 0
+        safe = torch.where(front, depth, torch.ones_like(depth)).clamp(min=self.MIN_DEPTH)
+        xy = torch.where(front.unsqueeze(-1), f * p[..., :2] / safe.unsqueeze(-1), torch.zeros_like(p[..., :2]))
+        return torch.cat([xy, depth.unsqueeze(-1)], dim=-1)  # (B, V, 3), (1, V, 3) when nothing is batched
 
 
 @dataclass(frozen=True)

@@ -377,6 +377,12 @@ def _bad_cases():
         (lambda: invrender.rasterize(v, f, 4, blur=math.inf), ValueError, "blur"),
         (lambda: invrender.rasterize(v * math.nan, f, 4), ValueError, "verts"),
         (lambda: invrender.rasterize([v[0]], f, 4), ValueError, "faces"),
+        # Issue 13: an index into the padding of a shorter mesh of the list (verts[1] has 3 vertices).
+        (lambda: invrender.rasterize([v[0], v[1, :3]], [f, torch.tensor([[0, 1, 3]])], 8), ValueError,
+         r"faces\[1\]' has vertex index 3 but 'verts\[1\]' has 3"),
+        (lambda: invrender.rasterize([v[0], v[1, :3]], [f, torch.tensor([[0, 1, 2]], dtype=torch.int32)], 8),
+         TypeError, r"faces\[1\]"),
+        (lambda: invrender.rasterize([v[0], v[1].float()], [f, f], 8), ValueError, r"verts\[1\]"),
         (lambda: invrender.rasterize(v.to("meta"), f, 4), ValueError, "device"),
         (lambda: invrender.interpolate(invrender.rasterize(v, f, 4), v[..., :2]), ValueError, "faces"),
         (lambda: invrender.interpolate(invrender.rasterize(v, f, 4), v[:1], f), ValueError, "attrs"),

@@ -132,24 +132,67 @@ HOST_DEVICE FORCE_INLINE void composite_backward_pixel(const Sizes& s, const T* 
 // The stabiliser zmax. First max(eps, max_{valid l} z'_l) (PyTorch3D's, so every e_l <= 1 and the
 // gradients are finite); when all the weights underflow with it (the front-most valid layers have
 // prob 0), max(eps, max_{valid l, prob_l > 0} z'_l), which keeps one weight equal to its prob (or
-// w_bg = 1), so W > 0 always.
+// w_bg = 1), so W > 0 always. It is kept as the raw zfar - depth of the layer that attains it (or
+// as "eps"), so that that layer's exponent is exactly 0: computed as z'_l - zmax, rounding (a fused
+// multiply-add in one place and not in another) leaves a few ulp that a small gamma turns into
+// exp(+-100) and a 0/0.
 template <typename T>
-HOST_DEVICE INLINE T softras_zmax(const SoftrasParams& p, int64_t L, const T* prob,
-                                  const T* depth, const int64_t* face, T inv_range, T inv_gamma) {
-  T zmax = T(p.eps), zpos = T(p.eps);
+struct SoftrasMax {
+  T dmax;         // zfar - depth of the layer that attains zmax (unless is_eps)
+  bool is_eps;    // zmax = eps
+  bool over_all;  // zmax is taken over every valid layer (else over those with prob > 0)
+};
+
+// (z'_l - zmax) / gamma of a valid layer with zfar - depth = d; <= 0 where zmax was taken over it,
+// up to rounding (clamped in softras_exp).
+template <typename T>
+HOST_DEVICE INLINE T softras_exponent(const SoftrasParams& p, const SoftrasMax<T>& m, T d,
+                                      T inv_range, T inv_gamma) {
+  if (m.is_eps) return (d * inv_range - T(p.eps)) * inv_gamma;
+  return ((d - m.dmax) * inv_range) * inv_gamma;
+}
+
+// e_l = exp((z'_l - zmax) / gamma), the exponent clamped at 0 where zmax was taken over the layer
+// (every layer when over_all, else those with prob > 0).
+template <typename T>
+HOST_DEVICE INLINE T softras_exp(const SoftrasParams& p, const SoftrasMax<T>& m, T depth, T prob,
+                                 T inv_range, T inv_gamma) {
+  T x = softras_exponent(p, m, T(p.zfar) - depth, inv_range, inv_gamma);
+  if ((m.over_all || prob > T(0)) && x > T(0)) x = T(0);
+  return exp_(x);
+}
+
+template <typename T>
+HOST_DEVICE INLINE T softras_bg_weight(const SoftrasParams& p, const SoftrasMax<T>& m, T inv_range,
+                                       T inv_gamma) {
+  if (m.is_eps) return T(1);
+  const T x = (T(p.eps) - m.dmax * inv_range) * inv_gamma;
+  return x < T(0) ? exp_(x) : T(1);
+}
+
+template <typename T>
+HOST_DEVICE INLINE SoftrasMax<T> softras_zmax(const SoftrasParams& p, int64_t L, const T* prob,
+                                              const T* depth, const int64_t* face, T inv_range,
+                                              T inv_gamma) {
+  bool any = false, any_pos = false;
+  T dall = T(0), dpos = T(0);
   for (int64_t l = 0; l < L; ++l) {
     if (face[l] < 0) continue;
-    const T z = (T(p.zfar) - depth[l]) * inv_range;
-    if (z > zmax) zmax = z;
-    if (prob[l] > T(0) && z > zpos) zpos = z;
+    const T d = T(p.zfar) - depth[l];
+    if (!any || d > dall) dall = d;
+    any = true;
+    if (prob[l] > T(0) && (!any_pos || d > dpos)) dpos = d;
+    any_pos = any_pos || prob[l] > T(0);
   }
-  if (zpos == zmax) return zmax;
-  T wsum = exp_((T(p.eps) - zmax) * inv_gamma);
+  SoftrasMax<T> all{dall, !(any && dall * inv_range > T(p.eps)), true};
+  SoftrasMax<T> pos{dpos, !(any_pos && dpos * inv_range > T(p.eps)), false};
+  if (all.is_eps == pos.is_eps && (all.is_eps || all.dmax == pos.dmax)) return all;
+  T wsum = softras_bg_weight(p, all, inv_range, inv_gamma);
   for (int64_t l = 0; l < L && wsum == T(0); ++l) {
     if (face[l] < 0 || prob[l] == T(0)) continue;
-    wsum += prob[l] * exp_(((T(p.zfar) - depth[l]) * inv_range - zmax) * inv_gamma);
+    wsum += prob[l] * softras_exp(p, all, depth[l], prob[l], inv_range, inv_gamma);
   }
-  return wsum > T(0) ? zmax : zpos;
+  return wsum > T(0) ? all : pos;
 }
 
 template <typename T>
@@ -164,8 +207,8 @@ HOST_DEVICE FORCE_INLINE void softras_forward_pixel(const Sizes& s, const Softra
   const int64_t* fi = face_idx + n * s.L;
   const T* col = colors + n * s.L * s.C;
   const T inv_range = T(1) / (T(p.zfar) - T(p.znear)), inv_gamma = T(1) / T(p.gamma);
-  const T zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range, inv_gamma);
-  const T wbg = exp_((T(p.eps) - zmax) * inv_gamma);
+  const SoftrasMax<T> zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range, inv_gamma);
+  const T wbg = softras_bg_weight(p, zmax, inv_range, inv_gamma);
   int64_t c0 = 0;
   do {
     const int nc = static_cast<int>((s.C - c0) < kChunk ? (s.C - c0) : kChunk);
@@ -176,7 +219,7 @@ HOST_DEVICE FORCE_INLINE void softras_forward_pixel(const Sizes& s, const Softra
       const T pl = pr[l];
       keep *= T(1) - pl;
       if (pl == T(0)) continue;
-      const T w = pl * exp_(((T(p.zfar) - dp[l]) * inv_range - zmax) * inv_gamma);
+      const T w = pl * softras_exp(p, zmax, dp[l], pl, inv_range, inv_gamma);
       wsum += w;
       INVRENDER_UNROLL
       for (int c = 0; c < kChunk; ++c) {
@@ -210,8 +253,8 @@ HOST_DEVICE FORCE_INLINE void softras_backward_pixel(
   T* gd = grad_depth + n * s.L;
   T* gcol = grad_colors + n * s.L * s.C;
   const T inv_range = T(1) / (T(p.zfar) - T(p.znear)), inv_gamma = T(1) / T(p.gamma);
-  const T zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range, inv_gamma);
-  const T wbg = exp_((T(p.eps) - zmax) * inv_gamma);
+  const SoftrasMax<T> zmax = softras_zmax(p, s.L, pr, dp, fi, inv_range, inv_gamma);
+  const T wbg = softras_bg_weight(p, zmax, inv_range, inv_gamma);
   // Front to back: W, sum_c g_c image[c] * W, and the prefix products of (1 - prob) into
   // grad_prob (scratch).
   T bg_eps = T(0);
@@ -223,7 +266,7 @@ HOST_DEVICE FORCE_INLINE void softras_backward_pixel(
     const T pl = pr[l];
     keep *= T(1) - pl;
     if (pl == T(0)) continue;
-    const T w = pl * exp_(((T(p.zfar) - dp[l]) * inv_range - zmax) * inv_gamma);
+    const T w = pl * softras_exp(p, zmax, dp[l], pl, inv_range, inv_gamma);
     T eps = T(0);
     for (int64_t c = 0; c < s.C; ++c) eps += g[c * s.P] * col[l * s.C + c];
     wsum += w;
@@ -243,7 +286,7 @@ HOST_DEVICE FORCE_INLINE void softras_backward_pixel(
       continue;
     }
     const T pl = pr[l];
-    T e = exp_(((T(p.zfar) - dp[l]) * inv_range - zmax) * inv_gamma);
+    T e = softras_exp(p, zmax, dp[l], pl, inv_range, inv_gamma);
     if (!(e - e == T(0))) e = T(0);  // overflow: only a prob-0 layer in the fallback (see zmax)
     const T w = pl == T(0) ? T(0) : pl * e;
     T eps = T(0);

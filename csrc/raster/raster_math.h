@@ -10,9 +10,11 @@
 //   depth = sum_k bary_k z_k                      (no perspective correction, as UNICORN)
 //   dist = -d^2 inside (all w_k >= 0), +d^2 outside, d = distance from p to the nearest edge
 //          segment (edge k is the segment v_{k+1} -> v_{k+2}).
-// A face covers a pixel when dist <= blur. Faces with a vertex at depth <= 0, faces whose |A| is
-// below kMinArea2 (degenerate: no NaN or Inf can come from them) and, with culling, faces with
-// A < 0 (seen from the back) are dropped. Each pixel keeps the L covering faces of smallest depth,
+// A face covers a pixel when dist <= blur. Faces with a vertex at depth <= 0, faces with a vertex
+// coordinate beyond kMaxCoord (a vertex all but on the camera plane: products of four coordinates
+// in the distance and its gradient would overflow float32), faces whose |A| is below kMinArea2
+// (degenerate: no NaN or Inf can come from them) and, with culling, faces with A < 0 (seen from the
+// back) are dropped. Each pixel keeps the L covering faces of smallest depth,
 // ties broken by the smaller face index, front to back.
 #pragma once
 
@@ -24,6 +26,9 @@ namespace raster {
 // Twice the area below which a face is dropped as degenerate (NDC units; a pixel of a 4096^2
 // image has 2.4e-7).
 constexpr double kMinArea2 = 1e-10;
+// Largest |x|, |y| or z of a vertex whose faces are rasterized (NDC units; 1e8^4 = 1e32 leaves
+// float32 headroom).
+constexpr double kMaxCoord = 1e8;
 
 struct RasterParams {
   int64_t B, V, F;  // batch, vertices and faces per mesh
@@ -64,6 +69,8 @@ HOST_DEVICE INLINE void load_face(const RasterParams& p, const T* verts_b, const
     r.y[k] = v[1];
     r.z[k] = v[2];
     if (!(r.z[k] > T(0))) return;  // behind the camera (or NaN)
+    const T m = T(kMaxCoord);
+    if (!(r.x[k] <= m && r.x[k] >= -m && r.y[k] <= m && r.y[k] >= -m && r.z[k] <= m)) return;
   }
   r.area2 = (r.x[1] - r.x[0]) * (r.y[2] - r.y[0]) - (r.y[1] - r.y[0]) * (r.x[2] - r.x[0]);
   if (!(r.area2 >= T(kMinArea2) || r.area2 <= -T(kMinArea2))) return;

@@ -76,9 +76,16 @@ void set_output_size(Geometry& g, at::IntArrayRef size, const char* op) {
   g.Wo = size[2];
 }
 
-double check_tau(double tau, const char* op) {
+// tau must be representable in the voxels' dtype: 1e300 is inf in float32 (inf * 0 = NaN) and
+// 1e-50 is 0 there.
+double check_tau(double tau, const Tensor& voxels, const char* op) {
   TORCH_CHECK_VALUE(std::isfinite(tau) && tau > 0, op, ": argument 'tau' must be a finite ",
                     "positive number, got ", tau);
+  const bool single = voxels.scalar_type() == at::kFloat;
+  const double lo = single ? double(std::numeric_limits<float>::min()) : std::numeric_limits<double>::min();
+  const double hi = single ? double(std::numeric_limits<float>::max()) : std::numeric_limits<double>::max();
+  TORCH_CHECK_VALUE(tau >= lo && tau <= hi, op, ": argument 'tau' = ", tau, " is outside the range of ",
+                    voxels.scalar_type(), " voxels; usable range [", lo, ", ", hi, "]");
   return tau;
 }
 
@@ -209,7 +216,7 @@ Tensor project_voxels_forward(const Tensor& voxels, const Tensor& rotation,
   constexpr const char* op = "project_voxels";
   const Geometry g = check_voxels_rotation(voxels, rotation, op);
   const bool nearest = parse_mode(mode, op);
-  check_tau(tau, op);
+  check_tau(tau, voxels, op);
   c10::DeviceGuard guard(voxels.device());
   Tensor img = at::zeros({g.B, g.C, g.H, g.W}, voxels.options());
   if (voxels.numel() == 0) return img;
@@ -237,7 +244,7 @@ std::tuple<Tensor, Tensor> project_voxels_backward(const Tensor& grad, const Ten
   constexpr const char* op = "project_voxels_backward";
   const Geometry g = check_voxels_rotation(voxels, rotation, op);
   const bool nearest = parse_mode(mode, op);
-  check_tau(tau, op);
+  check_tau(tau, voxels, op);
   check_same(grad, voxels, op, "grad", "voxels");
   check_shape(grad, {g.B, g.C, g.H, g.W}, op, "grad");
   check_same(image, voxels, op, "image", "voxels");

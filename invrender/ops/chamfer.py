@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._util import forbid_double_backward
+from ._util import forbid_double_backward, register_fake
 
 _ops = torch.ops.invrender
 
@@ -86,14 +86,14 @@ torch.library.register_autograd("invrender::nearest_neighbors_forward", _nn_back
 forbid_double_backward("nearest_neighbors_backward", "nearest_neighbors")
 
 
-@torch.library.register_fake("invrender::nearest_neighbors_forward")
+@register_fake("invrender::nearest_neighbors_forward")
 def _(x, y, x_lengths, y_lengths):
     torch._check(x.dim() == 3 and y.dim() == 3 and x.shape[2] == y.shape[2],
                  lambda: "nearest_neighbors: 'x' and 'y' must be (B, N, D) and (B, M, D)")
     return x.new_empty(x.shape[:2]), x.new_empty(x.shape[:2], dtype=torch.int64)
 
 
-@torch.library.register_fake("invrender::nearest_neighbors_backward")
+@register_fake("invrender::nearest_neighbors_backward")
 def _(grad_dist, x, y, idx, need_y):
     gy = torch.empty_like(y, memory_format=torch.contiguous_format) if need_y else y.new_empty((0,))
     return torch.empty_like(x, memory_format=torch.contiguous_format), gy

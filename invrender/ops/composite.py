@@ -9,9 +9,9 @@ from typing import NamedTuple, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._util import check_like, forbid_double_backward
+from ._util import (check_like, check_real, fake_check, forbid_double_backward, fragment_field, register_fake,
+                    require_tensor)
 
-from .voxel import _fake_check, _require_tensor
 
 _ops = torch.ops.invrender
 
@@ -36,17 +36,10 @@ class SoftrasResult(NamedTuple):
 # Argument handling shared with invrender.reference.composite
 
 
-def _fragment_field(fragments, name: str, op: str) -> Tensor:
-    if not hasattr(fragments, name):
-        raise TypeError(f"{op}: argument 'fragments' must have a '{name}' attribute (a tensor (B, H, W, L)), "
-                        f"got {type(fragments).__name__}")
-    return _require_tensor(getattr(fragments, name), f"fragments.{name}", op)
-
-
 def _check_layers(layers: Tensor, name: str, colors: Tensor, op: str) -> Tuple[int, int, int, int, int]:
     """Ranks and sizes of ``layers`` (B, H, W, L) and ``colors`` (B, H, W, L, C): (B, C, H, W, L)."""
-    _require_tensor(layers, name, op)
-    _require_tensor(colors, "colors", op)
+    require_tensor(layers, name, op)
+    require_tensor(colors, "colors", op)
     if layers.dim() != 4:
         raise ValueError(f"{op}: argument '{name}' must be a 4-D tensor (B, H, W, L), got shape {tuple(layers.shape)}")
     if colors.dim() != 5:
@@ -85,23 +78,28 @@ def _background(background, size: Tuple[int, int, int, int], like: Tensor, op: s
     return background.expand(size).contiguous()
 
 
-def _check_positive(value, name: str, op: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{op}: argument '{name}' must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{op}: argument '{name}' must be finite and positive, got {value}")
-    return float(value)
-
-
-def _check_depth_range(znear, zfar, eps, op: str) -> Tuple[float, float, float]:
-    for name, v in (("znear", znear), ("zfar", zfar), ("eps", eps)):
-        if isinstance(v, bool) or not isinstance(v, Real):
-            raise TypeError(f"{op}: argument '{name}' must be a real number, got {type(v).__name__}")
-        if not math.isfinite(v):
-            raise ValueError(f"{op}: argument '{name}' must be finite, got {v}")
+def _check_depth_range(znear, zfar, eps, dtype: torch.dtype, op: str) -> Tuple[float, float, float]:
+    znear, zfar, eps = (check_real(v, n, op, dtype) for n, v in (("znear", znear), ("zfar", zfar), ("eps", eps)))
     if not znear < zfar:
         raise ValueError(f"{op}: arguments 'znear' and 'zfar' must satisfy znear < zfar, got znear={znear}, zfar={zfar}")
-    return float(znear), float(zfar), float(eps)
+    # The kernels divide by zfar - znear in the dtype: it must be positive and finite there.
+    span = torch.tensor(zfar, dtype=dtype) - torch.tensor(znear, dtype=dtype)
+    if not (0 < span.item() < math.inf):
+        raise ValueError(f"{op}: arguments 'znear' = {znear:g} and 'zfar' = {zfar:g}: zfar - znear must be positive and "
+                         f"finite in {dtype}, got {span.item():g}")
+    return znear, zfar, eps
+
+
+def _softras_args(fragments, colors, sigma, gamma, znear, zfar, eps, op: str):
+    """Checks the arguments of softras_blend: ((face_idx, depth, dist), (B, C, H, W), (gamma, znear,
+    zfar, eps)) with the numbers as floats usable in the fragments' dtype."""
+    fields = tuple(fragment_field(fragments, name, op) for name in ("face_idx", "depth", "dist"))
+    dist = fields[2]
+    B, C, H, W, _ = _check_layers(dist, "fragments.dist", colors, op)
+    dtype = dist.dtype if dist.is_floating_point() else None  # layer_alpha reports a bad dtype
+    check_real(sigma, "sigma", op, dtype, positive=True)
+    gamma = check_real(gamma, "gamma", op, dtype, positive=True)
+    return fields, (B, C, H, W), (gamma, *_check_depth_range(znear, zfar, eps, dtype or torch.float64, op))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,15 +128,15 @@ def layer_alpha(fragments, sigma: float, kind: str = "exp") -> Tensor:
         ``alpha`` ``(B, H, W, L)`` in [0, 1], the dtype and device of ``dist``.
     """
     op = "layer_alpha"
-    face_idx = _fragment_field(fragments, "face_idx", op)
-    dist = _fragment_field(fragments, "dist", op)
-    sigma = _check_positive(sigma, "sigma", op)
+    face_idx = fragment_field(fragments, "face_idx", op)
+    dist = fragment_field(fragments, "dist", op)
     if kind not in ("exp", "sigmoid"):
         raise ValueError(f"{op}: argument 'kind' must be \"exp\" or \"sigmoid\", got {kind!r}")
     if face_idx.dtype != torch.int64:
         raise TypeError(f"{op}: argument 'fragments.face_idx' must be int64, got {face_idx.dtype}")
     if not dist.is_floating_point():
         raise TypeError(f"{op}: argument 'fragments.dist' must be float32 or float64, got {dist.dtype}")
+    sigma = check_real(sigma, "sigma", op, dist.dtype, positive=True)
     if face_idx.shape != dist.shape:
         raise ValueError(f"{op}: 'fragments.face_idx' {tuple(face_idx.shape)} and 'fragments.dist' "
                          f"{tuple(dist.shape)} must have one shape (B, H, W, L)")
@@ -221,13 +219,8 @@ def softras_blend(fragments, colors: Tensor, sigma: float = 1e-4, gamma: float =
         ``fragments.dist``, ``fragments.depth``, ``colors`` and ``background``.
     """
     op = "softras_blend"
-    _check_positive(sigma, "sigma", op)
-    gamma = _check_positive(gamma, "gamma", op)
-    znear, zfar, eps = _check_depth_range(znear, zfar, eps, op)
-    face_idx = _fragment_field(fragments, "face_idx", op)
-    depth = _fragment_field(fragments, "depth", op)
-    dist = _fragment_field(fragments, "dist", op)
-    B, C, H, W, _ = _check_layers(dist, "fragments.dist", colors, op)
+    (face_idx, depth, dist), (B, C, H, W), (gamma, znear, zfar, eps) = _softras_args(
+        fragments, colors, sigma, gamma, znear, zfar, eps, op)
     prob = layer_alpha(fragments, sigma, kind="sigmoid")
     bg = _background(background, (B, C, H, W), prob, op)
     image, silhouette = _ops.softras_blend_forward(prob, depth, face_idx, colors, bg, gamma, znear, zfar, eps)
@@ -285,33 +278,33 @@ forbid_double_backward("softras_blend_backward", "softras_blend")
 def _fake_check_layers(layers, name, colors, background, op):
     for arg, t in (("colors", colors), ("background", background)):
         check_like(t, arg, layers, name, op)
-    _fake_check(layers.dim() == 4, f"{op}: argument '{name}' must be a 4-D tensor (B, H, W, L)")
-    _fake_check(colors.dim() == 5, f"{op}: argument 'colors' must be a 5-D tensor (B, H, W, L, C)")
+    fake_check(layers.dim() == 4, f"{op}: argument '{name}' must be a 4-D tensor (B, H, W, L)")
+    fake_check(colors.dim() == 5, f"{op}: argument 'colors' must be a 5-D tensor (B, H, W, L, C)")
     B, H, W, _ = layers.shape
     C = colors.shape[4]
-    _fake_check(background.dim() == 4, f"{op}: argument 'background' must have shape (B, C, H, W)")
+    fake_check(background.dim() == 4, f"{op}: argument 'background' must have shape (B, C, H, W)")
     return B, C, H, W
 
 
-@torch.library.register_fake("invrender::composite_layers_forward")
+@register_fake("invrender::composite_layers_forward")
 def _(alpha, colors, background):
     B, C, H, W = _fake_check_layers(alpha, "alpha", colors, background, "composite_layers")
     return alpha.new_empty((B, C, H, W)), alpha.new_empty((B, 1, H, W))
 
 
-@torch.library.register_fake("invrender::composite_layers_backward")
+@register_fake("invrender::composite_layers_backward")
 def _(grad_image, grad_mask, alpha, colors, background):
     _fake_check_layers(alpha, "alpha", colors, background, "composite_layers_backward")
     return alpha.new_empty(alpha.shape), colors.new_empty(colors.shape), background.new_empty(background.shape)
 
 
-@torch.library.register_fake("invrender::softras_blend_forward")
+@register_fake("invrender::softras_blend_forward")
 def _(prob, depth, face_idx, colors, background, gamma, znear, zfar, eps):
     B, C, H, W = _fake_check_layers(prob, "prob", colors, background, "softras_blend")
     return prob.new_empty((B, C, H, W)), prob.new_empty((B, 1, H, W))
 
 
-@torch.library.register_fake("invrender::softras_blend_backward")
+@register_fake("invrender::softras_blend_backward")
 def _(grad_image, grad_silhouette, prob, depth, face_idx, colors, background, gamma, znear, zfar, eps):
     _fake_check_layers(prob, "prob", colors, background, "softras_blend_backward")
     return (prob.new_empty(prob.shape), depth.new_empty(depth.shape), colors.new_empty(colors.shape),

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._util import forbid_double_backward
+from ._util import forbid_double_backward, fragment_field, register_fake
 
 _ops = torch.ops.invrender
 
@@ -20,6 +20,8 @@ __all__ = ["Fragments", "rasterize", "interpolate", "default_blur"]
 
 #: Twice the NDC area below which a face is dropped as degenerate (csrc/raster/raster_math.h).
 MIN_AREA2 = 1e-10
+#: Largest |x|, |y| or depth of a vertex whose faces are rasterized (csrc/raster/raster_math.h).
+MAX_COORD = 1e8
 
 
 class Fragments(NamedTuple):
@@ -73,12 +75,26 @@ def _batch_meshes(verts, faces, op: str) -> Tuple[Tensor, Tensor]:
                 if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
                     raise ValueError(f"{op}: argument '{name}[{k}]' must be a ({'V' if name == 'verts' else 'F'}, 3) "
                                      f"tensor, got {getattr(t, 'shape', type(t).__name__)}")
+        ref = verts[0]
+        for k, (v, f) in enumerate(zip(verts, faces)):
+            if v.device != ref.device or v.dtype != ref.dtype:
+                raise ValueError(f"{op}: argument 'verts[{k}]' is {v.dtype} on {v.device} but 'verts[0]' is "
+                                 f"{ref.dtype} on {ref.device}; all meshes must share one dtype and device")
+            if f.device != ref.device:
+                raise ValueError(f"{op}: argument 'faces[{k}]' is on {f.device} but 'verts[0]' is on {ref.device}; "
+                                 "they must be on one device")
+            if f.dtype != torch.int64:
+                raise TypeError(f"{op}: argument 'faces[{k}]' must be int64, got {f.dtype}")
+            # Padding makes every mesh as long as the longest: an index past this mesh's own
+            # vertices would silently reach the padding vertices.
+            if f.numel() and int(f.max()) >= v.shape[0]:
+                raise ValueError(f"{op}: argument 'faces[{k}]' has vertex index {int(f.max())} but 'verts[{k}]' "
+                                 f"has {v.shape[0]} vertices")
         V = max(v.shape[0] for v in verts)
         F = max(f.shape[0] for f in faces)
-        ref = verts[0]
         vs = [torch.cat([v, v.new_ones(V - v.shape[0], 3)]) for v in verts]
         fs = [torch.cat([f, f.new_full((F - f.shape[0], 3), -1)]) for f in faces]
-        return torch.stack(vs), torch.stack(fs).to(ref.device)
+        return torch.stack(vs), torch.stack(fs)
     if not isinstance(verts, Tensor):
         raise TypeError(f"{op}: argument 'verts' must be a tensor (B, V, 3) or a list of (V, 3) tensors, "
                         f"got {type(verts).__name__}")
@@ -115,8 +131,10 @@ def rasterize(
     ties broken by the smaller face index, front to back; there is no other cap. ``layers=1,
     sigma=0`` is an exact z-buffer (hard rasterization).
 
-    Faces with a vertex at depth <= 0 (behind the camera) are dropped, and so are degenerate faces
-    (twice the NDC area below 1e-10, far below a pixel), so that no NaN or Inf can arise. With
+    Faces with a vertex at depth <= 0 (behind the camera) are dropped, and so are faces with a
+    vertex coordinate beyond 1e8 in absolute value (``MAX_COORD``: a vertex all but on the camera
+    plane, where float32 products would overflow) and degenerate faces (twice the NDC area below
+    1e-10, far below a pixel), so that no NaN or Inf can arise. With
     ``cull_backfaces`` faces seen clockwise (from the back) are dropped too.
 
     Args:
@@ -179,7 +197,7 @@ torch.library.register_autograd("invrender::rasterize_forward", _rasterize_backw
 forbid_double_backward("rasterize_backward", "rasterize")
 
 
-@torch.library.register_fake("invrender::rasterize_forward")
+@register_fake("invrender::rasterize_forward")
 def _(verts, faces, image_size, layers, blur, cull_backfaces):
     torch._check(verts.dim() == 3 and verts.shape[2] == 3,
                  lambda: "rasterize: argument 'verts' must have shape (B, V, 3)")
@@ -191,7 +209,7 @@ def _(verts, faces, image_size, layers, blur, cull_backfaces):
             verts.new_empty(shape, dtype=torch.int64))
 
 
-@torch.library.register_fake("invrender::rasterize_backward")
+@register_fake("invrender::rasterize_backward")
 def _(grad_bary, grad_dist, grad_depth, verts, faces, face_idx):
     return torch.empty_like(verts, memory_format=torch.contiguous_format)
 
@@ -213,7 +231,7 @@ def interpolate(fragments: Fragments, attrs: Tensor, faces: Optional[Tensor] = N
     op = "interpolate"
     if not isinstance(attrs, Tensor):
         raise TypeError(f"{op}: argument 'attrs' must be a tensor, got {type(attrs).__name__}")
-    face_idx, bary = fragments.face_idx, fragments.bary
+    face_idx, bary = fragment_field(fragments, "face_idx", op), fragment_field(fragments, "bary", op)
     B = face_idx.shape[0]
     if attrs.dim() == 3:
         if faces is None:
@@ -255,12 +273,12 @@ torch.library.register_autograd("invrender::interpolate_forward", _interpolate_b
 forbid_double_backward("interpolate_backward", "interpolate")
 
 
-@torch.library.register_fake("invrender::interpolate_forward")
+@register_fake("invrender::interpolate_forward")
 def _(attrs, faces, face_idx, bary):
     torch._check(attrs.dim() == 3, lambda: "interpolate: argument 'attrs' must be (B, V, C)")
     return bary.new_empty(tuple(face_idx.shape) + (attrs.shape[2],))
 
 
-@torch.library.register_fake("invrender::interpolate_backward")
+@register_fake("invrender::interpolate_backward")
 def _(grad, attrs, faces, face_idx, bary):
     return torch.empty_like(attrs, memory_format=torch.contiguous_format), torch.empty_like(bary)

@@ -6,10 +6,10 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._util import check_like, forbid_double_backward
+from ._util import check_like, check_real, fake_check, forbid_double_backward, register_fake, require_tensor
 
 from ..cameras import OrthographicCamera, PerspectiveCamera
-from .voxel import _batched_rotation, _fake_check, _identity_rotation, _require_tensor
+from .voxel import _batched_rotation, _identity_rotation
 
 _ops = torch.ops.invrender
 
@@ -128,7 +128,9 @@ def raymarch(
             ``(C,)`` or a number; None: black.
         normalize: the normalised emission form (above).
         density: interpret ``absorption`` as a density (above).
-        eps: the small constant of the depth and normalisation quotients.
+        eps: the small constant of the depth and normalisation quotients, > 0; at least the square
+            root of the dtype's smallest normal number (1.1e-19 in float32), so that the gradient of
+            the quotients, which holds eps^2, stays finite.
 
     Returns:
         :class:`RaymarchResult` ``(image (B, C, H, W), alpha (B, 1, H, W), depth (B, 1, H, W))``,
@@ -136,9 +138,9 @@ def raymarch(
         and ``rotation``.
     """
     op = "raymarch"
-    absorption = _require_tensor(absorption, "absorption", op)
+    absorption = require_tensor(absorption, "absorption", op)
     if emission is not None:
-        emission = _require_tensor(emission, "emission", op)
+        emission = require_tensor(emission, "emission", op)
     elif background is not None:
         raise ValueError(f"{op}: argument 'background' needs 'emission' (absorption-only rendering "
                          "has no colour to composite)")
@@ -146,6 +148,9 @@ def raymarch(
     depth_dim = absorption.shape[2] if absorption.dim() == 5 else 1
     args = _camera_args(camera, depth_dim, samples, op)
     size = _image_size(image_size, absorption, op)
+    # eps^2 appears in the gradient of the quotients (at alpha = 0): it must not underflow either.
+    dtype = absorption.dtype if absorption.is_floating_point() else torch.float64  # the op reports the dtype
+    eps = check_real(eps, "eps", op, dtype, positive=True, lo=math.sqrt(torch.finfo(dtype).tiny))
     color, alpha, depth_sum = _ops.raymarch_forward(absorption, emission, rotation, list(size), *args, bool(density))
     depth = depth_sum / (alpha + eps)
     if emission is None:
@@ -192,13 +197,13 @@ def _fake_check_raymarch(absorption, emission, rotation):
     for name, t in (("emission", emission), ("rotation", rotation)):
         if t is not None:
             check_like(t, name, absorption, "absorption", "raymarch")
-    _fake_check(absorption.dim() == 5 and absorption.shape[1] == 1,
+    fake_check(absorption.dim() == 5 and absorption.shape[1] == 1,
                 "raymarch: argument 'absorption' must be a 5-D tensor (B, 1, D, H, W)")
-    _fake_check(rotation.dim() == 3 and rotation.shape[0] == absorption.shape[0],
+    fake_check(rotation.dim() == 3 and rotation.shape[0] == absorption.shape[0],
                 "raymarch: argument 'rotation' must have shape (B, 3, 3)")
 
 
-@torch.library.register_fake("invrender::raymarch_forward")
+@register_fake("invrender::raymarch_forward")
 def _(absorption, emission, rotation, image_size, samples, perspective, focal, distance, near, far, density):
     _fake_check_raymarch(absorption, emission, rotation)
     B, (H, W) = absorption.shape[0], image_size
@@ -206,7 +211,7 @@ def _(absorption, emission, rotation, image_size, samples, perspective, focal, d
     return absorption.new_empty((B, C, H, W)), absorption.new_empty((B, 1, H, W)), absorption.new_empty((B, 1, H, W))
 
 
-@torch.library.register_fake("invrender::raymarch_backward")
+@register_fake("invrender::raymarch_backward")
 def _(grad_color, grad_alpha, grad_depth, absorption, emission, rotation, *params):
     gem = absorption.new_empty((0,)) if emission is None else torch.empty_like(emission, memory_format=torch.contiguous_format)
     return (torch.empty_like(absorption, memory_format=torch.contiguous_format), gem,

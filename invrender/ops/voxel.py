@@ -6,12 +6,13 @@ along -z (``d = 0`` is the front slice, nearest the camera). A rotation ``R`` ma
 coordinates, ``p_view = R @ p_obj``.
 """
 
+from numbers import Integral
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from ._util import check_like, forbid_double_backward
+from ._util import check_like, fake_check, forbid_double_backward, register_fake, require_tensor
 
 _ops = torch.ops.invrender
 
@@ -22,15 +23,9 @@ __all__ = ["rotation_matrix", "rotate_voxels", "project_voxels"]
 # Argument handling shared by the wrappers.
 
 
-def _require_tensor(x, name: str, op: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(x).__name__}")
-    return x
-
-
 def _batched_rotation(rotation, voxels: Tensor, op: str) -> Tensor:
     """(3, 3) or (1, 3, 3) broadcast over the batch of ``voxels``; (B, 3, 3) as is."""
-    rotation = _require_tensor(rotation, "rotation", op)
+    rotation = require_tensor(rotation, "rotation", op)
     if voxels.dim() != 5:
         return rotation  # the op reports the bad voxels shape
     batch = voxels.shape[0]
@@ -127,17 +122,17 @@ def rotate_voxels(
         ``(B, C, Do, Ho, Wo)`` tensor of the dtype and device of ``voxels``.
     """
     op = "rotate_voxels"
-    voxels = _require_tensor(voxels, "voxels", op)
+    voxels = require_tensor(voxels, "voxels", op)
     rotation = _batched_rotation(rotation, voxels, op)
     if size is None:
         size = list(voxels.shape[2:]) if voxels.dim() == 5 else [0, 0, 0]
     elif isinstance(size, int) and not isinstance(size, bool):
         size = [size] * 3
-    else:
-        try:
-            size = [int(s) for s in size]
-        except (TypeError, ValueError):
-            raise TypeError(f"{op}: argument 'size' must be an int or a sequence of 3 ints, got {size!r}") from None
+    elif (isinstance(size, (Sequence, torch.Size)) and not isinstance(size, str)
+          and all(isinstance(s, Integral) and not isinstance(s, bool) for s in size)):
+        size = [int(s) for s in size]  # the op checks the length
+    else:  # 2.5 is not silently truncated to 2
+        raise TypeError(f"{op}: argument 'size' must be an int or a sequence of 3 ints, got {size!r}")
     return _ops.rotate_voxels_forward(voxels, rotation, size, mode)
 
 
@@ -169,7 +164,7 @@ def project_voxels(
         in trilinear mode, ``rotation``.
     """
     op = "project_voxels"
-    voxels = _require_tensor(voxels, "voxels", op)
+    voxels = require_tensor(voxels, "voxels", op)
     rotation = _identity_rotation(voxels) if rotation is None else _batched_rotation(rotation, voxels, op)
     if isinstance(tau, Tensor) or not isinstance(tau, (int, float)) or isinstance(tau, bool):
         raise TypeError(f"{op}: argument 'tau' must be a Python number, got {type(tau).__name__}")
@@ -222,45 +217,41 @@ for _name in ("rotation_matrix_backward", "rotate_voxels_backward", "project_vox
     forbid_double_backward(_name, _name)
 
 
-def _fake_check(cond: bool, msg: str):
-    torch._check(cond, lambda: msg)
-
-
-@torch.library.register_fake("invrender::rotation_matrix_forward")
+@register_fake("invrender::rotation_matrix_forward")
 def _(azimuth, elevation, roll):
-    _fake_check(azimuth.dim() == 1, "rotation_matrix: argument 'azimuth' must be 1-D")
+    fake_check(azimuth.dim() == 1, "rotation_matrix: argument 'azimuth' must be 1-D")
     return azimuth.new_empty((azimuth.shape[0], 3, 3))
 
 
-@torch.library.register_fake("invrender::rotation_matrix_backward")
+@register_fake("invrender::rotation_matrix_backward")
 def _(grad, azimuth, elevation, roll):
     return azimuth.new_empty(azimuth.shape), azimuth.new_empty(azimuth.shape), azimuth.new_empty(azimuth.shape)
 
 
 def _fake_check_voxels(voxels, rotation, op):
     check_like(rotation, "rotation", voxels, "voxels", op)
-    _fake_check(voxels.dim() == 5, f"{op}: argument 'voxels' must be a 5-D tensor (B, C, D, H, W)")
-    _fake_check(rotation.dim() == 3 and rotation.shape[0] == voxels.shape[0],
+    fake_check(voxels.dim() == 5, f"{op}: argument 'voxels' must be a 5-D tensor (B, C, D, H, W)")
+    fake_check(rotation.dim() == 3 and rotation.shape[0] == voxels.shape[0],
                 f"{op}: argument 'rotation' must have shape (B, 3, 3)")
 
 
-@torch.library.register_fake("invrender::rotate_voxels_forward")
+@register_fake("invrender::rotate_voxels_forward")
 def _(voxels, rotation, size, mode):
     _fake_check_voxels(voxels, rotation, "rotate_voxels")
     return voxels.new_empty((voxels.shape[0], voxels.shape[1], *size))
 
 
-@torch.library.register_fake("invrender::rotate_voxels_backward")
+@register_fake("invrender::rotate_voxels_backward")
 def _(grad, voxels, rotation, size, mode):
     return torch.empty_like(voxels, memory_format=torch.contiguous_format), voxels.new_empty((voxels.shape[0], 3, 3))
 
 
-@torch.library.register_fake("invrender::project_voxels_forward")
+@register_fake("invrender::project_voxels_forward")
 def _(voxels, rotation, mode, tau):
     _fake_check_voxels(voxels, rotation, "project_voxels")
     return voxels.new_empty((voxels.shape[0], voxels.shape[1], voxels.shape[3], voxels.shape[4]))
 
 
-@torch.library.register_fake("invrender::project_voxels_backward")
+@register_fake("invrender::project_voxels_backward")
 def _(grad, image, voxels, rotation, mode, tau):
     return torch.empty_like(voxels, memory_format=torch.contiguous_format), voxels.new_empty((voxels.shape[0], 3, 3))

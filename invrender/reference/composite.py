@@ -5,8 +5,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..ops.composite import (CompositeResult, SoftrasResult, _background, _check_depth_range, _check_layers,
-                             _check_positive, layer_alpha)
+from ..ops.composite import CompositeResult, SoftrasResult, _background, _check_layers, _softras_args, layer_alpha
 
 __all__ = ["composite_layers", "layer_alpha", "softras_blend"]
 
@@ -27,10 +26,7 @@ def softras_blend(fragments, colors: Tensor, sigma: float = 1e-4, gamma: float =
                   zfar: float = 100.0, background=None, eps: float = 1e-3) -> SoftrasResult:
     """Reference of :func:`invrender.softras_blend`, with plain tensor ops over the layer dimension."""
     op = "softras_blend"
-    _check_positive(sigma, "sigma", op)
-    gamma = _check_positive(gamma, "gamma", op)
-    znear, zfar, eps = _check_depth_range(znear, zfar, eps, op)
-    B, C, H, W, _ = _check_layers(fragments.dist, "fragments.dist", colors, op)
+    _, (B, C, H, W), (gamma, znear, zfar, eps) = _softras_args(fragments, colors, sigma, gamma, znear, zfar, eps, op)
     prob = layer_alpha(fragments, sigma, kind="sigmoid")
     bg = _background(background, (B, C, H, W), prob, op)
     return _softras_from_prob(prob, fragments.depth, fragments.face_idx, colors, bg, gamma, znear, zfar, eps)

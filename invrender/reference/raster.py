@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..ops.raster import MIN_AREA2, Fragments, _batch_meshes, _check_faces, _image_size, default_blur
+from ..ops.raster import MAX_COORD, MIN_AREA2, Fragments, _batch_meshes, _check_faces, _image_size, default_blur
 
 __all__ = ["interpolate", "rasterize"]
 
@@ -41,7 +41,8 @@ def rasterize(verts, faces, image_size: Union[int, Tuple[int, int]], layers: int
     tri = torch.stack([verts[b][idx[b]] for b in range(B)]) if B else verts.new_zeros(0, F, 3, 3)  # (B, F, 3, 3)
     x, y, z = (tri[..., k] for k in range(3))  # (B, F, 3) each
     area2 = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (y[..., 1] - y[..., 0]) * (x[..., 2] - x[..., 0])
-    valid = ~pad & (z > 0).all(-1) & (area2.abs() >= MIN_AREA2)
+    near = (x.abs() <= MAX_COORD) & (y.abs() <= MAX_COORD) & (z <= MAX_COORD)
+    valid = ~pad & (z > 0).all(-1) & near.all(-1) & (area2.abs() >= MIN_AREA2)
     if cull_backfaces:
         valid &= area2 >= 0
     safe_area = torch.where(valid, area2, torch.ones_like(area2))
