@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "build_info.h"
+#include "raster/raster_kernels.h"
 
 namespace py = pybind11;
 
@@ -11,6 +12,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("built_with_cuda", &invrender::built_with_cuda, "Whether the CUDA kernels were compiled.");
   m.def("cuda_archs", &invrender::cuda_archs,
         "Semicolon-separated CUDA architectures compiled in; empty for a CPU-only build.");
+  m.def("_set_raster_face_order", &invrender::raster::set_face_order_for_testing,
+        "Test-only: the CPU rasterizer considers each tile's faces shuffled with this seed "
+        "(0: index order). Fragments must not depend on it.");
 #ifdef TORCH_VERSION_STRING
   m.attr("torch_version") = TORCH_VERSION_STRING;
 #endif

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <random>
 #include <vector>
 
 #include "../common/cpu_dispatch.h"
@@ -13,6 +15,11 @@
 namespace invrender {
 namespace raster {
 namespace {
+
+// Test-only (set_face_order_for_testing): 0 considers each tile's faces in index order, s > 0 in
+// an order shuffled with seed s. The result must not depend on it: that is how the CPU tests guard
+// the GPU kernel, whose bins fill in atomic (arbitrary) order.
+std::atomic<int64_t> g_face_order{0};
 
 template <typename T>
 INVRENDER_CPU_CLONES void rasterize_tiles(const RasterParams& p, const FaceRec<T>* recs,
@@ -67,6 +74,12 @@ void rasterize_mesh(const RasterParams& p, const T* verts_b, const int64_t* face
       for (int64_t tx = q[0]; tx <= q[1]; ++tx)
         bin_faces[fill[ty * tiles_x + tx]++] = static_cast<int32_t>(f);
   }
+  if (const int64_t seed = g_face_order.load()) {
+    for (int64_t t = 0; t < tiles; ++t) {
+      std::mt19937_64 rng(static_cast<uint64_t>(seed * 1000003 + t));
+      std::shuffle(bin_faces.begin() + bin_start[t], bin_faces.begin() + bin_start[t + 1], rng);
+    }
+  }
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     rasterize_tiles(p, recs.data(), bin_start.data(), bin_faces.data(), tiles_x, begin, end,
                     face_idx, bary, dist, depth);
@@ -101,6 +114,8 @@ INVRENDER_CPU_CLONES void backward_mesh(const RasterParams& p, const T* gbary, c
 }
 
 }  // namespace
+
+void set_face_order_for_testing(int64_t seed) { g_face_order.store(seed); }
 
 template <typename T>
 void rasterize_forward_cpu(const RasterParams& p, const T* verts, const int64_t* faces,

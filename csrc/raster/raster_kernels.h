@@ -16,6 +16,9 @@
 namespace invrender {
 namespace raster {
 
+// Test-only: the CPU forward considers each tile's faces shuffled with this seed (0: index order).
+void set_face_order_for_testing(int64_t seed);
+
 template <typename T>
 void rasterize_forward_cpu(const RasterParams& p, const T* verts, const int64_t* faces,
                            int64_t* face_idx, T* bary, T* dist, T* depth);

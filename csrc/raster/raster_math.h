@@ -174,6 +174,10 @@ HOST_DEVICE INLINE void face_barycentrics(const FaceRec<T>& r, T px, T py, Hit<T
   h.s = c[0] + c[1] + c[2];
   for (int k = 0; k < 3; ++k) h.bary[k] = c[k] / h.s;
   h.depth = h.bary[0] * r.z[0] + h.bary[1] * r.z[1] + h.bary[2] * r.z[2];
+  // A convex combination, but rounding can put it an ulp below zmin, which consider_face uses as
+  // an exact lower bound to skip faces: the kept faces would then depend on the order faces arrive
+  // in (atomic on the GPU). Clamped, the bound is exact (the gradient is the unclamped one's).
+  if (h.depth < r.zmin) h.depth = r.zmin;
 }
 
 template <typename T>
