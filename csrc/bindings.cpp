@@ -4,6 +4,7 @@
 
 #include "build_info.h"
 #include "raster/raster_kernels.h"
+#include "raymarch/raymarch_kernels.h"
 
 namespace py = pybind11;
 
@@ -15,6 +16,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("_set_raster_face_order", &invrender::raster::set_face_order_for_testing,
         "Test-only: the CPU rasterizer considers each tile's faces shuffled with this seed "
         "(0: index order). Fragments must not depend on it.");
+  m.def("_set_raymarch_gpu_backward_layout", &invrender::raymarch::set_gpu_backward_layout_for_testing,
+        "Test-only: the CPU ray-marching backward uses the GPU's small chunks and checkpoints.");
 #ifdef TORCH_VERSION_STRING
   m.attr("torch_version") = TORCH_VERSION_STRING;
 #endif

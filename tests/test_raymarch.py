@@ -442,3 +442,28 @@ def test_cuda_gradcheck():
     for cam in CAMERAS.values():
         f = lambda a, e, R: tuple(invrender.raymarch(a, e, R, camera=cam, image_size=(4, 3), background=0.3))  # noqa: E731
         assert gradcheck(f, inputs, nondet_tol=1e-12)
+
+
+@pytest.mark.parametrize("samples,opaque", [(2000, False), (2000, True), (5000, False), (700, True)])
+def test_backward_with_the_gpu_layout_matches_the_reference(samples, opaque):
+    # On the GPU the backward keeps 32-sample chunks and only 32 chunk checkpoints, re-marching
+    # from the nearest one (more than 32 chunks: 2000 samples = 63 chunks, stride 2; 5000 = 157,
+    # stride 5). A test-only switch runs that layout on the CPU.
+    a, e = _volume(2, 2, 6, 5, 4, lo=0.0, hi=0.004)
+    if opaque:
+        a[:, :, 3:] = 1.0
+    R = random_rotation(2, generator=torch.Generator().manual_seed(7))
+    grads = []
+    for fn, layout in ((invrender.raymarch, True), (invrender.raymarch, False), (ref.raymarch, False)):
+        inputs = [t.clone().requires_grad_() for t in (a, e, R)]
+        invrender._C._set_raymarch_gpu_backward_layout(layout)
+        try:
+            out = fn(*inputs, camera=CAMERAS["persp"], image_size=(3, 4), samples=samples, background=0.5)
+            loss = out.image.sum() + 2 * out.alpha.sum() + 3 * out.depth.sum()
+            grads.append(torch.autograd.grad(loss, inputs))
+        finally:
+            invrender._C._set_raymarch_gpu_backward_layout(False)
+    for x, y, z in zip(*grads):
+        assert x.abs().max() > 0
+        assert torch.allclose(x, y, rtol=1e-10, atol=1e-13)
+        assert torch.allclose(x, z, rtol=1e-9, atol=1e-12)

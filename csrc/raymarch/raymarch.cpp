@@ -153,11 +153,14 @@ std::tuple<Tensor, Tensor, Tensor> raymarch_backward(
     if (a.is_cuda()) {
 #ifdef WITH_CUDA
       at::globalContext().alertNotDeterministic("invrender::raymarch_backward (CUDA)");
+      // The rotation gradient sums over every sample of every ray: in double, as on the CPU.
+      Tensor grot_acc = at::zeros({g.B, 3, 3}, a.options().dtype(at::kDouble));
       CUDA_LAUNCH(op, raymarch_backward_cuda<scalar_t>(
                           p, gc.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(),
                           gd.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), e_ptr,
                           R.data_ptr<scalar_t>(), gabs.data_ptr<scalar_t>(), gem_ptr,
-                          grot.data_ptr<scalar_t>(), c10::cuda::getCurrentCUDAStream().stream()));
+                          grot_acc.data_ptr<double>(), c10::cuda::getCurrentCUDAStream().stream()));
+      grot.copy_(grot_acc);
 #endif
     } else {
       raymarch_backward_cpu<scalar_t>(p, gc.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(),

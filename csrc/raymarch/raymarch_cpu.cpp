@@ -2,12 +2,18 @@
 // into the volume gradients, so it parallelises over the batch only (deterministic).
 #include <ATen/Parallel.h>
 
+#include <atomic>
+
 #include "../common/cpu_dispatch.h"
 #include "raymarch_kernels.h"
 
 namespace invrender {
 namespace raymarch {
 namespace {
+
+// Test-only (set_gpu_backward_layout_for_testing): the CPU backward uses the GPU's small chunks
+// and checkpoints, so that the CPU tests cover the re-marching that only the GPU needs otherwise.
+std::atomic<bool> g_gpu_layout{false};
 
 template <typename T>
 INVRENDER_CPU_CLONES void forward_rays(const RayParams& p, const T* absorption, const T* emission,
@@ -26,14 +32,22 @@ INVRENDER_CPU_CLONES void backward_image(const RayParams& p, const T* gcolor, co
                                          const T* rot, T* gabs, T* gem, T* grot, int64_t b) {
   const Geometry& g = p.g;
   double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+  const bool gpu_layout = g_gpu_layout.load();
   for (int64_t i = 0; i < g.Ho; ++i)
     for (int64_t j = 0; j < g.Wo; ++j)
-      raymarch_backward_ray(p, gcolor, galpha, gdepth, absorption, emission, rot, gabs, gem, acc,
-                            b, i, j, AddScatter());
+      if (gpu_layout)
+        raymarch_backward_ray<T, double, AddScatter, kGpuRayChunk, kGpuRayCheckpoints>(
+            p, gcolor, galpha, gdepth, absorption, emission, rot, gabs, gem, acc, b, i, j,
+            AddScatter());
+      else
+        raymarch_backward_ray(p, gcolor, galpha, gdepth, absorption, emission, rot, gabs, gem,
+                              acc, b, i, j, AddScatter());
   for (int k = 0; k < 9; ++k) grot[9 * b + k] = static_cast<T>(acc[k]);
 }
 
 }  // namespace
+
+void set_gpu_backward_layout_for_testing(bool on) { g_gpu_layout.store(on); }
 
 template <typename T>
 void raymarch_forward_cpu(const RayParams& p, const T* absorption, const T* emission,

@@ -13,7 +13,7 @@ namespace {
 using namespace invrender::cuda;
 
 template <typename T>
-__global__ void raymarch_forward_kernel(RayParams p, const T* absorption, const T* emission,
+__global__ void __launch_bounds__(kThreads) raymarch_forward_kernel(RayParams p, const T* absorption, const T* emission,
                                         const T* rot, T* color, T* alpha, T* depth_sum) {
   const Geometry& g = p.g;
   const int64_t n = g.B * g.Ho * g.Wo;
@@ -25,13 +25,13 @@ __global__ void raymarch_forward_kernel(RayParams p, const T* absorption, const 
 }
 
 template <typename T>
-__global__ void raymarch_backward_kernel(RayParams p, const T* gcolor, const T* galpha,
+__global__ void __launch_bounds__(kThreads) raymarch_backward_kernel(RayParams p, const T* gcolor, const T* galpha,
                                          const T* gdepth, const T* absorption, const T* emission,
-                                         const T* rot, T* gabs, T* gem, T* grot) {
+                                         const T* rot, T* gabs, T* gem, double* grot) {
   const Geometry& g = p.g;
   const int64_t n = g.Ho * g.Wo;
   for (int64_t b = blockIdx.y; b < g.B; b += gridDim.y) {
-    T acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // as the CPU: summed in double
     for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n;
          t += int64_t(blockDim.x) * gridDim.x) {
       const int64_t j = t % g.Wo, i = t / g.Wo;
@@ -58,7 +58,7 @@ cudaError_t raymarch_forward_cuda(const RayParams& p, const T* absorption, const
 template <typename T>
 cudaError_t raymarch_backward_cuda(const RayParams& p, const T* gcolor, const T* galpha,
                                    const T* gdepth, const T* absorption, const T* emission,
-                                   const T* rot, T* gabs, T* gem, T* grot, cudaStream_t stream) {
+                                   const T* rot, T* gabs, T* gem, double* grot, cudaStream_t stream) {
   const int64_t n = p.g.Ho * p.g.Wo;
   if (n == 0 || p.g.B == 0) return cudaSuccess;
   const dim3 grid(blocks_for(n), batch_blocks(p.g.B));
@@ -72,7 +72,7 @@ cudaError_t raymarch_backward_cuda(const RayParams& p, const T* gcolor, const T*
                                                 const T*, T*, T*, T*, cudaStream_t);           \
   template cudaError_t raymarch_backward_cuda<T>(const RayParams&, const T*, const T*,         \
                                                  const T*, const T*, const T*, const T*, T*,   \
-                                                 T*, T*, cudaStream_t);
+                                                 T*, double*, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
 #undef INSTANTIATE

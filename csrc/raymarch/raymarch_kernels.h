@@ -16,6 +16,9 @@
 namespace invrender {
 namespace raymarch {
 
+// Test-only: the CPU backward uses the GPU's chunk and checkpoint sizes (raymarch_math.h).
+void set_gpu_backward_layout_for_testing(bool on);
+
 template <typename T>
 void raymarch_forward_cpu(const RayParams& p, const T* absorption, const T* emission,
                           const T* rot, T* color, T* alpha, T* depth_sum);
@@ -30,11 +33,11 @@ template <typename T>
 cudaError_t raymarch_forward_cuda(const RayParams& p, const T* absorption, const T* emission,
                                   const T* rot, T* color, T* alpha, T* depth_sum,
                                   cudaStream_t stream);
-// gabs, gem and grot zero-initialised.
+// gabs, gem and grot zero-initialised; grot (double) accumulates the rotation gradient.
 template <typename T>
 cudaError_t raymarch_backward_cuda(const RayParams& p, const T* gcolor, const T* galpha,
                                    const T* gdepth, const T* absorption, const T* emission,
-                                   const T* rot, T* gabs, T* gem, T* grot, cudaStream_t stream);
+                                   const T* rot, T* gabs, T* gem, double* grot, cudaStream_t stream);
 #endif
 
 }  // namespace raymarch

@@ -12,8 +12,8 @@
 // eps_i = sum_c g_c e_i[c] + g_z z_i. Back to front, r_i = a_{i+1} eps_{i+1} + (1 - a_{i+1}) r_{i+1}
 // (r_{S-1} = 0) and lambda_i = prod_{k>i} (1 - a_k); then
 //   dL/da_i = T_i (eps_i - r_i) + g_alpha T_i lambda_i,   dL/de_i[c] = g_c w_i.
-// Back-to-front needs T_i, a prefix product. It is recomputed in chunks of kRayChunk samples (at
-// most kMaxRayChunks of them): an absorption-only pre-pass keeps T at the start of every chunk,
+// Back-to-front needs T_i, a prefix product. It is recomputed in chunks of kRayChunk samples: an
+// absorption-only pre-pass keeps T at the start of every chunk (of every s-th on the GPU),
 // then chunks are visited back to front, each marched front to back to refill its samples' state
 // in a fixed per-ray array (raymarch_backward_ray). Nothing per sample is kept in memory between
 // the forward and the backward. 128 samples cover a 64^3 grid under either camera in one chunk.
@@ -38,9 +38,20 @@ namespace raymarch {
 
 using voxel::Geometry;
 
+constexpr int64_t kMaxSamples = 16384;
+// The backward's per-ray storage: kRayChunk samples of state, and the march state at the start of
+// kRayCheckpoints chunks. On the CPU (128, 128) every chunk start is kept: 16384 samples, and a
+// 64^3 grid needs one chunk. On the GPU the arrays live in each thread's local memory, so they are
+// small (32, 32): a ray of more than 32 chunks keeps every s-th chunk start (s = ceil(chunks / 32))
+// and re-marches absorption only from the nearest one, at most s - 1 chunks per chunk.
+constexpr int kGpuRayChunk = 32, kGpuRayCheckpoints = 32;
+#ifdef __CUDA_ARCH__
+constexpr int kRayChunk = kGpuRayChunk;
+constexpr int kRayCheckpoints = kGpuRayCheckpoints;
+#else
 constexpr int kRayChunk = 128;
-constexpr int kMaxRayChunks = 128;
-constexpr int64_t kMaxSamples = int64_t(kRayChunk) * kMaxRayChunks;
+constexpr int kRayCheckpoints = 128;
+#endif
 
 struct RayParams {
   Geometry g;       // B, C (emission channels, 0 when absent), D, H, W; Ho, Wo = image size
@@ -242,7 +253,8 @@ HOST_DEVICE FORCE_INLINE void raymarch_forward_ray(const RayParams& p, const T* 
 // the chunk, T_i, a_i, eps_i, da/draw and d(raw)/du. A light back-to-front loop over those values
 // then forms dL/da_i with the suffix recurrences and scatters it. The starting transmittance of
 // each chunk comes from an absorption-only pre-pass over all but the last chunk.
-template <typename T, typename Acc, typename Scatter>
+template <typename T, typename Acc, typename Scatter, int kRayChunk = kRayChunk,
+          int kRayCheckpoints = kRayCheckpoints>
 HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T* gcolor,
                                               const T* galpha, const T* gdepth,
                                               const T* absorption, const T* emission, const T* R,
@@ -266,16 +278,18 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
   voxel::interior_span(g, r.u0, r.du, first, last, &ifirst, &ilast);
 
   // Pre-pass: the march state (T, and the transmittance behind the sample that made T 0) at the
-  // start of every chunk but the first; it stops where later samples no longer matter (`end`).
-  RayStop<T> chunk_state[kMaxRayChunks];
+  // start of chunks 0, stride, 2 stride, ... (every chunk on the CPU); it stops where later samples
+  // no longer matter (`end`).
+  RayStop<T> checkpoint[kRayCheckpoints];
   int64_t end = last, last_chunk = (last - first) / kRayChunk;
+  const int64_t stride = last_chunk / kRayCheckpoints + 1;  // ceil(chunks / kRayCheckpoints)
   if (last_chunk > 0) {
     RayStop<T> state;
-    int64_t next = 1;  // next chunk whose start is to be recorded
+    int64_t next = 1;  // next chunk whose start may be recorded
     visit_stencils(g, r, first, first + last_chunk * kRayChunk - 1, ifirst, ilast,
                    [&](int64_t k, const auto& s) {
-                     while (next <= last_chunk && first + next * kRayChunk <= k)
-                       chunk_state[next++] = state;
+                     for (; next <= last_chunk && first + next * kRayChunk <= k; ++next)
+                       if (next % stride == 0) checkpoint[next / stride] = state;
                      T v[8], unused;
                      voxel::corner_values(g, s, abs_b, v);
                      if (state.advance(absorption_of(voxel::trilinear_interp(s, v), p.density,
@@ -284,7 +298,8 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
                      end = k;
                      return false;
                    });
-    while (next <= last_chunk) chunk_state[next++] = state;
+    for (; next <= last_chunk; ++next)
+      if (next % stride == 0) checkpoint[next / stride] = state;
     last_chunk = (end - first) / kRayChunk;
   }
 
@@ -311,9 +326,19 @@ HOST_DEVICE FORCE_INLINE void raymarch_backward_ray(const RayParams& p, const T*
       ring_a[k - k0] = T(0);
       ring_da[k - k0] = T(0);
     }
+    // The state at the chunk's start: from its checkpoint, re-marching absorption only over the
+    // chunks in between (none on the CPU). They hold no stopping sample (that is in the last chunk).
+    RayStop<T> state = checkpoint[m / stride];
+    if (m % stride != 0)
+      visit_stencils(g, r, first + (m - m % stride) * kRayChunk, k0 - 1, ifirst, ilast,
+                     [&](int64_t, const auto& s) {
+                       T v[8], unused;
+                       voxel::corner_values(g, s, abs_b, v);
+                       return state.advance(absorption_of(voxel::trilinear_interp(s, v), p.density,
+                                                          r.delta, &unused));
+                     });
     // Front to back: one load of each volume's corners serves value, d/du and scatter. Behind an
     // opaque sample T is 0: no gradient there, but a and eps still enter r and lambda.
-    RayStop<T> state = chunk_state[m];
     visit_stencils(g, r, k0, k1, ifirst, ilast, [&](int64_t k, const auto& s) {
       const int64_t n = k - k0;
       T v[8], wk[8];

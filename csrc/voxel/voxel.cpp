@@ -195,10 +195,12 @@ std::tuple<Tensor, Tensor> rotate_voxels_backward(const Tensor& grad, const Tens
     if (v.is_cuda()) {
 #ifdef WITH_CUDA
       at::globalContext().alertNotDeterministic("invrender::rotate_voxels_backward (CUDA)");
+      Tensor grot_acc = at::zeros({g.B, 3, 3}, v.options().dtype(at::kDouble));  // as the CPU
       CUDA_LAUNCH(op, rotate_backward_cuda<scalar_t>(
                           g, go.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                           R.data_ptr<scalar_t>(), gvox.data_ptr<scalar_t>(),
-                          grot.data_ptr<scalar_t>(), nearest, c10::cuda::getCurrentCUDAStream().stream()));
+                          grot_acc.data_ptr<double>(), nearest, c10::cuda::getCurrentCUDAStream().stream()));
+      grot.copy_(grot_acc);
 #endif
     } else {
       rotate_backward_cpu<scalar_t>(g, go.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
@@ -260,11 +262,13 @@ std::tuple<Tensor, Tensor> project_voxels_backward(const Tensor& grad, const Ten
     if (v.is_cuda()) {
 #ifdef WITH_CUDA
       at::globalContext().alertNotDeterministic("invrender::project_voxels_backward (CUDA)");
+      Tensor grot_acc = at::zeros({g.B, 3, 3}, v.options().dtype(at::kDouble));  // as the CPU
       CUDA_LAUNCH(op, project_backward_cuda<scalar_t>(
                           g, gi.data_ptr<scalar_t>(), im.data_ptr<scalar_t>(),
                           v.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(),
-                          gvox.data_ptr<scalar_t>(), grot.data_ptr<scalar_t>(), t, nearest,
+                          gvox.data_ptr<scalar_t>(), grot_acc.data_ptr<double>(), t, nearest,
                           c10::cuda::getCurrentCUDAStream().stream()));
+      grot.copy_(grot_acc);
 #endif
     } else {
       project_backward_cpu<scalar_t>(g, gi.data_ptr<scalar_t>(), im.data_ptr<scalar_t>(),

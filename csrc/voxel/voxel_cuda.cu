@@ -44,10 +44,10 @@ __global__ void rotate_forward_kernel(Geometry g, const T* vox, const T* rot, T*
 
 template <typename T, bool Nearest>
 __global__ void rotate_backward_kernel(Geometry g, const T* gout, const T* vox, const T* rot,
-                                       T* gvox, T* grot) {
+                                       T* gvox, double* grot) {
   const int64_t n = g.Do * g.Ho * g.Wo;
   for (int64_t b = blockIdx.y; b < g.B; b += gridDim.y) {
-    T acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // as the CPU: summed in double
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(blockDim.x) * gridDim.x) {
       const int64_t w = i % g.Wo, h = (i / g.Wo) % g.Ho, d = i / (g.Wo * g.Ho);
@@ -70,10 +70,10 @@ __global__ void project_forward_kernel(Geometry g, const T* vox, const T* rot, T
 
 template <typename T, bool Nearest>
 __global__ void project_backward_kernel(Geometry g, const T* gimg, const T* img, const T* vox,
-                                        const T* rot, T* gvox, T* grot, T tau) {
+                                        const T* rot, T* gvox, double* grot, T tau) {
   const int64_t n = g.Ho * g.Wo;
   for (int64_t b = blockIdx.y; b < g.B; b += gridDim.y) {
-    T acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // as the CPU: summed in double
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(blockDim.x) * gridDim.x) {
       const int64_t w = i % g.Wo, h = i / g.Wo;
@@ -117,7 +117,7 @@ cudaError_t rotate_forward_cuda(const Geometry& g, const T* vox, const T* rot, T
 
 template <typename T>
 cudaError_t rotate_backward_cuda(const Geometry& g, const T* gout, const T* vox, const T* rot,
-                                 T* gvox, T* grot, bool nearest, cudaStream_t stream) {
+                                 T* gvox, double* grot, bool nearest, cudaStream_t stream) {
   const int64_t n = g.Do * g.Ho * g.Wo;
   if (n == 0 || g.B == 0) return cudaSuccess;
   const dim3 grid(blocks_for(n), batch_blocks(g.B));
@@ -142,7 +142,7 @@ cudaError_t project_forward_cuda(const Geometry& g, const T* vox, const T* rot, 
 
 template <typename T>
 cudaError_t project_backward_cuda(const Geometry& g, const T* gimg, const T* img, const T* vox,
-                                  const T* rot, T* gvox, T* grot, T tau, bool nearest,
+                                  const T* rot, T* gvox, double* grot, T tau, bool nearest,
                                   cudaStream_t stream) {
   const int64_t n = g.Ho * g.Wo;
   if (n == 0 || g.B == 0) return cudaSuccess;
@@ -164,11 +164,11 @@ cudaError_t project_backward_cuda(const Geometry& g, const T* gimg, const T* img
   template cudaError_t rotate_forward_cuda<T>(const Geometry&, const T*, const T*, T*, bool,   \
                                               cudaStream_t);                                   \
   template cudaError_t rotate_backward_cuda<T>(const Geometry&, const T*, const T*, const T*,  \
-                                               T*, T*, bool, cudaStream_t);                    \
+                                               T*, double*, bool, cudaStream_t);                    \
   template cudaError_t project_forward_cuda<T>(const Geometry&, const T*, const T*, T*, T,     \
                                                bool, cudaStream_t);                            \
   template cudaError_t project_backward_cuda<T>(const Geometry&, const T*, const T*, const T*, \
-                                                const T*, T*, T*, T, bool, cudaStream_t);
+                                                const T*, T*, double*, T, bool, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
 #undef INSTANTIATE

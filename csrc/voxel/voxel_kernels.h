@@ -52,13 +52,13 @@ cudaError_t rotate_forward_cuda(const Geometry& g, const T* vox, const T* rot, T
                                 cudaStream_t stream);
 template <typename T>
 cudaError_t rotate_backward_cuda(const Geometry& g, const T* gout, const T* vox, const T* rot,
-                                 T* gvox, T* grot, bool nearest, cudaStream_t stream);
+                                 T* gvox, double* grot, bool nearest, cudaStream_t stream);
 template <typename T>
 cudaError_t project_forward_cuda(const Geometry& g, const T* vox, const T* rot, T* img, T tau,
                                  bool nearest, cudaStream_t stream);
 template <typename T>
 cudaError_t project_backward_cuda(const Geometry& g, const T* gimg, const T* img, const T* vox,
-                                  const T* rot, T* gvox, T* grot, T tau, bool nearest,
+                                  const T* rot, T* gvox, double* grot, T tau, bool nearest,
                                   cudaStream_t stream);
 #endif
 
