@@ -6,11 +6,15 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-import trimesh
 from PIL import Image
 
 import invrender
 from invrender import io as IO
+
+from .optional import optional_import, requires
+
+trimesh = optional_import("trimesh")
+needs_trimesh = requires("trimesh")  # invrender.io.save_mesh writes through trimesh
 
 
 def grid_coordinates(R, dtype=torch.float64):
@@ -110,6 +114,7 @@ def sphere_mesh():
     return verts.double(), faces
 
 
+@needs_trimesh
 @pytest.mark.parametrize("ext", ["obj", "ply", "glb"])
 def test_save_mesh_round_trip(tmp_path, sphere_mesh, ext):
     verts, faces = sphere_mesh
@@ -122,6 +127,7 @@ def test_save_mesh_round_trip(tmp_path, sphere_mesh, ext):
     assert m.volume > 0  # counter-clockwise faces kept
 
 
+@needs_trimesh
 @pytest.mark.parametrize("ext", ["obj", "ply", "glb"])
 def test_save_mesh_with_texture(tmp_path, sphere_mesh, ext):
     verts, faces = sphere_mesh
@@ -149,6 +155,7 @@ def test_save_mesh_with_texture(tmp_path, sphere_mesh, ext):
         np.testing.assert_array_equal(pixels[7, 0], [255, 0, 255])
 
 
+@needs_trimesh
 def test_save_mesh_per_corner_uvs_split_vertices(tmp_path, sphere_mesh):
     verts, faces = sphere_mesh
     uvs = invrender.mesh.spherical_uvs(verts, faces)  # (F, 3, 2)
@@ -163,6 +170,7 @@ def test_save_mesh_per_corner_uvs_split_vertices(tmp_path, sphere_mesh):
     assert (tmp_path / "corners.mtl").exists() and (tmp_path / "other.mtl").exists()
 
 
+@needs_trimesh
 def test_save_mesh_bad_inputs(tmp_path, sphere_mesh):
     verts, faces = sphere_mesh
     with pytest.raises(ValueError, match="path.*\\.obj"):

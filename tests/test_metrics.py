@@ -5,10 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import trimesh
 from scipy.spatial import cKDTree
 
 from invrender import metrics as M
+
+from .optional import optional_import
+
+trimesh = optional_import("trimesh")
 
 DT = torch.float64
 

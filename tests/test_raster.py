@@ -187,7 +187,7 @@ def test_gradients_match_dense_reference(sigma):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hard_mode_matches_trimesh_ray_casting(seed):
-    import trimesh
+    trimesh = pytest.importorskip("trimesh")
     from trimesh.ray.ray_triangle import RayMeshIntersector
 
     mesh = trimesh.creation.icosphere(subdivisions=2, radius=0.8)

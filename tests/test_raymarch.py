@@ -2,7 +2,6 @@
 rays (scipy sampling), float64 gradcheck, exact 0/1 absorption, opcheck, torch.compile, bad inputs.
 """
 
-import math
 
 import numpy as np
 import pytest

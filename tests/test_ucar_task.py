@@ -16,6 +16,7 @@ from invrender.data import GrayscaleViews, ShapeNetNMR
 from invrender.models import ucar
 from invrender.models.ucar import UcarTask
 
+from .optional import requires
 from .test_data import make_mnist
 from .test_training import _free_ports, _spawn
 
@@ -206,6 +207,7 @@ def test_ucar_trains_data_parallel_with_two_processes(tiny_root, tmp_path):
 # the main job
 
 
+@requires("trimesh")  # the demo writes its meshes through trimesh
 def test_demo_writes_a_results_folder(tiny_root, tmp_path, capsys):
     from invrender.cli import main
 
