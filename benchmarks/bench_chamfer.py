@@ -6,7 +6,10 @@ PyTorch3D's chamfer_distance when importable.
     python benchmarks/bench_chamfer.py --quick      # smoke run
 
 Cases: B in {1, 8, 32}, N = M in {1k, 4k, 16k, 100k} (B = 1 only at 100k), D in {2, 3}; the
-reference only where its (B, N, M) matrix fits. Targets (issue 5): CPU at least 6x the reference at
+reference only where its (B, N, M) matrix fits. Clouds are uniform, except ``cloud=duplicates`` (every
+point at the origin: ties everywhere, which once made the k-d tree quadratic, 53 s at 100k) and
+``cloud=padded`` (a tenth uniform, the rest zero padding), at N = M in {20k, 100k}, D = 3
+(``--only cloud=duplicates`` runs those alone). Targets (issue 5): CPU at least 6x the reference at
 B=8, N=M=4k and within 2x of cKDTree at B=1, N=M=100k; CUDA at least 2x PyTorch3D at B=32, 4k and
 10x the reference, with O(N + M) memory.
 """
@@ -24,12 +27,16 @@ from benchmarks.harness import Case, main  # noqa: E402
 MAX_DENSE = 8 * 4096 * 4096  # largest (B, N, M) the dense baselines are run at
 
 
-def make_inputs(B, N, D):
+def make_inputs(B, N, D, cloud="uniform"):
     def make(device):
         g = torch.Generator().manual_seed(0)
-        x = torch.rand(B, N, D, generator=g).to(device).requires_grad_()
-        y = torch.rand(B, N, D, generator=g).to(device).requires_grad_()
-        return [x, y]
+        x, y = torch.rand(B, N, D, generator=g), torch.rand(B, N, D, generator=g)
+        if cloud == "duplicates":
+            x, y = torch.zeros_like(x), torch.zeros_like(y)
+        elif cloud == "padded":
+            x[:, N // 10:] = 0
+            y[:, N // 10:] = 0
+        return [x.to(device).requires_grad_(), y.to(device).requires_grad_()]
 
     return make
 
@@ -79,6 +86,11 @@ def cases(quick):
         out.append(Case("chamfer_distance", dict(B=B, N=N, M=N, D=D), make_inputs(B, N, D),
                         invrender.chamfer_distance, invrender.reference.chamfer_distance if dense else None,
                         extra, forward_only=peers))
+    for cloud in ([] if quick else ["duplicates", "padded"]):
+        for N in (20_000, 100_000):
+            out.append(Case("chamfer_distance", dict(B=1, N=N, M=N, D=3, cloud=cloud),
+                            make_inputs(1, N, 3, cloud), invrender.chamfer_distance, None, {},
+                            forward_only=peers))
     return out
 
 

@@ -218,6 +218,8 @@ def parse_args(description: str):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--only", default=None, metavar="K=V",
+                   help="run only the cases with this parameter value, e.g. cloud=duplicates")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,5 +239,8 @@ def main(description: str, make_cases: Callable[[bool], List[Case]],
         cases = make_cases(args.quick)
         if device.type == "cpu" and not args.quick and keep_on_cpu is not None:
             cases = [c for c in cases if keep_on_cpu(c.params)]
+        if args.only:
+            key, _, value = args.only.partition("=")
+            cases = [c for c in cases if str(c.params.get(key)) == value]
         repeats = args.repeats or (2 if args.quick else (cpu_repeats if device.type == "cpu" else 20))
         run_cases(cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record)

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "build_info.h"
+#include "chamfer/chamfer_kernels.h"
 #include "raster/raster_kernels.h"
 #include "raymarch/raymarch_kernels.h"
 
@@ -18,6 +19,9 @@ PYBIND11_MODULE(_C, m) {
         "(0: index order). Fragments must not depend on it.");
   m.def("_set_raymarch_gpu_backward_layout", &invrender::raymarch::set_gpu_backward_layout_for_testing,
         "Test-only: the CPU ray-marching backward uses the GPU's small chunks and checkpoints.");
+  m.def("_nn_leaf_visits", &invrender::chamfer::leaf_visits_for_testing,
+        "Test-only: k-d tree leaves scanned by the CPU nearest_neighbors since the last call "
+        "(then reset).");
 #ifdef TORCH_VERSION_STRING
   m.attr("torch_version") = TORCH_VERSION_STRING;
 #endif

@@ -82,6 +82,52 @@ def test_ties_and_duplicates_pick_the_smallest_index():
         assert torch.equal(nn.idx, expect.idx) and torch.allclose(nn.dist, expect.dist, rtol=0, atol=1e-14)
 
 
+
+def _duplicate_clouds(n, dtype):
+    """(name, x, y) pairs where ties are everywhere: one repeated point, zero padding, a lattice."""
+    g = torch.Generator().manual_seed(3)
+    zeros = torch.zeros(1, n, 3, dtype=dtype)
+    rand = torch.rand(1, n, 3, generator=g, dtype=dtype)
+    padded = zeros.clone()
+    padded[:, : n // 10] = rand[:, : n // 10]  # a tenth real points, the rest zero padding
+    lattice = torch.randint(0, 3, (1, n, 3), generator=g).to(dtype)  # 27 points, each ~n/27 times
+    return [("all duplicates", zeros, zeros), ("random vs duplicates", rand, zeros),
+            ("zero-padded", padded, padded), ("random vs zero-padded", rand, padded),
+            ("lattice", lattice, lattice)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_duplicates_are_searched_in_logarithmic_work(dtype):
+    # Ties made the k-d tree visit every leaf (quadratic: 100k zeros took 53 s). The tree reports
+    # the leaves it scanned (test-only counter): a few per query, not n / 16 = 250.
+    n = 4000
+    for name, x, y in _duplicate_clouds(n, dtype):
+        invrender._C._nn_leaf_visits()
+        nn = invrender.nearest_neighbors(x, y)
+        per_query = invrender._C._nn_leaf_visits() / n
+        assert 1 <= per_query <= 8, (name, per_query)
+        # Smallest index among the equally near points, as the brute-force reference and numpy.
+        expect = ref.nearest_neighbors(x, y)
+        assert torch.equal(nn.idx, expect.idx), name
+        d = ((x[0, :, None] - y[0, None]) ** 2).sum(-1).numpy()
+        first = np.argmax(d == d.min(1, keepdims=True), axis=1)  # first index at the minimum
+        np.testing.assert_array_equal(nn.idx[0].numpy(), first, err_msg=name)
+        eps = torch.finfo(dtype).eps  # numpy sums the squares without fused multiply-adds
+        torch.testing.assert_close(nn.dist[0], torch.from_numpy(d[np.arange(n), first]), rtol=4 * eps, atol=0)
+
+
+def test_duplicates_beside_lengths_and_gradients():
+    # Zero padding beyond y_lengths is never chosen; duplicates share the gradient of the first.
+    y = torch.zeros(2, 300, 2, **D64)
+    y[:, :100] = 0.5
+    x = torch.full((2, 200, 2), 0.4, **D64)
+    nn = invrender.nearest_neighbors(x, y, torch.tensor([200, 200]), torch.tensor([100, 300]))
+    assert (nn.idx[0] == 0).all() and (nn.dist[0] - 0.02).abs().max() < 1e-15
+    assert (nn.idx[1] == 0).all()  # (0.5, 0.5) at 0.02 beats the zeros at 0.32
+    yr = y.clone().requires_grad_()
+    invrender.nearest_neighbors(x, yr).dist.sum().backward()
+    assert yr.grad[:, 1:].abs().max() == 0 and torch.allclose(yr.grad[:, 0], torch.full((2, 2), 200 * 0.2, **D64))
+
 def test_chamfer_forms_and_reductions_match_closed_form():
     x, y = _clouds(3, 40, 30, 3, seed=2)
     xl, yl = torch.tensor([40, 17, 0]), torch.tensor([30, 0, 9])

@@ -19,6 +19,8 @@ void nn_forward_cpu(const NNSizes& s, const T* x, const T* y, const int64_t* x_l
 template <typename T>
 void nn_backward_cpu(const NNSizes& s, const T* grad, const T* x, const T* y,
                      const int64_t* idx, T* gx, T* gy);
+// Test-only: k-d tree leaves the CPU forward has scanned since the last call (then reset to 0).
+int64_t leaf_visits_for_testing();
 
 #if defined(WITH_CUDA) || defined(__CUDACC__)
 template <typename T>
