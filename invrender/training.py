@@ -75,7 +75,8 @@ re-seeded at each epoch, so on the CPU a run stopped at step k and resumed conti
 to one that never stopped (including shuffling and dropout). One limit: randomness drawn *inside
 DataLoader worker processes* (``num_workers > 0``) restarts from the epoch's worker seed, so a
 mid-epoch resume reproduces it only with ``num_workers: 0`` (the default). Checkpoints are written
-atomically: a temporary file in the same directory, fsync, then ``os.replace``.
+atomically: a temporary file in the same directory, fsync, then ``os.replace`` (with the mode a plain
+``open`` would give: the umask's for a new file, the old file's otherwise).
 
 Distributed
 -----------
@@ -97,6 +98,7 @@ import math
 import os
 import random
 import re
+import stat
 import tempfile
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -375,16 +377,29 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _open_mode(path: str) -> int:
+    """The permission bits ``open(path, "w")`` leaves: the existing file's, else ``0o666`` less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o022)  # the only way to read the umask portably is to set it
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _atomic_write(path, write: Callable) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then ``os.replace``.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    The file gets the permissions a plain ``open`` would give it (:func:`_open_mode`). On any error the
+    temporary file is removed and ``path`` is left as it was.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    mode = _open_mode(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)  # mkstemp creates 0600: give the file the mode open() would have
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

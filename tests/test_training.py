@@ -228,6 +228,30 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     assert training.load_checkpoint(training.latest_checkpoint(run))["step"] == 10
 
 
+def test_atomic_writes_honour_the_umask(tmp_path):
+    """Files written atomically get the mode a plain open() gives (mkstemp's 0600 must not leak through)."""
+    old = os.umask(0o022)
+    try:
+        training.save_config({"a": 1}, tmp_path / "config.yaml")
+        training.save_checkpoint({"x": 1}, tmp_path / "ckpt.pt")
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+        for name in ("config.yaml", "ckpt.pt", "plain.txt"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+        os.umask(0o077)
+        training.save_config({"a": 1}, tmp_path / "private.yaml")
+        assert (tmp_path / "private.yaml").stat().st_mode & 0o777 == 0o600
+        os.chmod(tmp_path / "config.yaml", 0o640)  # rewriting a file keeps its mode, as open() does
+        training.save_config({"a": 2}, tmp_path / "config.yaml")
+        assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        training.Trainer("toy", _config(steps=2), tmp_path / "run", device="cpu", progress=False).fit()
+        for path in ("config.yaml", "checkpoints/step_00000002.pt"):
+            assert (tmp_path / "run" / path).stat().st_mode & 0o777 == 0o644, path
+    finally:
+        os.umask(old)
+
+
 def test_log_truncated_on_resume_and_workers_keep_order(tmp_path):
     run = tmp_path / "run"
     training.Trainer("toy", _config(steps=10, ckpt_every=5, log_every=1), run, device="cpu", progress=False).fit()
