@@ -7,8 +7,9 @@ Trains Ucar et al.'s final model (mu-VAE, azimuth latent, texturizer; ``invrende
     <out>/index.html            the page: metrics, loss curve, reconstructions, turntables, meshes
     <out>/metrics.json          the evaluation (voxel IoU after the best azimuth, image errors)
     <out>/reconstructions.png   test inputs / projection of the decoded grid / texturizer output
-    <out>/turntable_elev0.gif   ground truth (top) and the learned shape (bottom) of test objects,
-    <out>/turntable_elev30.gif  azimuth sweeping [-pi, pi) at elevations 0 and 30 degrees
+    <out>/turntable_elev30.gif  ground truth (top) and the learned shape (bottom) of test objects, azimuth
+    <out>/turntable_elev0.gif   sweeping [-pi, pi) at elevation 30 degrees (the data's camera: the
+                                elevation the model trained on) and 0 degrees (a view it never saw)
     <out>/meshes/*.obj          marching-cubes meshes of the learned shapes and of the ground truth
     <out>/run/                  the training run (config.yaml, checkpoint, TensorBoard, log.jsonl)
 
@@ -195,8 +196,8 @@ the input. Bottom: the texturizer's image of that projection.</p>
 <h2>Turntables</h2>
 <p>Top row: ground truth. Bottom row: the learned 3D shape of each test input (aligned by the best azimuth),
 projected while the camera turns through [-pi, pi). The model saw each object from one side only.</p>
-<h3>Elevation 0&deg;</h3><img src="{files['elev0']}">
-<h3>Elevation 30&deg; (a view the model never saw)</h3><img src="{files['elev30']}">
+<h3>Elevation 30&deg; (the training views' camera elevation)</h3><img src="{files['elev30']}">
+<h3>Elevation 0&deg; (a view the model never saw)</h3><img src="{files['elev0']}">
 <h2>Meshes</h2>
 <p>Marching cubes of the learned occupancy (at the run's threshold) and of the ground truth, OBJ:</p>
 <ul>{meshes}</ul>

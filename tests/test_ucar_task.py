@@ -4,6 +4,7 @@ frame and best-azimuth IoU, data-parallel training (two gloo processes) and ``in
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -222,6 +223,13 @@ def test_demo_writes_a_results_folder(tiny_root, tmp_path, capsys):
     for href in [h.split('"')[0] for h in page.split('href="')[1:]]:
         assert (out / href).exists(), href
     assert "meshes/test0_ground_truth.obj" in page
+    # each turntable under its own elevation: 30 degrees is the data's camera (trained on), 0 degrees unseen
+    labels = {src: label for label, src in re.findall(r'<h3>([^<]*)</h3>\s*<img src="(turntable_elev\d+\.gif)">', page)}
+    assert set(labels) == {"turntable_elev0.gif", "turntable_elev30.gif"}
+    for src, label in labels.items():
+        elevation = int(re.fullmatch(r"turntable_elev(\d+)\.gif", src).group(1))
+        assert label.startswith(f"Elevation {elevation}&deg;"), (src, label)
+        assert ("never saw" in label) == (elevation == 0) and ("training" in label) == (elevation == 30), label
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["test_views"] == 6 and 0 <= metrics["test_voxel_iou_best_azimuth"] <= 1
     gif = Image.open(out / "turntable_elev30.gif")
