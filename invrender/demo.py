@@ -224,25 +224,25 @@ def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, devic
     from .models.ucar import UcarTask
 
     start = time.perf_counter()
+    task = UcarTask()
+    config = training.merge_config(task.default_config(), DEMO_CONFIG)
+    if steps is not None:
+        config["steps"] = steps
+    if categories:
+        config["data"]["categories"] = list(categories)
+    config = training.apply_overrides(config, overrides, training.config_schema(task))
+    config["task"] = "ucar"
     out_dir = os.path.abspath(out_dir)
     run_dir = os.path.join(out_dir, "run")
+    # A bad device or count fails here, before any data is generated or an earlier run removed.
+    trainer = training.Trainer(task, config, run_dir, device=training.resolve_device(device), progress=progress)
     if os.path.exists(os.path.join(run_dir, "config.yaml")):
         shutil.rmtree(run_dir)
     os.makedirs(out_dir, exist_ok=True)
 
-    task = UcarTask()
-    config = training.merge_config(task.default_config(), DEMO_CONFIG)
-    if steps is not None:
-        config["steps"] = int(steps)
-    if categories:
-        config["data"]["categories"] = list(categories)
-    config = training.apply_overrides(config, overrides)
-    config["task"] = "ucar"
-
     t = time.perf_counter()
     train_views = len(task.dataset(config, "train"))  # generates the default data on first use (timed apart)
     data_s = time.perf_counter() - t
-    trainer = training.Trainer(task, config, run_dir, device=device, progress=progress)
     t = time.perf_counter()
     history = trainer.fit()
     train_s = time.perf_counter() - t

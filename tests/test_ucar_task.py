@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import invrender
-from invrender import synthetic, training
+from invrender import training
 from invrender.data import GrayscaleViews, ShapeNetNMR
 from invrender.models import ucar
 from invrender.models.ucar import UcarTask
@@ -20,15 +20,6 @@ from invrender.models.ucar import UcarTask
 from .optional import requires
 from .test_data import make_mnist
 from .test_training import _free_ports, _spawn
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    """Two categories, 5 objects each (3 train / 1 val / 1 test), 6 views at 32x32, 16^3 voxels."""
-    root = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate_dataset(root, objects_per_category=5, categories=("car", "chair"), views=6, image_size=32,
-                               points=100, voxel_resolution=16, progress=False)
-    return str(root)
 
 
 def task_config(root, **kw):
