@@ -11,6 +11,10 @@
 ``train`` runs any registered task (``invrender.training.register_task``; ``invrender.models.<task>``
 is imported on demand) with the config file plus ``key=value`` overrides (dotted keys, YAML values).
 Launch it with ``torchrun --nproc-per-node N -m invrender train ...`` for DDP.
+
+A mistake in what was asked for (an unknown config key, a value of the wrong type, a missing file, an
+unavailable device; :class:`invrender.errors.UsageError`) is reported as one line
+``invrender: error: ...`` with exit status 2; any other exception is a bug and keeps its traceback.
 """
 
 import argparse
@@ -18,6 +22,22 @@ import os
 import sys
 import time
 from typing import List, Optional
+
+from .errors import UsageError
+
+
+def _count(least: int):
+    """An argparse ``type``: an integer >= ``least`` (a negative count would silently do nothing)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {'positive' if least == 1 else 'at least ' + str(least)}, "
+                                             f"got {value}")
+        return value
+    return parse
 
 
 def _synth(args) -> int:
@@ -40,8 +60,7 @@ def _train(args) -> int:
     try:
         task = training.get_task(args.task)
     except KeyError as e:
-        print(f"invrender train: {e.args[0]}", file=sys.stderr)
-        return 2
+        raise UsageError(e.args[0]) from None
     config_path = args.config
     saved = os.path.join(args.run_dir, "config.yaml") if args.run_dir else None
     if config_path is None and args.resume and saved and os.path.exists(saved):
@@ -83,15 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="generate the procedural dataset (ShapeNet-NMR layout)")
     synth.add_argument("--root", required=True, help="output directory")
-    synth.add_argument("--objects", type=int, default=10, help="objects per category")
-    synth.add_argument("--views", type=int, default=24)
-    synth.add_argument("--size", type=int, default=64, help="image size (square)")
+    synth.add_argument("--objects", type=_count(1), default=10, help="objects per category")
+    synth.add_argument("--views", type=_count(1), default=24)
+    synth.add_argument("--size", type=_count(1), default=64, help="image size (square)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--categories", nargs="+", default=None)
     synth.add_argument("--elevation", type=float, default=30.0, help="fixed elevation in degrees")
     synth.add_argument("--elevation-range", type=float, nargs=2, default=None, metavar=("LO", "HI"))
-    synth.add_argument("--points", type=int, default=10_000, help="surface points per object (0: none)")
-    synth.add_argument("--voxels", type=int, default=32, help="voxel resolution (0: none)")
+    synth.add_argument("--points", type=_count(0), default=10_000, help="surface points per object (0: none)")
+    synth.add_argument("--voxels", type=_count(0), default=32, help="voxel resolution (0: none)")
     synth.add_argument("--background", choices=("white", "random"), default="white")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
@@ -122,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "embedded synthetic data, evaluate it on the test split and write a results "
                                       "folder (index.html, turntables, meshes, metrics.json).")
     demo.add_argument("--out", default="invrender-demo", help="results folder (default: ./invrender-demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
+    demo.add_argument("--steps", type=_count(1), default=None, help="training steps (default: the demo config's)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")
     demo.add_argument("--categories", nargs="+", default=None, help="synthetic categories (default: car)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -140,7 +159,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error("unrecognized arguments: " + " ".join(bad or extra))
         args.overrides = list(args.overrides) + extra
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"{parser.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ Trains Ucar et al.'s final model (mu-VAE, azimuth latent, texturizer; ``invrende
     <out>/index.html            the page: metrics, loss curve, reconstructions, turntables, meshes
     <out>/metrics.json          the evaluation (voxel IoU after the best azimuth, image errors)
     <out>/reconstructions.png   test inputs / projection of the decoded grid / texturizer output
-    <out>/turntable_elev0.gif   ground truth (top) and the learned shape (bottom) of test objects,
-    <out>/turntable_elev30.gif  azimuth sweeping [-pi, pi) at elevations 0 and 30 degrees
+    <out>/turntable_elev30.gif  ground truth (top) and the learned shape (bottom) of test objects, azimuth
+    <out>/turntable_elev0.gif   sweeping [-pi, pi) at elevation 30 degrees (the data's camera: the
+                                elevation the model trained on) and 0 degrees (a view it never saw)
     <out>/meshes/*.obj          marching-cubes meshes of the learned shapes and of the ground truth
     <out>/run/                  the training run (config.yaml, checkpoint, TensorBoard, log.jsonl)
 
@@ -195,8 +196,8 @@ the input. Bottom: the texturizer's image of that projection.</p>
 <h2>Turntables</h2>
 <p>Top row: ground truth. Bottom row: the learned 3D shape of each test input (aligned by the best azimuth),
 projected while the camera turns through [-pi, pi). The model saw each object from one side only.</p>
-<h3>Elevation 0&deg;</h3><img src="{files['elev0']}">
-<h3>Elevation 30&deg; (a view the model never saw)</h3><img src="{files['elev30']}">
+<h3>Elevation 30&deg; (the training views' camera elevation)</h3><img src="{files['elev30']}">
+<h3>Elevation 0&deg; (a view the model never saw)</h3><img src="{files['elev0']}">
 <h2>Meshes</h2>
 <p>Marching cubes of the learned occupancy (at the run's threshold) and of the ground truth, OBJ:</p>
 <ul>{meshes}</ul>
@@ -223,25 +224,25 @@ def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, devic
     from .models.ucar import UcarTask
 
     start = time.perf_counter()
+    task = UcarTask()
+    config = training.merge_config(task.default_config(), DEMO_CONFIG)
+    if steps is not None:
+        config["steps"] = steps
+    if categories:
+        config["data"]["categories"] = list(categories)
+    config = training.apply_overrides(config, overrides, training.config_schema(task))
+    config["task"] = "ucar"
     out_dir = os.path.abspath(out_dir)
     run_dir = os.path.join(out_dir, "run")
+    # A bad device or count fails here, before any data is generated or an earlier run removed.
+    trainer = training.Trainer(task, config, run_dir, device=training.resolve_device(device), progress=progress)
     if os.path.exists(os.path.join(run_dir, "config.yaml")):
         shutil.rmtree(run_dir)
     os.makedirs(out_dir, exist_ok=True)
 
-    task = UcarTask()
-    config = training.merge_config(task.default_config(), DEMO_CONFIG)
-    if steps is not None:
-        config["steps"] = int(steps)
-    if categories:
-        config["data"]["categories"] = list(categories)
-    config = training.apply_overrides(config, overrides)
-    config["task"] = "ucar"
-
     t = time.perf_counter()
     train_views = len(task.dataset(config, "train"))  # generates the default data on first use (timed apart)
     data_s = time.perf_counter() - t
-    trainer = training.Trainer(task, config, run_dir, device=device, progress=progress)
     t = time.perf_counter()
     history = trainer.fit()
     train_s = time.perf_counter() - t

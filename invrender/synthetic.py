@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
 from .mesh import icosphere
 from .ops import interpolate, rasterize, rotation_matrix
 
@@ -370,7 +371,7 @@ def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[
         raise ValueError(f"generate_dataset: argument 'background' must be 'white' or 'random', got {background!r}")
     for c in categories:
         if c not in CATEGORIES:
-            raise ValueError(f"generate_dataset: unknown category {c!r} in argument 'categories' (known: {CATEGORIES})")
+            raise ConfigError(f"generate_dataset: unknown category {c!r} in argument 'categories' (known: {CATEGORIES})")
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "metadata.yaml"), "w") as f:
         yaml.safe_dump({c: {"id": c, "name": c} for c in categories}, f, sort_keys=True)

@@ -26,6 +26,9 @@ A task is any object with these methods (subclass :class:`Task` to get the optio
         leaves some parameters unused. Returns scalar losses / metrics (floats or
         0-dim tensors) for logging. ``batch`` is already on the device. ``step`` counts from 0.
     default_config() -> dict                                 # optional; defaults below the YAML
+    config_schema() -> dict                                  # optional; types of keys without a default
+        Every key a config may hold is in :data:`TRAIN_DEFAULTS`, ``default_config()`` or
+        ``config_schema()``: :func:`resolve_config` rejects any other (see :func:`config_schema`).
     collate_fn                                               # optional attribute for the DataLoader
     wrap_ddp = False                                         # optional attribute (default True)
         The trainer then does not wrap the model in ``DistributedDataParallel``: ``train_step``
@@ -53,7 +56,9 @@ A config is a plain nested dict. :func:`resolve_config` merges, later winning:
 :data:`TRAIN_DEFAULTS` < ``task.default_config()`` < the YAML file < ``key=value`` overrides
 (dotted keys for nested dicts, values parsed as YAML: ``lr=1e-3 model.dims=[32,64] name=foo``).
 The trainer's own keys are the top-level keys of :data:`TRAIN_DEFAULTS`; everything else belongs to
-the task. The resolved config (with the task name) is saved as ``<run_dir>/config.yaml``.
+the task. A key that neither knows (a typo) or a value of the wrong type, in the file or the overrides,
+raises :class:`~invrender.errors.ConfigError` naming the closest known key (:func:`config_schema`,
+:func:`check_config`). The resolved config (with the task name) is saved as ``<run_dir>/config.yaml``.
 
 Run directory
 -------------
@@ -75,7 +80,8 @@ re-seeded at each epoch, so on the CPU a run stopped at step k and resumed conti
 to one that never stopped (including shuffling and dropout). One limit: randomness drawn *inside
 DataLoader worker processes* (``num_workers > 0``) restarts from the epoch's worker seed, so a
 mid-epoch resume reproduces it only with ``num_workers: 0`` (the default). Checkpoints are written
-atomically: a temporary file in the same directory, fsync, then ``os.replace``.
+atomically: a temporary file in the same directory, fsync, then ``os.replace`` (with the mode a plain
+``open`` would give: the umask's for a new file, the old file's otherwise).
 
 Distributed
 -----------
@@ -87,9 +93,11 @@ the process group (gloo on CPU, nccl on CUDA, device ``cuda:LOCAL_RANK``), wraps
 checkpoints; logged losses are averaged over ranks.
 """
 
+import collections.abc
 import contextlib
 import copy
 import datetime
+import difflib
 import glob
 import importlib
 import json
@@ -97,15 +105,19 @@ import math
 import os
 import random
 import re
+import stat
 import tempfile
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+import typing
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .errors import ConfigError, MissingInputError
 
 __all__ = [
     "TRAIN_DEFAULTS",
@@ -115,7 +127,10 @@ __all__ = [
     "register_task",
     "get_task",
     "available_tasks",
+    "ConfigError",
     "load_config",
+    "config_schema",
+    "check_config",
     "apply_overrides",
     "parse_override",
     "merge_config",
@@ -148,6 +163,17 @@ TRAIN_DEFAULTS: Dict[str, Any] = {
     "find_unused_parameters": False,  # passed to DistributedDataParallel
     "stop_on_nonfinite": True,  # raise FloatingPointError when a logged loss is NaN or infinite
 }
+
+#: Types of the trainer's keys where the default's type is too narrow, and of the keys the command line adds.
+_TRAIN_TYPES: Dict[str, Any] = {
+    "log_every": Optional[int], "ckpt_every": Optional[int], "vis_every": Optional[int],  # None: off, as 0
+    "keep_checkpoints": Optional[int],  # None: keep all, as 0
+    "task": str, "run_dir": Optional[str],
+}
+
+#: The trainer's counts and their least value (a negative count would silently train or log nothing).
+_TRAIN_COUNTS: Dict[str, int] = {"steps": 1, "batch_size": 1, "vis_batch_size": 1, "num_workers": 0, "log_every": 0,
+                                 "ckpt_every": 0, "vis_every": 0, "keep_checkpoints": 0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,15 +246,24 @@ def get_task(name: str):
 
 
 def load_config(path) -> Dict[str, Any]:
-    """Read a YAML file into a dict (an empty file gives ``{}``)."""
+    """Read a YAML file into a dict (an empty file gives ``{}``).
+
+    Raises :class:`~invrender.errors.MissingInputError` if there is no such file and
+    :class:`~invrender.errors.ConfigError` if it is not YAML or holds no mapping."""
     import yaml
 
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingInputError(f"config file {path!r} not found")
     with open(path) as f:
-        config = yaml.safe_load(f)
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise ValueError(f"config {path}: expected a mapping at the top level, got {type(config).__name__}")
+        raise ConfigError(f"config {path}: expected a mapping at the top level, got {type(config).__name__}")
     return config
 
 
@@ -250,24 +285,31 @@ def _parse_value(text: str) -> Any:
 def parse_override(text: str) -> Tuple[List[str], Any]:
     """``"a.b=value"`` -> ``(["a", "b"], parsed value)``; the value is parsed as YAML."""
     if not isinstance(text, str) or "=" not in text:
-        raise ValueError(f"config override must look like key=value (dotted keys for nested), got {text!r}")
+        raise ConfigError(f"config override must look like key=value (dotted keys for nested), got {text!r}")
     key, value = text.split("=", 1)
     keys = key.strip().split(".")
     if not all(keys):
-        raise ValueError(f"config override {text!r}: empty key")
+        raise ConfigError(f"config override {text!r}: empty key")
     return keys, _parse_value(value)
 
 
-def apply_overrides(config: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
-    """A copy of ``config`` with ``key=value`` overrides applied (nested dicts created as needed)."""
+def apply_overrides(config: Dict[str, Any], overrides: Iterable[str],
+                    schema: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A copy of ``config`` with ``key=value`` overrides applied (nested dicts created as needed).
+
+    With a ``schema`` (:func:`config_schema`) the overrides are checked first (:func:`check_config`):
+    an unknown key or a value of the wrong type raises :class:`~invrender.errors.ConfigError`."""
+    overrides = list(overrides or ())
+    if schema is not None:
+        check_config(apply_overrides({}, overrides), schema, "in the overrides")
     config = copy.deepcopy(config)
-    for text in overrides or ():
+    for text in overrides:
         keys, value = parse_override(text)
         node = config
         for k in keys[:-1]:
             if not isinstance(node.get(k), dict):
                 if k in node and node[k] is not None:
-                    raise ValueError(f"config override {text!r}: {k!r} is not a mapping ({node[k]!r})")
+                    raise ConfigError(f"config override {text!r}: {k!r} is not a mapping ({node[k]!r})")
                 node[k] = {}
             node = node[k]
         node[keys[-1]] = value
@@ -285,14 +327,140 @@ def merge_config(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]
     return out
 
 
+def _types_of(example: Dict[str, Any]) -> Dict[str, Any]:
+    """A schema from example values: each value's type (``None``: any; a list or tuple: a list)."""
+    return {k: _types_of(v) if isinstance(v, dict) else Any if v is None else
+            list if isinstance(v, (list, tuple)) else type(v) for k, v in example.items()}
+
+
+def config_schema(task=None) -> Dict[str, Any]:
+    """The keys a config of ``task`` may hold and the type of each value.
+
+    A nested dict shaped like the config whose leaves are types: ``int``, ``float`` (ints accepted),
+    ``str``, ``bool``, ``list``, ``typing.Any``, or typing forms of them (``Optional[int]``,
+    ``List[str]``, ``Tuple[float, float]``, ``Union[...]``). It joins the trainer's keys
+    (:data:`TRAIN_DEFAULTS`, ``task`` and ``run_dir``), the keys of ``task.default_config()`` typed by
+    their default values (``None``: any value), and ``task.config_schema()`` if the task has one (keys
+    without a default, or a type the default does not tell; its types win).
+    """
+    schema = merge_config(_types_of(TRAIN_DEFAULTS), _TRAIN_TYPES)
+    if task is not None and hasattr(task, "default_config"):
+        schema = merge_config(schema, _types_of(task.default_config() or {}))
+    if task is not None and hasattr(task, "config_schema"):
+        schema = merge_config(schema, task.config_schema())
+    return schema
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """Whether ``value`` (as read from YAML) has the type ``expected`` (a schema leaf)."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if expected is Any:
+        return True
+    if origin is Union:
+        return any(_matches(value, a) for a in args)
+    if expected in (list, tuple) or origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if expected in (int, float):  # YAML's true is not a number; an int is a float
+        return not isinstance(value, bool) and isinstance(value, (int,) if expected is int else (int, float))
+    if expected is type(None):
+        return value is None
+    return isinstance(value, expected)
+
+
+_TYPE_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+               bool: ("true or false", "booleans"), type(None): ("null", "nulls"), dict: ("a mapping", "mappings")}
+
+
+def _describe(expected: Any) -> str:
+    """``Optional[int]`` -> ``"an integer or null"`` (for messages)."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is Union:
+        return " or ".join(_describe(a) for a in args)
+    if expected in (list, tuple) or origin in (list, tuple, collections.abc.Sequence):
+        if not args:
+            return "a list"
+        count = f"{len(args)} " if origin is tuple and args[-1] is not Ellipsis else ""
+        return f"a list of {count}{_TYPE_NAMES.get(args[0], ('', 'values'))[1]}"
+    return _TYPE_NAMES.get(expected, (getattr(expected, "__name__", str(expected)),))[0]
+
+
+def _dotted_keys(schema: Dict[str, Any], prefix: str = "") -> List[str]:
+    keys = []
+    for k, v in schema.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict):
+            keys += _dotted_keys(v, prefix + k + ".")
+    return keys
+
+
+def _closest_key(path: List[str], siblings: Iterable[str], schema: Dict[str, Any]) -> Optional[str]:
+    """The known key a user most likely meant by the unknown ``path``: the same name at another level (a
+    model key given at the top: ``lr`` -> ``model.lr``), else a close spelling at the same level, else a
+    close spelling anywhere."""
+    anywhere: Dict[str, str] = {}
+    for dotted in sorted(_dotted_keys(schema), key=lambda d: d.count(".")):  # the shallowest of equal names
+        anywhere.setdefault(dotted.rsplit(".", 1)[-1], dotted)
+    if path[-1] in anywhere:
+        return anywhere[path[-1]]
+    near = difflib.get_close_matches(path[-1], list(siblings), n=1)
+    if near:
+        return ".".join(path[:-1] + near)
+    near = difflib.get_close_matches(path[-1], list(anywhere), n=1, cutoff=0.4)
+    return anywhere[near[0]] if near else None
+
+
+def check_config(config: Dict[str, Any], schema: Dict[str, Any], where: str = "in the config") -> Dict[str, Any]:
+    """Check every key of ``config`` against ``schema`` (:func:`config_schema`); returns ``config``.
+
+    Raises :class:`~invrender.errors.ConfigError` for the first key the schema does not know, naming the
+    closest known one (``difflib.get_close_matches``) or, failing that, the valid keys at that level, and
+    for the first value of the wrong type, naming the key, the value and the expected type. ``where``
+    says where the config came from ("in the overrides", "in FILE"). A mapping may also be null.
+    """
+    def walk(node: Dict[str, Any], spec: Dict[str, Any], path: List[str]) -> None:
+        for key, value in node.items():
+            dotted = ".".join(path + [str(key)])
+            if key not in spec:
+                near = _closest_key(path + [str(key)], spec, schema)
+                hint = (f"did you mean {near!r}?" if near else
+                        f"valid keys{' under ' + repr('.'.join(path)) if path else ''}: {', '.join(sorted(spec))}")
+                raise ConfigError(f"unknown config key {dotted!r} {where}; {hint}")
+            expected = spec[key]
+            if isinstance(expected, dict):
+                if isinstance(value, dict):
+                    walk(value, expected, path + [str(key)])
+                elif value is not None:
+                    raise ConfigError(f"config key {dotted!r} {where} must be a mapping with the keys "
+                                      f"{', '.join(sorted(expected))}, got {value!r}")
+            elif not _matches(value, expected):
+                raise ConfigError(f"config key {dotted!r} {where} must be {_describe(expected)}, got {value!r}")
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"config {where} must be a mapping, got {type(config).__name__}")
+    walk(config, schema, [])
+    return config
+
+
 def resolve_config(task=None, path=None, overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """:data:`TRAIN_DEFAULTS` < ``task.default_config()`` < YAML file ``path`` < ``overrides``."""
+    """:data:`TRAIN_DEFAULTS` < ``task.default_config()`` < YAML file ``path`` < ``overrides``.
+
+    With a ``task``, the file and the overrides are checked against :func:`config_schema` ``(task)``
+    (:func:`check_config`): a misspelt key or a value of the wrong type raises
+    :class:`~invrender.errors.ConfigError`."""
+    schema = config_schema(task) if task is not None else None
     config = dict(TRAIN_DEFAULTS)
     if task is not None and hasattr(task, "default_config"):
         config = merge_config(config, task.default_config() or {})
     if path is not None:
-        config = merge_config(config, load_config(path))
-    return apply_overrides(config, overrides)
+        update = load_config(path)
+        if schema is not None:
+            check_config(update, schema, f"in {os.fspath(path)}")
+        config = merge_config(config, update)
+    return apply_overrides(config, overrides, schema)
 
 
 def save_config(config: Dict[str, Any], path) -> None:
@@ -308,15 +476,24 @@ def save_config(config: Dict[str, Any], path) -> None:
 
 
 def resolve_device(device="auto", local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:local_rank`` when CUDA is available, else CPU; ``"cuda"`` -> ``cuda:local_rank``."""
+    """``"auto"`` -> ``cuda:local_rank`` when CUDA is available, else CPU; ``"cuda"`` -> ``cuda:local_rank``.
+
+    Raises :class:`~invrender.errors.ConfigError` for a name torch does not know and for a CUDA device
+    where CUDA is not available."""
     name = str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device {name!r} requested but CUDA is not available ({why})")
+        if resolved.index is None:
+            resolved = torch.device("cuda", local_rank)
+    return resolved
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -375,16 +552,29 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _open_mode(path: str) -> int:
+    """The permission bits ``open(path, "w")`` leaves: the existing file's, else ``0o666`` less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o022)  # the only way to read the umask portably is to set it
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _atomic_write(path, write: Callable) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then ``os.replace``.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    The file gets the permissions a plain ``open`` would give it (:func:`_open_mode`). On any error the
+    temporary file is removed and ``path`` is left as it was.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    mode = _open_mode(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)  # mkstemp creates 0600: give the file the mode open() would have
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -484,6 +674,18 @@ class ResumableDistributedSampler(DistributedSampler):
 # trainer
 
 
+def _check_counts(config: Dict[str, Any]) -> None:
+    """:class:`~invrender.errors.ConfigError` unless the trainer's counts (:data:`_TRAIN_COUNTS`) are
+    integers in range (``steps=-3`` would train nothing and report success)."""
+    for key, least in _TRAIN_COUNTS.items():
+        value = config[key]
+        if value is None and _matches(None, _TRAIN_TYPES.get(key, int)):
+            continue
+        if not _matches(value, int) or value < least:
+            kind = "a positive integer" if least == 1 else "a non-negative integer"
+            raise ConfigError(f"config key {key!r} must be {kind}, got {value!r}")
+
+
 class Trainer:
     """Runs a task's training loop; see the module docstring for the protocol and guarantees.
 
@@ -505,6 +707,7 @@ class Trainer:
         self.task_name = task if isinstance(task, str) else config.get("task", getattr(task, "name", None))
         self.task = get_task(task) if isinstance(task, str) else task
         self.config = merge_config(TRAIN_DEFAULTS, config)
+        _check_counts(self.config)
         if self.task_name is not None:
             self.config["task"] = self.task_name
         self.run_dir = os.fspath(run_dir)
@@ -820,15 +1023,23 @@ def evaluate_run(run_dir, checkpoint=None, device="auto", out_dir=None,
     the metrics (plus ``step`` and ``checkpoint``) to ``<out_dir>/metrics.json``
     (``out_dir`` defaults to ``<run_dir>/eval``). Returns the metrics dict."""
     run_dir = os.fspath(run_dir)
-    config = apply_overrides(load_config(os.path.join(run_dir, "config.yaml")), overrides)
+    if not os.path.isdir(run_dir):
+        raise MissingInputError(f"run directory {run_dir!r} not found")
+    saved = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(saved):
+        raise MissingInputError(f"{run_dir!r} is not a run directory: it has no config.yaml (written by training)")
+    config = load_config(saved)
     if not config.get("task"):
-        raise ValueError(f"{run_dir}/config.yaml does not name its task (key 'task')")
+        raise ConfigError(f"{saved} does not name its task (key 'task')")
     task = get_task(config["task"])
+    config = apply_overrides(config, overrides, config_schema(task))
     if not hasattr(task, "evaluate"):
         raise NotImplementedError(f"task {config['task']!r} has no evaluate(model, config, out_dir)")
     checkpoint = checkpoint or latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
+        raise MissingInputError(f"no checkpoint in {run_dir}/checkpoints")
+    if not os.path.isfile(checkpoint):
+        raise MissingInputError(f"checkpoint {os.fspath(checkpoint)!r} not found")
     dev = resolve_device(device)
     _seed_all(int(config.get("seed", 0)))
     built = task.build(config, dev)

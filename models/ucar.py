@@ -22,15 +22,19 @@ marked "(code)" in the comments; choices of this implementation that neither sou
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+import typing
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import invrender
+from invrender.errors import ConfigError
 
 __all__ = [
     "AzimuthLatent",
@@ -145,14 +149,14 @@ class UcarConfig:
         def positive_int(name):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"UcarConfig.{name} must be a positive int, got {value!r}")
+                raise ConfigError(f"UcarConfig.{name} must be a positive int, got {value!r}")
 
         def positive_float(name, allow_zero=False):
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not ok or value < 0 or (value == 0 and not allow_zero):
-                raise ValueError(f"UcarConfig.{name} must be a {'non-negative' if allow_zero else 'positive'} "
-                                 f"finite number, got {value!r}")
+                raise ConfigError(f"UcarConfig.{name} must be a {'non-negative' if allow_zero else 'positive'} "
+                                  f"finite number, got {value!r}")
 
         for name in ("image_size", "latent_dim", "azimuth_latent_dim", "azimuth_hidden", "dataset_size",
                      "texturizer_hidden", "channels", "discriminator_hidden", "batch_size"):
@@ -163,31 +167,31 @@ class UcarConfig:
             positive_float("azimuth_lr")
         if isinstance(self.azimuth_init_logvar, bool) or not isinstance(self.azimuth_init_logvar, (int, float)) \
                 or not math.isfinite(self.azimuth_init_logvar):
-            raise ValueError(f"UcarConfig.azimuth_init_logvar must be a finite number, got {self.azimuth_init_logvar!r}")
+            raise ConfigError(f"UcarConfig.azimuth_init_logvar must be a finite number, got {self.azimuth_init_logvar!r}")
         if isinstance(self.elevation_deg, bool) or not isinstance(self.elevation_deg, (int, float)) \
                 or not -90.0 <= self.elevation_deg <= 90.0:
-            raise ValueError(f"UcarConfig.elevation_deg must be a number in [-90, 90], got {self.elevation_deg!r}")
+            raise ConfigError(f"UcarConfig.elevation_deg must be a number in [-90, 90], got {self.elevation_deg!r}")
         for name in ("beta", "aae_weight", "negative_slope", "azimuth_latent_weight"):
             positive_float(name, allow_zero=True)
         if isinstance(self.occupancy_bias, bool) or not isinstance(self.occupancy_bias, (int, float)) \
                 or not math.isfinite(self.occupancy_bias):
-            raise ValueError(f"UcarConfig.occupancy_bias must be a finite number, got {self.occupancy_bias!r}")
+            raise ConfigError(f"UcarConfig.occupancy_bias must be a finite number, got {self.occupancy_bias!r}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"UcarConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+            raise ConfigError(f"UcarConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.azimuth not in AZIMUTH_MODES:
-            raise ValueError(f"UcarConfig.azimuth must be one of {AZIMUTH_MODES}, got {self.azimuth!r}")
+            raise ConfigError(f"UcarConfig.azimuth must be one of {AZIMUTH_MODES}, got {self.azimuth!r}")
         if self.azimuth == "encoder" and self.objective != "aae":
-            raise ValueError(f"UcarConfig.azimuth='encoder' needs objective='aae' (section 4.2: the discriminator "
-                             f"holds the encoded azimuth to its uniform prior), got objective={self.objective!r}")
+            raise ConfigError(f"UcarConfig.azimuth='encoder' needs objective='aae' (section 4.2: the discriminator "
+                              f"holds the encoded azimuth to its uniform prior), got objective={self.objective!r}")
         if self.projection not in PROJECTIONS:
-            raise ValueError(f"UcarConfig.projection must be one of {PROJECTIONS}, got {self.projection!r}")
+            raise ConfigError(f"UcarConfig.projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if not isinstance(self.texturizer, bool):
-            raise ValueError(f"UcarConfig.texturizer must be a bool, got {self.texturizer!r}")
+            raise ConfigError(f"UcarConfig.texturizer must be a bool, got {self.texturizer!r}")
         betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else None
         if betas is None or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"UcarConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise ConfigError(f"UcarConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(betas[0]), float(betas[1]))
-        decoder_plan(self.image_size)  # raises ValueError naming image_size
+        decoder_plan(self.image_size)  # raises ConfigError naming image_size
 
 
 def decoder_plan(image_size: int) -> Tuple[int, int]:
@@ -200,8 +204,8 @@ def decoder_plan(image_size: int) -> Tuple[int, int]:
         size //= 2
         stages += 1
     if stages == 0 or not 4 <= size <= 7:
-        raise ValueError(f"UcarConfig.image_size must be b * 2^n with b in 4..7 and n >= 1 (28, 32, 64, ...), "
-                         f"got {image_size}")
+        raise ConfigError(f"UcarConfig.image_size must be b * 2^n with b in 4..7 and n >= 1 (28, 32, 64, ...), "
+                          f"got {image_size}")
     return size, stages
 
 
@@ -667,6 +671,24 @@ class UcarTask:
             "batch_size": 64, "steps": 1000, "vis_every": 250, "ckpt_every": 250, "log_every": 20,
         }
 
+    def config_schema(self):
+        """Types of the keys :meth:`default_config` leaves out: under ``model`` every :class:`UcarConfig` field
+        but ``image_size`` and ``dataset_size`` (set from the data), under ``data`` the keys :meth:`dataset`
+        reads, ``data.synthetic`` holding the arguments of :func:`invrender.synthetic.default_dataset`."""
+        from invrender import synthetic
+
+        hints = typing.get_type_hints(UcarConfig)
+        model = {f.name: hints[f.name] for f in dataclasses.fields(UcarConfig)
+                 if f.name not in ("image_size", "dataset_size")}
+        generate = typing.get_type_hints(synthetic.generate_dataset)
+        synth = {name: generate.get(name, Any) for name in inspect.signature(synthetic.generate_dataset).parameters
+                 if name not in ("root", "progress")}
+        synth["cache_dir"] = Optional[str]
+        data = {"kind": str, "root": Optional[str], "test_root": Optional[str],
+                "categories": Union[str, List[str], None], "image_size": int, "floor": float, "cache": bool,
+                "synthetic": synth}
+        return {"model": model, "data": data}
+
     def _root(self, config):
         from invrender import synthetic
 
@@ -674,7 +696,7 @@ class UcarTask:
         if data.get("root"):
             return data["root"]
         if data.get("kind", "shapenet") != "shapenet":
-            raise ValueError(f"ucar: data.root is required with data.kind={data['kind']!r} (the folder with the files)")
+            raise ConfigError(f"ucar: data.root is required with data.kind={data['kind']!r} (the folder with the files)")
         kw = dict(data.get("synthetic") or {})
         return synthetic.default_dataset(progress=False, **kw)
 
@@ -710,7 +732,7 @@ class UcarTask:
             root = data.get("test_root") if split != "train" and data.get("test_root") else self._root(config)
             base = ImageFolder(root, image_size=size)
         else:
-            raise ValueError(f"ucar: data.kind must be 'shapenet', 'mnist', 'fashion_mnist' or 'folder', got {kind!r}")
+            raise ConfigError(f"ucar: data.kind must be 'shapenet', 'mnist', 'fashion_mnist' or 'folder', got {kind!r}")
         views = GrayscaleViews(base, image_size=size, floor=float(data.get("floor", 0.0)))
         if split == "train" and data.get("cache", kind == "shapenet"):
             return _InMemory(views)

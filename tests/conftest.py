@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import invrender
+from invrender import synthetic
 
 HAS_CUDA = invrender.build_info()["cuda_available"]
 
@@ -18,3 +19,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """Synthetic data in the ShapeNet-NMR layout: two categories, 5 objects each (3 train / 1 val / 1 test),
+    6 views at 32x32, 16^3 voxels."""
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate_dataset(root, objects_per_category=5, categories=("car", "chair"), views=6, image_size=32,
+                               points=100, voxel_resolution=16, progress=False)
+    return str(root)

@@ -127,6 +127,42 @@ def test_config_file_and_precedence(tmp_path):
     assert training.load_config(tmp_path / "out" / "config.yaml") == cfg
 
 
+def test_config_keys_and_types_are_checked(tmp_path):
+    """A misspelt key, in the file or the overrides, at any depth, is an error naming the closest known key;
+    so is a value of the wrong type (keys and types from TRAIN_DEFAULTS and the task's default_config)."""
+    task = ToyTask()
+    cases = [(["lr_rate=0.1"], "unknown config key 'lr_rate' in the overrides; did you mean 'lr'?"),
+             (["model.hiden=8"], "unknown config key 'model.hiden' in the overrides; did you mean 'model.hidden'?"),
+             (["hidden=8"], "did you mean 'model.hidden'?"),  # the right name at the wrong level
+             (["model.hidden=abc"], "config key 'model.hidden' in the overrides must be an integer, got 'abc'"),
+             (["lr=[1]"], "config key 'lr' in the overrides must be a number, got [1]"),
+             (["steps=true"], "config key 'steps' in the overrides must be an integer, got True"),
+             (["model=3"], "config key 'model' in the overrides must be a mapping")]
+    for overrides, message in cases:
+        with pytest.raises(training.ConfigError) as info:
+            training.resolve_config(task, None, overrides)
+        assert message in str(info.value), (overrides, str(info.value))
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 7\nmodel:\n  hidden: 8\n  dropuot: 0.1\n")
+    with pytest.raises(ValueError, match=f"unknown config key 'model.dropuot' in {path}; did you mean 'model.dropout'"):
+        training.resolve_config(task, path)
+    path.write_text("zzz: 1\n")
+    with pytest.raises(training.ConfigError, match="valid keys: batch_size, .*, model, "):
+        training.resolve_config(task, path)
+    # right keys and types pass, ints where numbers are expected and null where "off" is meant included
+    cfg = training.resolve_config(task, None, ["lr=1", "log_every=null", "keep_checkpoints=null", "run_dir=x"])
+    assert cfg["lr"] == 1 and cfg["log_every"] is None
+    assert training.apply_overrides({}, ["free.form=1"]) == {"free": {"form": 1}}  # no schema: no check
+
+
+def test_trainer_counts_must_be_in_range(tmp_path):
+    for key, value in (("steps", -3), ("steps", 0), ("batch_size", 0), ("ckpt_every", -1), ("steps", 2.5)):
+        with pytest.raises(training.ConfigError, match=f"config key '{key}' must be a (positive|non-negative) "
+                                                        f"integer, got {value}"):
+            training.Trainer("toy", _config(**{key: value}), tmp_path, device="cpu", progress=False)
+    training.Trainer("toy", _config(ckpt_every=None, keep_checkpoints=0), tmp_path, device="cpu", progress=False)
+
+
 def test_registry():
     assert isinstance(training.get_task("toy"), ToyTask)
     assert "toy" in training.available_tasks()
@@ -226,6 +262,30 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
         training.Trainer("toy", _config(steps=15, ckpt_every=5), run, device="cpu", resume=True, progress=False).fit()
     assert sorted(os.listdir(run / "checkpoints")) == ["step_00000005.pt", "step_00000010.pt"]
     assert training.load_checkpoint(training.latest_checkpoint(run))["step"] == 10
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    """Files written atomically get the mode a plain open() gives (mkstemp's 0600 must not leak through)."""
+    old = os.umask(0o022)
+    try:
+        training.save_config({"a": 1}, tmp_path / "config.yaml")
+        training.save_checkpoint({"x": 1}, tmp_path / "ckpt.pt")
+        with open(tmp_path / "plain.txt", "w"):
+            pass
+        for name in ("config.yaml", "ckpt.pt", "plain.txt"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+        os.umask(0o077)
+        training.save_config({"a": 1}, tmp_path / "private.yaml")
+        assert (tmp_path / "private.yaml").stat().st_mode & 0o777 == 0o600
+        os.chmod(tmp_path / "config.yaml", 0o640)  # rewriting a file keeps its mode, as open() does
+        training.save_config({"a": 2}, tmp_path / "config.yaml")
+        assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        training.Trainer("toy", _config(steps=2), tmp_path / "run", device="cpu", progress=False).fit()
+        for path in ("config.yaml", "checkpoints/step_00000002.pt"):
+            assert (tmp_path / "run" / path).stat().st_mode & 0o777 == 0o644, path
+    finally:
+        os.umask(old)
 
 
 def test_log_truncated_on_resume_and_workers_keep_order(tmp_path):

@@ -4,6 +4,7 @@ frame and best-azimuth IoU, data-parallel training (two gloo processes) and ``in
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 import invrender
-from invrender import synthetic, training
+from invrender import training
 from invrender.data import GrayscaleViews, ShapeNetNMR
 from invrender.models import ucar
 from invrender.models.ucar import UcarTask
@@ -19,15 +20,6 @@ from invrender.models.ucar import UcarTask
 from .optional import requires
 from .test_data import make_mnist
 from .test_training import _free_ports, _spawn
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    """Two categories, 5 objects each (3 train / 1 val / 1 test), 6 views at 32x32, 16^3 voxels."""
-    root = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate_dataset(root, objects_per_category=5, categories=("car", "chair"), views=6, image_size=32,
-                               points=100, voxel_resolution=16, progress=False)
-    return str(root)
 
 
 def task_config(root, **kw):
@@ -222,6 +214,13 @@ def test_demo_writes_a_results_folder(tiny_root, tmp_path, capsys):
     for href in [h.split('"')[0] for h in page.split('href="')[1:]]:
         assert (out / href).exists(), href
     assert "meshes/test0_ground_truth.obj" in page
+    # each turntable under its own elevation: 30 degrees is the data's camera (trained on), 0 degrees unseen
+    labels = {src: label for label, src in re.findall(r'<h3>([^<]*)</h3>\s*<img src="(turntable_elev\d+\.gif)">', page)}
+    assert set(labels) == {"turntable_elev0.gif", "turntable_elev30.gif"}
+    for src, label in labels.items():
+        elevation = int(re.fullmatch(r"turntable_elev(\d+)\.gif", src).group(1))
+        assert label.startswith(f"Elevation {elevation}&deg;"), (src, label)
+        assert ("never saw" in label) == (elevation == 0) and ("training" in label) == (elevation == 30), label
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["test_views"] == 6 and 0 <= metrics["test_voxel_iou_best_azimuth"] <= 1
     gif = Image.open(out / "turntable_elev30.gif")

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import MissingInputError
+
 SizeLike = Union[int, Sequence[int], None]
 
 
@@ -25,14 +27,16 @@ def as_size(size: SizeLike, name: str = "image_size") -> Optional[Tuple[int, int
 
 
 def require_file(path: str, what: str) -> str:
+    """``path`` if it is a file, else :class:`~invrender.errors.MissingInputError` (a ``FileNotFoundError``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: expected a file at {path!r}")
+        raise MissingInputError(f"{what} not found: expected a file at {path!r}")
     return path
 
 
 def require_dir(path: str, what: str) -> str:
+    """``path`` if it is a directory, else :class:`~invrender.errors.MissingInputError` (a ``FileNotFoundError``)."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} not found: expected a directory at {path!r}")
+        raise MissingInputError(f"{what} not found: expected a directory at {path!r}")
     return path
 
 

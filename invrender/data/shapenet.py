@@ -12,6 +12,8 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+
 from ._io import (alpha_array, as_size, binary_mask_tensor, has_alpha, load_npz, npz_array, open_image,
                   require_dir, require_file, resize, rgb_tensor)
 
@@ -146,7 +148,7 @@ class ShapeNetNMR(Dataset):
                     if c == e["name"] or c in [p.strip() for p in e["name"].split(",")]]
             if len(hits) != 1:
                 known = ", ".join(f"{s} ({e['name']})" for s, e in sorted(self.metadata.items()))
-                raise ValueError(f"unknown or ambiguous category {c!r} in {self.root}/metadata.yaml; known: {known}")
+                raise ConfigError(f"unknown or ambiguous category {c!r} in {self.root}/metadata.yaml; known: {known}")
             out.append(hits[0])
         if not out:
             raise ValueError("categories must not be empty")
