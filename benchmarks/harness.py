@@ -7,6 +7,7 @@ are appended as JSON lines to ``benchmarks/results/<device>.jsonl`` and summaris
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -135,7 +136,23 @@ def _measure_impl(fn, inputs, device, warmup, repeats):
     return res
 
 
-def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int, record: bool = True) -> List[dict]:
+@contextlib.contextmanager
+def value_checks_off():
+    """invrender's input value checks (finite inputs, indices in range: one device-to-host copy per op
+    call) switched off, to measure what they cost."""
+    import invrender
+
+    invrender._C._set_value_checks(False)
+    try:
+        yield
+    finally:
+        invrender._C._set_value_checks(True)
+
+
+def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int, record: bool = True,
+              unchecked: bool = False) -> List[dict]:
+    """Times every case's implementations on ``device``; with ``unchecked`` also invrender with its
+    value checks off (row "unchecked", and ``checks_overhead`` = checked / unchecked forward+backward)."""
     rows = []
     meta = {
         "commit": git_commit(),
@@ -157,6 +174,9 @@ def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int
             except torch.cuda.OutOfMemoryError:  # the reference may not fit
                 results[name] = None
                 torch.cuda.empty_cache()
+        if unchecked:
+            with value_checks_off():
+                results["unchecked"] = _measure_impl(case.ours, inputs, device, warmup, repeats)
         for name, fn in case.forward_only.items():
             results[name] = {"forward_ms": time_fn(lambda: fn(*inputs), device, warmup, repeats),
                              "forward_backward_ms": None, "saved_bytes": None, "peak_bytes": None}
@@ -165,6 +185,8 @@ def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int
         if ours and theirs:
             row["speedup_forward"] = theirs["forward_ms"] / ours["forward_ms"]
             row["speedup_forward_backward"] = theirs["forward_backward_ms"] / ours["forward_backward_ms"]
+        if ours and results.get("unchecked"):
+            row["checks_overhead"] = ours["forward_backward_ms"] / results["unchecked"]["forward_backward_ms"]
         rows.append(row)
         print_row(row)
         del inputs
@@ -218,6 +240,8 @@ def parse_args(description: str):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--unchecked", action="store_true",
+                   help="also time invrender with its input value checks off (their cost: checks_overhead)")
     p.add_argument("--only", default=None, metavar="K=V",
                    help="run only the cases with this parameter value, e.g. cloud=duplicates")
     args = p.parse_args()
@@ -243,4 +267,5 @@ def main(description: str, make_cases: Callable[[bool], List[Case]],
             key, _, value = args.only.partition("=")
             cases = [c for c in cases if str(c.params.get(key)) == value]
         repeats = args.repeats or (2 if args.quick else (cpu_repeats if device.type == "cpu" else 20))
-        run_cases(cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record)
+        run_cases(cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record,
+                  unchecked=args.unchecked)

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "build_info.h"
+#include "common/checks.h"
 #include "chamfer/chamfer_kernels.h"
 #include "raster/raster_kernels.h"
 #include "raymarch/raymarch_kernels.h"
@@ -22,6 +23,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("_nn_leaf_visits", &invrender::chamfer::leaf_visits_for_testing,
         "Test-only: k-d tree leaves scanned by the CPU nearest_neighbors since the last call "
         "(then reset).");
+  m.def("_set_value_checks", &invrender::set_value_checks_for_testing,
+        "Benchmark/test-only: False skips the checks of tensor values (finite inputs, indices in "
+        "range) so their cost can be measured. Unsafe: bad input may then read out of bounds.");
 #ifdef TORCH_VERSION_STRING
   m.attr("torch_version") = TORCH_VERSION_STRING;
 #endif

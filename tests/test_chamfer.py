@@ -310,4 +310,6 @@ def test_cuda_gradcheck():
     x, y = _clouds(2, 9, 7, 3, seed=4)
     x, y = x.cuda().requires_grad_(), y.cuda().requires_grad_()
     xl, yl = torch.tensor([9, 4]).cuda(), torch.tensor([5, 7]).cuda()
-    assert gradcheck(lambda x, y: invrender.chamfer_distance(x, y, xl, yl, squared=False, batch_reduction=None), (x, y))
+    # The y gradients are summed with atomicAdd: equal up to rounding run to run.
+    assert gradcheck(lambda x, y: invrender.chamfer_distance(x, y, xl, yl, squared=False, batch_reduction=None), (x, y),
+                     nondet_tol=1e-12)

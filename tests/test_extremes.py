@@ -222,3 +222,28 @@ def test_layered_renderer_drops_faces_through_the_camera_plane():
     expected = renderer(verts.detach(), faces[:2], uvs[:2], texture.detach())
     assert torch.allclose(out.image, expected.image) and torch.allclose(out.mask, expected.mask)
     assert out.mask.sum() > 0
+
+
+def test_value_checks_are_read_together_and_name_the_first_failure():
+    # The checks of tensor values (finite entries, indices in range) are gathered and read back in one
+    # copy per op call (one device-to-host sync on the GPU); the first failing one is reported.
+    x = torch.rand(2, 5, 3, dtype=torch.float64)
+    bad_x = x.clone()
+    bad_x[1, 2, 0] = float("nan")
+    too_long = torch.tensor([5, 6])
+    with pytest.raises(ValueError, match="nearest_neighbors: argument 'x_lengths' must hold lengths in \\[0, 5\\]"):
+        invrender.nearest_neighbors(bad_x, x, x_lengths=too_long)
+    with pytest.raises(ValueError, match="nearest_neighbors: argument 'x' contains NaN or Inf"):
+        invrender.nearest_neighbors(bad_x, x)
+    with pytest.raises(ValueError, match="argument 'y' contains NaN or Inf"):
+        invrender.nearest_neighbors(x, bad_x)
+    # The benchmark-only switch skips them (that is what the benchmarks' --unchecked measures) ...
+    invrender._C._set_value_checks(False)
+    try:
+        nn = invrender.nearest_neighbors(bad_x, x)
+    finally:
+        invrender._C._set_value_checks(True)
+    assert nn.idx[0].ge(0).all()
+    # ... and they are back on after it.
+    with pytest.raises(ValueError, match="contains NaN or Inf"):
+        invrender.nearest_neighbors(bad_x, x)

@@ -43,26 +43,25 @@ NNSizes check_clouds(const Tensor& x, const Tensor& y, const char* op) {
 }
 
 void check_lengths(const Tensor& len, const Tensor& x, int64_t size, const char* op,
-                   const char* name) {
+                   const char* name, ValueChecks& checks) {
   TORCH_CHECK_TYPE(len.scalar_type() == at::kLong, op, ": argument '", name,
                    "' must be int64, got ", len.scalar_type());
   TORCH_CHECK_VALUE(len.device() == x.device(), op, ": argument '", name, "' is on ", len.device(),
                     " but 'x' is on ", x.device(), "; they must be on one device");
   check_shape(len, {x.size(0)}, op, name);
-  if (len.numel() > 0) {
-    TORCH_CHECK_VALUE(len.min().item<int64_t>() >= 0 && len.max().item<int64_t>() <= size, op,
-                      ": argument '", name, "' must hold lengths in [0, ", size, "]");
-  }
+  checks.in_range(len, 0, size, name, "must hold lengths in [0, " + std::to_string(size) + "]");
 }
 
 std::tuple<Tensor, Tensor> nn_forward(const Tensor& x, const Tensor& y, const Tensor& x_lengths,
                                       const Tensor& y_lengths) {
   constexpr const char* op = "nearest_neighbors";
   const NNSizes s = check_clouds(x, y, op);
-  check_lengths(x_lengths, x, s.N, op, "x_lengths");
-  check_lengths(y_lengths, x, s.M, op, "y_lengths");
-  check_finite(x, op, "x");
-  check_finite(y, op, "y");
+  ValueChecks checks(op);
+  check_lengths(x_lengths, x, s.N, op, "x_lengths", checks);
+  check_lengths(y_lengths, x, s.M, op, "y_lengths", checks);
+  checks.finite(x, "x");
+  checks.finite(y, "y");
+  checks.verify();
   c10::DeviceGuard guard(x.device());
   Tensor dist = at::empty({s.B, s.N}, x.options());
   Tensor idx = at::empty({s.B, s.N}, x.options().dtype(at::kLong));
@@ -96,10 +95,9 @@ std::tuple<Tensor, Tensor> nn_backward(const Tensor& grad_dist, const Tensor& x,
                    idx.scalar_type());
   TORCH_CHECK_VALUE(idx.device() == x.device(), op, ": argument 'idx' must be on ", x.device());
   check_shape(idx, {s.B, s.N}, op, "idx");
-  if (idx.numel() > 0) {
-    TORCH_CHECK_VALUE(idx.min().item<int64_t>() >= -1 && idx.max().item<int64_t>() < s.M, op,
-                      ": argument 'idx' holds an index outside [-1, M = ", s.M, ")");
-  }
+  ValueChecks checks(op);
+  checks.in_range(idx, -1, s.M - 1, "idx", "holds an index outside [-1, M = " + std::to_string(s.M) + ")");
+  checks.verify();
   c10::DeviceGuard guard(x.device());
   Tensor gx = at::empty(x.sizes(), x.options());
   Tensor gy = need_y ? at::zeros(y.sizes(), y.options()) : at::zeros({0}, y.options());

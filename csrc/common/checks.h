@@ -2,10 +2,14 @@
 // expected. TORCH_CHECK_TYPE / TORCH_CHECK_VALUE surface in Python as TypeError / ValueError.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace invrender {
 
@@ -36,10 +40,66 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const cha
                     expected, ", got ", t.sizes());
 }
 
+// Checks of tensor values (finite entries, indices in range) gathered while an op validates its
+// arguments and read back together by verify(): one device-to-host copy per op call on the GPU
+// instead of one or two per check. Each check stays on: they keep the kernels from indexing out of
+// bounds and from turning NaN into garbage. A test-only switch (set_value_checks_for_testing)
+// turns them off so the benchmarks can measure what they cost.
+class ValueChecks {
+ public:
+  explicit ValueChecks(const char* op) : op_(op) {}
+
+  // Every entry of `t` finite.
+  void finite(const at::Tensor& t, const char* name) {
+    if (t.numel() == 0 || !enabled()) return;
+    add(t.isfinite().all(), std::string("argument '") + name + "' contains NaN or Inf");
+  }
+
+  // Every entry of the integer tensor `t` in [lo, hi]; `what` completes "argument '<name>' ...".
+  void in_range(const at::Tensor& t, int64_t lo, int64_t hi, const char* name,
+                const std::string& what) {
+    if (t.numel() == 0 || !enabled()) return;
+    const auto mm = at::aminmax(t);
+    add(std::get<0>(mm).ge(lo).logical_and(std::get<1>(mm).le(hi)),
+        std::string("argument '") + name + "' " + what);
+  }
+
+  // Reads every flag in one copy; raises ValueError with the first failed check's message.
+  void verify() {
+    if (flags_.empty()) return;
+    const at::Tensor ok = at::stack(flags_).to(at::kCPU).contiguous();
+    const bool* f = ok.data_ptr<bool>();
+    for (size_t i = 0; i < messages_.size(); ++i)
+      TORCH_CHECK_VALUE(f[i], op_, ": ", messages_[i]);
+    flags_.clear();
+    messages_.clear();
+  }
+
+  static bool enabled() { return enabled_flag().load(std::memory_order_relaxed); }
+  static std::atomic<bool>& enabled_flag() {
+    static std::atomic<bool> on{true};
+    return on;
+  }
+
+ private:
+  void add(const at::Tensor& flag, std::string message) {
+    flags_.push_back(flag.reshape({}));
+    messages_.push_back(std::move(message));
+  }
+
+  const char* op_;
+  std::vector<at::Tensor> flags_;
+  std::vector<std::string> messages_;
+};
+
+// Test/benchmark-only: false skips the value checks above (unsafe on bad input).
+inline void set_value_checks_for_testing(bool on) { ValueChecks::enabled_flag().store(on); }
+
+// One finite check, verified at once.
 inline void check_finite(const at::Tensor& t, const char* op, const char* name) {
-  if (t.numel() == 0) return;
-  TORCH_CHECK_VALUE(t.isfinite().all().item<bool>(), op, ": argument '", name,
-                    "' contains NaN or Inf");
+  ValueChecks checks(op);
+  checks.finite(t, name);
+  checks.verify();
 }
 
 inline void check_cuda_built(const at::Tensor& t, const char* op) {

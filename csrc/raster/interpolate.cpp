@@ -52,14 +52,12 @@ InterpSizes check_args(const Tensor& attrs, const Tensor& faces, const Tensor& f
   const auto fs = face_idx.sizes();
   check_shape(bary, {fs[0], fs[1], fs[2], fs[3], 3}, op, "bary");
   s.P = fs[1] * fs[2] * fs[3];
-  if (faces.numel() > 0) {
-    TORCH_CHECK_VALUE(faces.max().item<int64_t>() < s.V, op,
-                      ": argument 'faces' holds a vertex index >= V = ", s.V);
-  }
-  if (face_idx.numel() > 0) {
-    TORCH_CHECK_VALUE(face_idx.max().item<int64_t>() < s.F && face_idx.min().item<int64_t>() >= -1,
-                      op, ": argument 'face_idx' holds a face index outside [-1, F = ", s.F, ")");
-  }
+  ValueChecks checks(op);
+  checks.in_range(faces, std::numeric_limits<int64_t>::min(), s.V - 1, "faces",
+                  "holds a vertex index >= V = " + std::to_string(s.V));
+  checks.in_range(face_idx, -1, s.F - 1, "face_idx",
+                  "holds a face index outside [-1, F = " + std::to_string(s.F) + ")");
+  checks.verify();
   return s;
 }
 

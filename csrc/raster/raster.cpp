@@ -31,7 +31,8 @@ RasterParams check_args(const Tensor& verts, const Tensor& faces, at::IntArrayRe
   check_dim(verts, 3, op, "verts", "(B, V, 3)");
   TORCH_CHECK_VALUE(verts.size(2) == 3, op, ": argument 'verts' must have shape (B, V, 3), got ",
                     verts.sizes());
-  check_finite(verts, op, "verts");
+  ValueChecks checks(op);
+  checks.finite(verts, "verts");
   TORCH_CHECK_TYPE(faces.scalar_type() == at::kLong, op,
                    ": argument 'faces' must be int64, got ", faces.scalar_type());
   TORCH_CHECK_VALUE(faces.device() == verts.device(), op, ": argument 'faces' is on ",
@@ -47,10 +48,9 @@ RasterParams check_args(const Tensor& verts, const Tensor& faces, at::IntArrayRe
   p.F = faces.size(1);
   TORCH_CHECK_VALUE(p.F <= std::numeric_limits<int32_t>::max(), op,
                     ": argument 'faces' has ", p.F, " faces per mesh; at most 2^31 - 1");
-  if (faces.numel() > 0) {
-    TORCH_CHECK_VALUE(faces.max().item<int64_t>() < p.V, op,
-                      ": argument 'faces' holds a vertex index >= V = ", p.V);
-  }
+  checks.in_range(faces, std::numeric_limits<int64_t>::min(), p.V - 1, "faces",
+                  "holds a vertex index >= V = " + std::to_string(p.V));
+  checks.verify();
   TORCH_CHECK_VALUE(image_size.size() == 2 && image_size[0] >= 0 && image_size[1] >= 0, op,
                     ": argument 'image_size' must be two non-negative integers (H, W), got ",
                     image_size);
@@ -137,10 +137,9 @@ Tensor rasterize_backward(const Tensor& grad_bary, const Tensor& grad_dist,
   check_shape(grad_dist, {p.B, p.H, p.W, L}, op, "grad_dist");
   check_same(grad_depth, verts, op, "grad_depth", "verts");
   check_shape(grad_depth, {p.B, p.H, p.W, L}, op, "grad_depth");
-  if (face_idx.numel() > 0) {
-    TORCH_CHECK_VALUE(face_idx.max().item<int64_t>() < p.F && face_idx.min().item<int64_t>() >= -1,
-                      op, ": argument 'face_idx' holds a face index outside [-1, F)");
-  }
+  ValueChecks checks(op);
+  checks.in_range(face_idx, -1, p.F - 1, "face_idx", "holds a face index outside [-1, F)");
+  checks.verify();
   c10::DeviceGuard guard(verts.device());
   Tensor gverts = at::zeros_like(verts, at::MemoryFormat::Contiguous);
   if (face_idx.numel() == 0) return gverts;

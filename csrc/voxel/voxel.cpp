@@ -32,13 +32,13 @@ bool parse_mode(c10::string_view mode, const char* op) {
   return mode == "nearest";
 }
 
-void check_angles(const Tensor& a, const char* name, const Tensor& ref) {
+void check_angles(const Tensor& a, const char* name, const Tensor& ref, ValueChecks& checks) {
   constexpr const char* op = "rotation_matrix";
   check_floating(a, op, name);
   check_dim(a, 1, op, name, "(B,)");
   check_same(a, ref, op, name, "azimuth");
   check_shape(a, ref.sizes(), op, name);
-  check_finite(a, op, name);
+  checks.finite(a, name);
 }
 
 // Checks voxels (B, C, D, H, W) and rotation (B, 3, 3); returns the geometry with Do/Ho/Wo = D/H/W.
@@ -95,9 +95,11 @@ Tensor rotation_matrix_forward(const Tensor& azimuth, const Tensor& elevation,
                                const Tensor& roll) {
   constexpr const char* op = "rotation_matrix";
   check_cuda_built(azimuth, op);
-  check_angles(azimuth, "azimuth", azimuth);
-  check_angles(elevation, "elevation", azimuth);
-  check_angles(roll, "roll", azimuth);
+  ValueChecks checks("rotation_matrix");
+  check_angles(azimuth, "azimuth", azimuth, checks);
+  check_angles(elevation, "elevation", azimuth, checks);
+  check_angles(roll, "roll", azimuth, checks);
+  checks.verify();
   c10::DeviceGuard guard(azimuth.device());
   const Tensor a = azimuth.contiguous(), e = elevation.contiguous(), r = roll.contiguous();
   Tensor R = at::empty({a.size(0), 3, 3}, a.options());
@@ -122,9 +124,11 @@ std::tuple<Tensor, Tensor, Tensor> rotation_matrix_backward(const Tensor& grad,
                                                             const Tensor& roll) {
   constexpr const char* op = "rotation_matrix_backward";
   check_cuda_built(azimuth, op);
-  check_angles(azimuth, "azimuth", azimuth);
-  check_angles(elevation, "elevation", azimuth);
-  check_angles(roll, "roll", azimuth);
+  ValueChecks checks("rotation_matrix");
+  check_angles(azimuth, "azimuth", azimuth, checks);
+  check_angles(elevation, "elevation", azimuth, checks);
+  check_angles(roll, "roll", azimuth, checks);
+  checks.verify();
   check_same(grad, azimuth, op, "grad", "azimuth");
   check_shape(grad, {azimuth.size(0), 3, 3}, op, "grad");
   c10::DeviceGuard guard(azimuth.device());
