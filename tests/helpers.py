@@ -1,5 +1,8 @@
 """Shared test helpers: independent numpy/scipy oracles and random inputs."""
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -112,3 +115,76 @@ def oracle_raymarch(absorption, emission=None, rotation=None, camera=None, image
                 else:
                     image[b, 0, i, j] = 1 - T
     return image, alpha, depth
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact oracles for boundary tests (issue 13): rational arithmetic, so ties and boundaries are
+# decided exactly, not by the rounding of the code under test.
+
+
+def axis_weights(n_in, n_out, scale=1, mode="trilinear"):
+    """(n_out, n_in) numpy weights with which output index i of one grid axis reads input index j,
+    for a diagonal rotation whose entry on this axis is ``scale`` (a float, taken exactly).
+
+    From the conventions: output centre ``x = (2i + 1 - n_out) / n_in`` (the input's spacing),
+    object point ``scale * x``, input index ``u = (scale * x + 1) n_in / 2 - 1/2`` (the same along
+    the flipped axes h and d). Trilinear: the hat ``max(0, 1 - |u - j|)`` over the input cells
+    (zero padding); nearest: 1 at the cell containing the point, ``j = floor(u + 1/2)`` for
+    ``-1/2 <= u < n_in - 1/2`` (cells half-open, so a point on a cell face belongs to the upper
+    cell). Computed in fractions: exact at ties.
+    """
+    s = Fraction(scale)
+    out = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        x = Fraction(2 * i + 1 - n_out, n_in)
+        u = (s * x + 1) * Fraction(n_in, 2) - Fraction(1, 2)
+        if mode == "nearest":
+            if Fraction(-1, 2) <= u < n_in - Fraction(1, 2):
+                out[i, math.floor(u + Fraction(1, 2))] = 1.0
+        else:
+            for j in range(n_in):
+                out[i, j] = float(max(Fraction(0), 1 - abs(u - j)))
+    return out
+
+
+def separable_resample(voxels, diag=(1, 1, 1), size=None, mode="trilinear", adjoint=False):
+    """rotate_voxels by the diagonal matrix ``diag(sx, sy, sz)`` in closed form (float64 numpy):
+    the axes separate, ``out = vox x_d Md x_h Mh x_w Mw`` with :func:`axis_weights`. With
+    ``adjoint``, ``voxels`` is an output-shaped gradient and the result the input gradient (the
+    transposed weights; ``size`` is then the input grid)."""
+    v = voxels.detach().cpu().double().numpy() if isinstance(voxels, torch.Tensor) else np.asarray(voxels)
+    shape = tuple(v.shape[-3:])
+    size = shape if size is None else tuple(size)
+    sx, sy, sz = diag
+    if adjoint:  # v has the output shape, size is the input's
+        m = [axis_weights(size[0], shape[0], sz, mode).T, axis_weights(size[1], shape[1], sy, mode).T,
+             axis_weights(size[2], shape[2], sx, mode).T]
+    else:
+        m = [axis_weights(shape[0], size[0], sz, mode), axis_weights(shape[1], size[1], sy, mode),
+             axis_weights(shape[2], size[2], sx, mode)]
+    return np.einsum("...dhw,Dd,Hh,Ww->...DHW", v, *m)
+
+
+def exact_dist2_to_segment(a, b, p):
+    """Squared distance from point p to segment a-b, in fractions (inputs: pairs of floats)."""
+    ax, ay, bx, by, px, py = (Fraction(c) for c in (*a, *b, *p))
+    abx, aby, apx, apy = bx - ax, by - ay, px - ax, py - ay
+    l2 = abx * abx + aby * aby
+    t = min(max((apx * abx + apy * aby) / l2, Fraction(0)), Fraction(1)) if l2 else Fraction(0)
+    dx, dy = apx - t * abx, apy - t * aby
+    return dx * dx + dy * dy
+
+
+def exact_coverage(tri, p):
+    """(inside, squared distance to the boundary) of a counter-clockwise triangle ((x, y) x 3) at p,
+    exactly: inside when every edge function is >= 0 (points on an edge are inside)."""
+    inside = True
+    d2 = None
+    for k in range(3):
+        a, b = tri[(k + 1) % 3], tri[(k + 2) % 3]
+        e = ((Fraction(b[0]) - Fraction(a[0])) * (Fraction(p[1]) - Fraction(a[1]))
+             - (Fraction(b[1]) - Fraction(a[1])) * (Fraction(p[0]) - Fraction(a[0])))
+        inside = inside and e >= 0
+        dk = exact_dist2_to_segment(a, b, p)
+        d2 = dk if d2 is None else min(d2, dk)
+    return inside, d2
