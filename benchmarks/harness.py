@@ -20,7 +20,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Where results are appended; INVRENDER_BENCH_RESULTS redirects them (tools/gpu_check.sh collects its own).
+RESULTS_DIR = os.environ.get("INVRENDER_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def device_name(device: torch.device) -> str:
@@ -242,8 +243,8 @@ def parse_args(description: str):
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--unchecked", action="store_true",
                    help="also time invrender with its input value checks off (their cost: checks_overhead)")
-    p.add_argument("--only", default=None, metavar="K=V",
-                   help="run only the cases with this parameter value, e.g. cloud=duplicates")
+    p.add_argument("--only", default=None, metavar="K=V[,K=V]",
+                   help="run only the cases with these parameter values, e.g. cloud=duplicates or B=32,N=64")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -264,8 +265,8 @@ def main(description: str, make_cases: Callable[[bool], List[Case]],
         if device.type == "cpu" and not args.quick and keep_on_cpu is not None:
             cases = [c for c in cases if keep_on_cpu(c.params)]
         if args.only:
-            key, _, value = args.only.partition("=")
-            cases = [c for c in cases if str(c.params.get(key)) == value]
+            wanted = [item.partition("=")[::2] for item in args.only.split(",")]
+            cases = [c for c in cases if all(str(c.params.get(k)) == v for k, v in wanted)]
         repeats = args.repeats or (2 if args.quick else (cpu_repeats if device.type == "cpu" else 20))
         run_cases(cases, device, warmup=args.warmup, repeats=repeats, record=not args.no_record,
                   unchecked=args.unchecked)
