@@ -135,6 +135,12 @@ MUTATIONS = [
          new="while (pos > 0 && (fd[pos - 1] >= h.depth ||",
          breaks="equal depths: the later face is inserted in front (ties no longer to the smaller index)",
          tests=RASTER),
+    dict(id="raster-depth-tie-full", family="raster", file="csrc/raster/raster_math.h",
+         orig="if (n == L && (h.depth > fd[L - 1] || (h.depth == fd[L - 1] && f > fi[L - 1]))) return;",
+         new="if (n == L && (h.depth >= fd[L - 1] || (h.depth == fd[L - 1] && f > fi[L - 1]))) return;",
+         breaks="layers full: a face at the depth of the last kept one is dropped even with a smaller "
+                "index (only when faces arrive out of index order, as on the GPU)",
+         tests=RASTER),
     dict(id="raster-default-sigma", family="raster", file="invrender/ops/raster.py", known=True,
          orig="    sigma: float = 1e-4,",
          new="    sigma: float = 1e-5,",
