@@ -462,6 +462,10 @@ def main(argv=None):
                 print("the tests fail on the clean copy: fix that first (or --skip-baseline)")
                 return 2
 
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt  # so that `finally` restores the mutated file on kill / SIGTERM
+
+    signal.signal(signal.SIGTERM, _terminate)
     rows = []
     dirty = False  # a restored csrc file not yet rebuilt
     try:
