@@ -185,6 +185,26 @@ def test_gradients_match_dense_reference(sigma):
     assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-10)
 
 
+def test_gradients_at_pixel_centres_on_an_edge_match_reference():
+    # The square's diagonal passes exactly through pixel centres (dyadic coordinates, exact
+    # arithmetic): there one barycentric is exactly 0, where the clamp passes the gradient
+    # (torch.clamp's convention, as the reference). Random meshes never hit w = 0 exactly.
+    v, f = _square()
+    v = v.clone()
+    v[0, :, 2] = torch.tensor([2.0, 1.5, 2.5, 3.0], **D64)  # depth varies: depth depends on bary
+    py, px = _pixel_centres(8, 8)
+    grads = []
+    for fn in (invrender.rasterize, ref.rasterize):
+        x = v.clone().requires_grad_()
+        out = fn(x, f, 8, layers=2, sigma=0.0)
+        assert ((out.face_idx[0, ..., 1] >= 0) == ((py == px) & (px.abs() < 0.5))).all()
+        g = torch.Generator().manual_seed(2)
+        w = [torch.rand(t.shape, generator=g, **D64) for t in out[1:]]
+        loss = sum((t * wt).sum() for t, wt in zip(out[1:], w))
+        grads.append(torch.autograd.grad(loss, x)[0])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hard_mode_matches_trimesh_ray_casting(seed):
     trimesh = pytest.importorskip("trimesh")
