@@ -40,11 +40,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Paths (relative to the repository) copied into the scratch copy.
 SYNC_PATHS = ["csrc", "invrender", "tests", "models", "setup.py", "pyproject.toml"]
 
-VOXEL = ["tests/test_voxel.py"]
-RAYMARCH = ["tests/test_raymarch.py"]
-RASTER = ["tests/test_raster.py"]
-COMPOSITE = ["tests/test_composite.py"]
-CHAMFER = ["tests/test_chamfer.py"]
+# Every family also runs the boundary tests (exact ties, zero, C in {1, 4, 5, 9}, documented defaults).
+BOUNDARIES = "tests/test_boundaries.py"
+VOXEL = ["tests/test_voxel.py", BOUNDARIES]
+RAYMARCH = ["tests/test_raymarch.py", BOUNDARIES]
+RASTER = ["tests/test_raster.py", BOUNDARIES]
+COMPOSITE = ["tests/test_composite.py", BOUNDARIES]
+CHAMFER = ["tests/test_chamfer.py", BOUNDARIES]
 
 # Each entry: id, family, file (relative to the repository), orig (exact text, once in the file),
 # new (its replacement), breaks (one line), tests (test files run against the mutant).
