@@ -1,6 +1,8 @@
 """invrender.nets: ResNet-18 and VGG16 with torchvision's names, checked against a naming spec written from the
 architecture and against hand-written functional oracles; UNICORN's perceptual loss."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -332,10 +334,12 @@ def test_perceptual_from_weights_file(tmp_path):
 
 
 def test_perceptual_off_warns_once_and_returns_zero(recwarn):
+    warnings.simplefilter("always")  # so a repeated warning would be recorded, not deduplicated by Python
     loss = PerceptualLoss()
     assert not loss.enabled and loss.vgg is None
     a = torch.rand(2, 3, 16, 16, requires_grad=True)
-    first, second = loss(a, torch.rand(2, 3, 16, 16)), loss(a, a)
+    first = loss(a, torch.rand(2, 3, 16, 16))
+    second = loss(a, a)
     assert first.shape == (2,) and torch.all(first == 0) and torch.all(second == 0)
     first.sum().backward()  # a zero that keeps the graph: the model's total loss still backpropagates
     assert torch.all(a.grad == 0)
