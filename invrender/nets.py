@@ -7,7 +7,7 @@ with **torchvision's parameter and buffer names**, so a torchvision state dict l
   (He et al. 2016; the encoder of UNICORN and UMR, trained from scratch there).
 - :class:`VGG16Features` — torchvision's ``features`` indices (``features.0`` ... ``features.28``) up to a named
   ReLU (Simonyan & Zisserman 2015, configuration D).
-- :class:`PerceptualLoss` — UNICORN's perceptual term (monnier2022; monniert/unicorn:src/model/loss.py): ImageNet
+- :class:`PerceptualLoss` — UNICORN's perceptual term (monnier2022 section 3.2; monniert/unicorn:src/model/loss.py): ImageNet
   normalisation, frozen VGG16 to ``relu3_3``, features unit-normalised along channels, per-image mean squared
   difference. Off (a zero, with one warning) when no VGG16 weights file is given; nothing is downloaded.
 
@@ -294,7 +294,9 @@ class VGG16Features(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 class PerceptualLoss(nn.Module):
-    """UNICORN's perceptual loss (monnier2022 section 3.3; monniert/unicorn:src/model/loss.py, weight 10 there).
+    """UNICORN's perceptual loss: monnier2022 section 3.2 ("an L2 loss on the relu3_3 layer of a pre-trained VGG16",
+    lambda_perc = 10); the input normalisation, unit features and reduction are the released code's
+    (monniert/unicorn:src/model/loss.py, ``PerceptualLoss`` with its defaults).
 
     For images in [0, 1]: normalise with ImageNet's mean and std, run a frozen VGG16 to ``layer``, divide the
     features by their L2 norm over channels, ``f / (||f||_2 + eps)``, and average the squared difference of the two
