@@ -7,9 +7,9 @@ with **torchvision's parameter and buffer names**, so a torchvision state dict l
   (He et al. 2016; the encoder of UNICORN and UMR, trained from scratch there).
 - :class:`VGG16Features` — torchvision's ``features`` indices (``features.0`` ... ``features.28``) up to a named
   ReLU (Simonyan & Zisserman 2015, configuration D).
-- :class:`PerceptualLoss` — UNICORN's perceptual term (monnier2022 section 3.2; monniert/unicorn:src/model/loss.py): ImageNet
-  normalisation, frozen VGG16 to ``relu3_3``, features unit-normalised along channels, per-image mean squared
-  difference. Off (a zero, with one warning) when no VGG16 weights file is given; nothing is downloaded.
+- :class:`PerceptualLoss` — UNICORN's perceptual term (monnier2022 section 3.2; monniert/unicorn:src/model/loss.py):
+  ImageNet normalisation, frozen VGG16 to ``relu3_3``, features unit-normalised along channels, per-image mean
+  squared difference. Off (a zero, with one warning) when no VGG16 weights file is given; nothing is downloaded.
 
 Images are ``(B, C, H, W)`` as everywhere in invrender.
 """
@@ -333,7 +333,8 @@ class PerceptualLoss(nn.Module):
         self.weights_path = None if weights_path is None else os.fspath(weights_path)
         self.vgg: Optional[VGG16Features] = None
         if weights_path is not None:
-            self.vgg = VGG16Features(layer).load_torchvision_state_dict(_read_state_dict(weights_path, "PerceptualLoss"))
+            state_dict = _read_state_dict(weights_path, "PerceptualLoss")
+            self.vgg = VGG16Features(layer).load_torchvision_state_dict(state_dict)
         elif weights == "random":
             self.vgg = VGG16Features(layer)
         self.min_size = _vgg16_min_size(layer)
