@@ -9,7 +9,7 @@ Conventions (coordinate frames, grid layout, image layout) are in the README.
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.invrender.*)
-from . import cameras, data, io, mesh, metrics, nets, reference, renderers, synthetic
+from . import cameras, data, io, mesh, metrics, reference, renderers, synthetic
 from ._build import build_info
 from .cameras import OrthographicCamera, PerspectiveCamera, WeakPerspectiveCamera
 from .ops import (CompositeResult, Fragments, NearestNeighbors, RaymarchResult, SoftrasResult, chamfer_distance,
@@ -41,7 +41,6 @@ __all__ = [
     "mesh",
     "metrics",
     "nearest_neighbors",
-    "nets",
     "project_voxels",
     "rasterize",
     "raymarch",

@@ -4,9 +4,11 @@ Each model composes the renderers of ``invrender``; none re-implements rendering
 
 - :mod:`invrender.models.ucar`: probabilistic 3D voxel autoencoders of Ucar et al. 2019 (VAE, beta-VAE,
   AAE, mu-VAE; constant, random or latent azimuth; texturizer).
+- :mod:`invrender.models.networks`: the networks several models share (ResNet-18, VGG16 features,
+  UNICORN's perceptual loss), with torchvision's parameter names.
 """
 
-from . import ucar
+from . import networks, ucar
 from .ucar import UcarConfig, UcarModel
 
-__all__ = ["UcarConfig", "UcarModel", "ucar"]
+__all__ = ["UcarConfig", "UcarModel", "networks", "ucar"]

@@ -1,4 +1,4 @@
-"""invrender.nets: ResNet-18 and VGG16 with torchvision's names, checked against a naming spec written from the
+"""invrender.models.networks: ResNet-18 and VGG16 with torchvision's names, checked against a naming spec written from the
 architecture and against hand-written functional oracles; UNICORN's perceptual loss."""
 
 import warnings
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invrender import nets
-from invrender.nets import PerceptualLoss, ResNet18, VGG16Features
+from invrender.models import networks as nets
+from invrender.models.networks import PerceptualLoss, ResNet18, VGG16Features
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,5 +391,5 @@ def test_bad_inputs_name_the_argument(loss):
 
 def test_module_exports():
     assert set(nets.__all__) >= {"ResNet18", "VGG16Features", "PerceptualLoss"}
-    import invrender
-    assert invrender.nets is nets
+    import invrender.models
+    assert invrender.models.networks is nets

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .errors import MissingInputError
+from ..errors import MissingInputError
 
 __all__ = ["BasicBlock", "PerceptualLoss", "ResNet18", "VGG16Features", "VGG16_LAYERS"]
 
