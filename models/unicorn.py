@@ -1,0 +1,439 @@
+"""UNICORN of Monnier et al. 2022, "Share With Thy Neighbors: Single-View Reconstruction by Cross-Instance
+Consistency": the model's building blocks.
+
+The model reads as the paper does (section 3, Figure 3, appendix A):
+
+* an image encoder (ResNet-18, 512 features; any module mapping ``(B, 3, H, W)`` to ``(B, 512)`` plugs in)
+  followed by MLP heads predicting the shape code ``z_sh``, the texture code ``z_tx``, the background code
+  ``z_bg``, the anisotropic scale ``s``, K pose candidates ``(r_k, t_k)`` and their probabilities ``p_k``
+  (appendix A.1);
+* shape: a :class:`DeformationField` ``s_theta(x, z_sh)`` displaces the vertices of a fixed ellipsoid
+  template, ``S(x) = x + s_theta(x, z_sh)`` (section 3.1);
+* texture: a GIRAFFE-style :class:`TextureGenerator` ``t_theta(z_tx)`` outputs a 64x64 UV image mapped onto
+  the template by spherical coordinates (section 3.1); the background generator ``b_theta`` is the same
+  network at the image size;
+* pose: ``A(x) = rot(r) diag(s) x + t`` with K = 6 rotation candidates, tanh-bounded offsets around
+  reference azimuths (section 3.3, Table 4);
+* progressive conditioning: the codes are masked so that only their first k values are live, k growing at
+  the stage milestones (section 3.2, :func:`code_mask`);
+* swap reconstruction: a :class:`MemoryBank` of the last M = 1024 instances and :func:`swap_neighbours`,
+  which picks, in a viewpoint bin drawn uniformly, the nearest instance in code space (section 3.2,
+  appendix B.2);
+* rendering through :class:`invrender.LayeredRenderer` only (appendix C): :meth:`UnicornModel.render`.
+
+Facts taken from the authors' released code (monniert/unicorn) where the paper is silent or differs are
+marked "(code)"; choices of this implementation are marked "(ours)".
+
+Frames: invrender's (README): ``p_view = R @ p_obj``, the camera on +z at ``camera_distance`` looking at the
+origin, rotations from :func:`invrender.rotation_matrix` (azimuth from +z toward +x, elevation toward +y).
+The released code uses PyTorch3D's row vectors (``verts @ R + T``, view +x left, +z away from the camera);
+the learned canonical frame is arbitrary, so only the candidate set matters, and it is the same (K
+azimuths evenly over 360 degrees at one elevation, camera above the object for positive elevation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import invrender
+from invrender.errors import ConfigError
+from invrender.mesh import ellipsoid, spherical_uvs
+
+__all__ = [
+    "DeformationField",
+    "MemoryBank",
+    "PoseCandidates",
+    "PoseHeads",
+    "TextureGenerator",
+    "UnicornConfig",
+    "UnicornModel",
+    "average_texture",
+    "candidate_angles",
+    "code_mask",
+    "code_size",
+    "draw_viewpoint_bins",
+    "mlp",
+    "real_image_config",
+    "rotation_angle",
+    "swap_neighbours",
+    "training_stage",
+    "viewpoint_bin_edges",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class UnicornConfig:
+    """Hyperparameters; the defaults are the paper's ShapeNet setting (or its released code's
+    ``configs/sn/*.yml`` where the paper is silent). :func:`real_image_config` gives the real-image column
+    of Table 4.
+
+    Epochs: the released code counts the schedule (stage milestones, freezes) in epochs; the paper in
+    iterations (ShapeNet: 50k for stage 1, 250k for each other stage, appendix A.2). Every ``*_epochs``
+    field is a number of epochs from the start of training.
+    """
+
+    # Appendix A.2: 64x64 images.
+    image_size: int = 64
+    # Appendix A.1: ResNet-18 backbone, 512 features after global pooling.
+    feature_dim: int = 512
+    # Appendix A.1: every MLP head has three hidden layers of 128 units, ReLU.
+    head_hidden: int = 128
+    head_layers: int = 3
+    # Template (appendix A.1, Table 4): icosphere (level 3, 642 vertices; code) scaled per axis by
+    # [1, 0.7, 0.7] and by 0.4 (ShapeNet; 0.6 for real images).
+    template_level: int = 3
+    template_radii: Tuple[float, float, float] = (1.0, 0.7, 0.7)
+    template_scale: float = 0.4
+    # Deformation field s_theta (section 3.1): 512 hidden units (code: n_field_units; appendix A.1 says 128),
+    # three hidden layers (appendix A.1; code N_LAYERS = 3), last layer zero-initialised (code).
+    field_hidden: int = 512
+    field_layers: int = 3
+    # Progressive conditioning (section 3.2): 4 stages; the code sizes per stage. Stage boundaries in epochs
+    # (code, configs/sn: 14 / 84 / 154 of 238 epochs).
+    stage_milestones: Tuple[int, ...] = (14, 84, 154)
+    shape_code_sizes: Tuple[int, ...] = (0, 2, 8, 32)
+    texture_code_sizes: Tuple[int, ...] = (2, 8, 32, 128)
+    background_code_sizes: Tuple[int, ...] = (4, 16, 64, 128)
+    # Background model b_theta (section 3.1): none on ShapeNet, whose images are on white (appendix A.2).
+    background: bool = False
+    # Colour behind the object when there is no background model (appendix A.2: white; code: (1, 1, 1)).
+    background_color: float = 1.0
+    # Texture image t_theta(z_tx): 64x64 (appendix A.1), GIRAFFE generator (code: 128 features at 1x1,
+    # halved per block down to 16).
+    texture_size: int = 64
+    generator_features: int = 128
+    generator_min_features: int = 16
+    # Appendix A.2 (ShapeNet): the texture is averaged to a constant during the first stage (code:
+    # constant_txt = 14 epochs), then averaged with probability 0.2 per iteration (code: use_mean_txt, for
+    # the whole training: None; real images stop at the last stage).
+    constant_texture_epochs: int = 14
+    mean_texture_prob: float = 0.2
+    mean_texture_until: Optional[int] = None
+    # Stage-1 curriculum (appendix A.2: position the ellipsoid, then deform it, then scale it); the heads'
+    # outputs are held at their neutral value for these many epochs (code, configs/sn: scale 3).
+    freeze_translation_epochs: int = 0
+    freeze_shape_epochs: int = 0
+    freeze_scale_epochs: int = 3
+    # Scale s = 1 + range * tanh(.) per axis (Table 4: 1 +- 0.5 on ShapeNet).
+    scale_range: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # Pose candidates (section 3.3): K = 6 reference viewpoints along the azimuth; Table 4 ranges in degrees.
+    num_poses: int = 6
+    azimuth_range: Tuple[float, float] = (0.0, 360.0)
+    elevation_range: Tuple[float, float] = (30.0, 30.0)
+    roll_range: Tuple[float, float] = (0.0, 0.0)
+    # Offsets r = reference + factor * (bin width) * tanh(.): 0.52 of a bin (code: "extend the range a bit to
+    # allow overlap" between neighbouring candidates).
+    rotation_range_factor: float = 0.52
+    # Translation t = range * tanh(.) in view space (x, y, depth; Table 4 gives 0 +- 0.5 for x, y on ShapeNet,
+    # the code's configs/sn 0.2, and a fixed depth).
+    translation_range: Tuple[float, float, float] = (0.2, 0.2, 0.0)
+    # Camera (Table 4): focal length 3.732 (fov 30 degrees) at distance t_z = 2.732.
+    focal_length: float = 3.732050895690918
+    camera_distance: float = 2.732
+    # Renderer (appendix C; code): sigma 1e-4, 50 faces per pixel on ShapeNet (25 by default).
+    render_layers: int = 50
+    sigma: float = 1e-4
+    # Swap reconstruction (section 3.2, appendix B.2): memory bank of M = 1024 instances, V viewpoint bins
+    # over [20, 180] degrees (the paper says V = 4, the code uses 5).
+    memory_size: int = 1024
+    viewpoint_bins: int = 5
+    min_swap_angle: float = 20.0
+    # Loss weights (section 3.2, 3.3; code): reconstruction MSE 1, perceptual 10, Laplacian and normal
+    # consistency 0.01 (lambda_reg), swap 1, uniform pose prior 0.02.
+    rgb_weight: float = 1.0
+    perceptual_weight: float = 10.0
+    laplacian_weight: float = 0.01
+    normal_weight: float = 0.01
+    swap_weight: float = 1.0
+    uniform_weight: float = 0.02
+    # Appendix A.2: Adam, constant learning rate 1e-4, batches of 32.
+    lr: float = 1e-4
+    batch_size: int = 32
+
+    def __post_init__(self):
+        name = type(self).__name__
+
+        def fail(field_name, expected, value):
+            raise ConfigError(f"{name}.{field_name} must be {expected}, got {value!r}")
+
+        def is_number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for f in ("image_size", "feature_dim", "head_hidden", "head_layers", "field_hidden", "field_layers",
+                  "texture_size", "generator_features", "generator_min_features", "num_poses", "render_layers",
+                  "memory_size", "viewpoint_bins", "batch_size"):
+            v = getattr(self, f)
+            if not is_int(v) or v <= 0:
+                fail(f, "a positive int", v)
+        for f in ("constant_texture_epochs", "freeze_translation_epochs", "freeze_shape_epochs",
+                  "freeze_scale_epochs", "template_level"):
+            v = getattr(self, f)
+            if not is_int(v) or v < 0:
+                fail(f, "a non-negative int", v)
+        if self.template_level > 8:
+            fail("template_level", "an int in [0, 8]", self.template_level)
+        if self.mean_texture_until is not None and (not is_int(self.mean_texture_until)
+                                                    or self.mean_texture_until < 0):
+            fail("mean_texture_until", "None or a non-negative int", self.mean_texture_until)
+        for f in ("template_scale", "focal_length", "camera_distance", "sigma", "lr", "rotation_range_factor"):
+            v = getattr(self, f)
+            if not is_number(v) or v <= 0:
+                fail(f, "a positive finite number", v)
+        for f in ("rgb_weight", "perceptual_weight", "laplacian_weight", "normal_weight", "swap_weight",
+                  "uniform_weight", "background_color"):
+            v = getattr(self, f)
+            if not is_number(v) or v < 0:
+                fail(f, "a non-negative finite number", v)
+        if not is_number(self.mean_texture_prob) or not 0 <= self.mean_texture_prob <= 1:
+            fail("mean_texture_prob", "a probability in [0, 1]", self.mean_texture_prob)
+        if not is_number(self.min_swap_angle) or not 0 <= self.min_swap_angle < 180:
+            fail("min_swap_angle", "a number of degrees in [0, 180)", self.min_swap_angle)
+        if not isinstance(self.background, bool):
+            fail("background", "a bool", self.background)
+
+        def triple(f, positive):
+            v = getattr(self, f)
+            ok = isinstance(v, (tuple, list)) and len(v) == 3 and all(is_number(x) for x in v)
+            if not ok or not all(x > 0 if positive else x >= 0 for x in v):
+                fail(f, f"three {'positive' if positive else 'non-negative'} finite numbers", v)
+            setattr(self, f, tuple(float(x) for x in v))
+
+        triple("template_radii", True)
+        triple("scale_range", False)
+        triple("translation_range", False)
+        if any(s >= 1 for s in self.scale_range):
+            fail("scale_range", "three numbers in [0, 1) (the scale 1 +- range must stay positive)",
+                 self.scale_range)
+
+        def interval(f, lo, hi):
+            v = getattr(self, f)
+            ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(is_number(x) for x in v)
+            if not ok or not lo <= v[0] <= v[1] <= hi:
+                fail(f, f"two numbers (low, high) with {lo} <= low <= high <= {hi} degrees", v)
+            setattr(self, f, (float(v[0]), float(v[1])))
+
+        interval("azimuth_range", -360.0, 720.0)
+        interval("elevation_range", -90.0, 90.0)
+        interval("roll_range", -180.0, 180.0)
+        if self.azimuth_range[1] - self.azimuth_range[0] > 360.0:
+            fail("azimuth_range", "an interval of at most 360 degrees", self.azimuth_range)
+
+        m = self.stage_milestones
+        if not isinstance(m, (tuple, list)) or not all(is_int(x) for x in m) or \
+                any(x <= 0 for x in m) or any(b <= a for a, b in zip(m, m[1:])):
+            fail("stage_milestones", "increasing positive ints (epochs at which stages 2, 3, ... start)", m)
+        self.stage_milestones = tuple(m)
+        for f in ("shape_code_sizes", "texture_code_sizes", "background_code_sizes"):
+            s = getattr(self, f)
+            if not isinstance(s, (tuple, list)) or len(s) != len(m) + 1 or not all(is_int(x) for x in s) or \
+                    any(x < 0 for x in s) or any(b < a for a, b in zip(s, s[1:])) or s[-1] <= 0:
+                fail(f, f"{len(m) + 1} non-decreasing non-negative ints (one per stage, the last > 0)", s)
+            setattr(self, f, tuple(s))
+        size = self.texture_size
+        if size < 2 or size & (size - 1):
+            fail("texture_size", "a power of two >= 2 (the generator doubles a 1x1 map)", size)
+        if self.background and (self.image_size < 2 or self.image_size & (self.image_size - 1)):
+            fail("image_size", "a power of two >= 2 when background=True (the background generator doubles a "
+                 "1x1 map)", self.image_size)
+
+
+def real_image_config(**overrides) -> UnicornConfig:
+    """The real-image column of Table 4 (CompCars, LSUN, CUB, Pascal3D+), with the released code's
+    ``configs/car.yml`` where the paper is silent; ``overrides`` replace any field."""
+    values = dict(
+        template_scale=0.6,  # Table 4
+        background=True,  # section 3.1
+        stage_milestones=(175, 350, 525),  # code (car.yml, 700 epochs)
+        constant_texture_epochs=0,  # code: no constant stage on real images
+        mean_texture_until=525,  # code: averaged textures until the last stage
+        freeze_translation_epochs=2, freeze_shape_epochs=4, freeze_scale_epochs=60,  # code
+        scale_range=(0.3, 0.3, 0.3),  # Table 4
+        elevation_range=(-10.0, 30.0), roll_range=(-30.0, 30.0),  # Table 4
+        translation_range=(0.3, 0.3, 0.3),  # Table 4 (t_z = 2.732 +- 0.3)
+        focal_length=1.0 / math.tan(math.radians(15.0)),  # Table 4: fov 30 degrees
+        render_layers=25,  # code: the renderer's default
+    )
+    values.update(overrides)
+    return UnicornConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------------
+# Progressive conditioning (section 3.2)
+
+
+def training_stage(epoch: int, milestones: Sequence[int]) -> int:
+    """The stage (0-based) an epoch is in: the number of milestones ``<= epoch``."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"training_stage: argument 'epoch' must be a non-negative int, got {epoch!r}")
+    return sum(1 for m in milestones if m <= epoch)
+
+
+def code_size(epoch: int, milestones: Sequence[int], sizes: Sequence[int]) -> int:
+    """Live size of a progressively conditioned code at ``epoch``: ``sizes[training_stage(epoch)]``.
+
+    ``sizes`` has one entry per stage (``len(milestones) + 1``), e.g. the shape code's 0/2/8/32 with the
+    ShapeNet milestones 14/84/154: size 0 for epochs 0..13, 2 for 14..83, 8 for 84..153, 32 from 154.
+    """
+    if len(sizes) != len(milestones) + 1:
+        raise ValueError(f"code_size: need one size per stage ({len(milestones) + 1}), got {len(sizes)} sizes")
+    return int(sizes[training_stage(epoch, milestones)])
+
+
+def code_mask(epoch: int, milestones: Sequence[int], sizes: Sequence[int], device=None,
+              dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``(sizes[-1],)`` mask of a code at ``epoch``: 1 on its first :func:`code_size` values, 0 after.
+
+    The heads always predict the full code (its size is the last stage's); masking the tail restricts the
+    codes to a subspace of the current stage's dimension (section 3.2: "we implement progressive conditioning
+    by masking out, stage-by-stage, a decreasing number of values of the latent code").
+    """
+    k = code_size(epoch, milestones, sizes)
+    mask = torch.zeros(int(sizes[-1]), device=device, dtype=dtype or torch.get_default_dtype())
+    mask[:k] = 1
+    return mask
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int = 128, layers: int = 3, zero_last: bool = False) -> nn.Sequential:
+    """``layers`` hidden Linear + ReLU layers of ``hidden`` units, then a Linear to ``out_dim`` (appendix
+    A.1's heads). Kaiming-normal weights and zero biases (code); ``zero_last`` zeroes the last layer."""
+    dims = [in_dim] + [hidden] * layers
+    seq = []
+    for a, b in zip(dims, dims[1:]):
+        seq += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    seq.append(nn.Linear(dims[-1], out_dim))
+    net = nn.Sequential(*seq)
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        if zero_last:
+            net[-1].weight.zero_()
+    return net
+
+
+class DeformationField(nn.Module):
+    """Shape deformation ``s_theta(x, z_sh)``: an MLP on a vertex position and the shape code returning the
+    vertex displacement (section 3.1; AtlasNet-style field).
+
+    The first layer acts on the concatenation ``[x, z]`` written as two Linears, ``W_x x + W_z z`` (code), so
+    the code's contribution is computed once per mesh, not once per vertex; then ``layers - 1`` more hidden
+    layers and a last Linear to 3, zero-initialised so that the initial mesh is the template.
+    """
+
+    def __init__(self, code_dim: int, hidden: int = 512, layers: int = 3):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"DeformationField: argument 'layers' must be >= 1, got {layers}")
+        self.code_dim = code_dim
+        self.linear_x = nn.Linear(3, hidden)
+        self.linear_z = nn.Linear(code_dim, hidden) if code_dim > 0 else None
+        self.mlp = mlp(hidden, 3, hidden, layers - 1, zero_last=True)
+        with torch.no_grad():
+            for m in (self.linear_x, self.linear_z):
+                if m is not None:
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, verts: Tensor, code: Tensor) -> Tensor:
+        """Displacements ``(B, V, 3)`` of ``verts`` ``(V, 3)`` (or ``(B, V, 3)``) under codes ``(B, code_dim)``."""
+        if code.dim() != 2 or code.shape[1] != self.code_dim:
+            raise ValueError(f"DeformationField: argument 'code' must have shape (B, {self.code_dim}), "
+                             f"got {tuple(code.shape)}")
+        h = self.linear_x(verts)
+        h = h.unsqueeze(0) if h.dim() == 2 else h
+        if self.linear_z is not None:
+            h = h + self.linear_z(code).unsqueeze(1)
+        h = h.expand(code.shape[0], -1, -1)
+        return self.mlp(F.relu(h))
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+
+
+class UnicornModel(nn.Module):
+    """UNICORN's structured autoencoder (section 3.1). Built from a config and an image ``encoder``
+    (an ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, config.feature_dim)``: ResNet-18 in the paper).
+
+    The current epoch is a buffer (:meth:`set_epoch`), so a checkpoint holds the curriculum's position.
+    """
+
+    def __init__(self, config: Optional[UnicornConfig] = None, encoder: Optional[nn.Module] = None):
+        super().__init__()
+        self.config = config = UnicornConfig() if config is None else config
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"UnicornModel: argument 'encoder' must be an nn.Module mapping (B, 3, H, W) to "
+                            f"(B, {config.feature_dim}), got {type(encoder).__name__}")
+        self.encoder = encoder
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+
+        # Template (section 3.1): the ellipsoid, its faces and per-corner spherical UVs (code: UVs of the
+        # ellipsoid's vertices).
+        verts, faces = ellipsoid(config.template_level, config.template_radii, config.template_scale,
+                                 dtype=torch.float32)
+        self.register_buffer("template_verts", verts)
+        self.register_buffer("faces", faces)
+        self.register_buffer("uvs", spherical_uvs(verts, faces))
+
+        nf, nu, nl = config.feature_dim, config.head_hidden, config.head_layers
+        # Code heads: last layer zero-initialised "to avoid discontinuity when increasing the size of the
+        # latent codes" (appendix A.1).
+        self.shape_head = mlp(nf, config.shape_code_sizes[-1], nu, nl, zero_last=True)
+        self.deformation = DeformationField(config.shape_code_sizes[-1], config.field_hidden, config.field_layers)
+        self.scale_head = mlp(nf, 3, nu, nl, zero_last=True)
+        self.register_buffer("scale_range", torch.tensor(config.scale_range))
+
+    # -- curriculum -------------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Moves the curriculum (code masks, freezes, constant texture) to ``epoch``."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"UnicornModel.set_epoch: argument 'epoch' must be a non-negative int, got {epoch!r}")
+        self.epoch.fill_(epoch)
+
+    @property
+    def current_epoch(self) -> int:
+        return int(self.epoch.item())
+
+    def _masked(self, code: Tensor, sizes: Sequence[int]) -> Tensor:
+        return code * code_mask(self.current_epoch, self.config.stage_milestones, sizes, code.device, code.dtype)
+
+    # -- shape ------------------------------------------------------------------------------------
+
+    def shape_code(self, features: Tensor) -> Tensor:
+        """``z_sh`` ``(B, 32)`` with only the current stage's first values live (section 3.2)."""
+        return self._masked(self.shape_head(features), self.config.shape_code_sizes)
+
+    def shape(self, shape_code: Tensor) -> Tensor:
+        """Deformed template ``S(E) = E + s_theta(E, z_sh)``: vertices ``(B, V, 3)`` (before scaling).
+        The displacement is held at 0 for the first ``freeze_shape_epochs`` (code)."""
+        disp = self.deformation(self.template_verts, shape_code)
+        if self.current_epoch < self.config.freeze_shape_epochs:
+            disp = disp * 0
+        return self.template_verts + disp
+
+    def scale(self, features: Tensor) -> Tensor:
+        """Anisotropic scale ``s = 1 + range * tanh(.)`` ``(B, 3)`` (Table 4); 1 during the first
+        ``freeze_scale_epochs`` (code)."""
+        s = torch.tanh(self.scale_head(features))
+        if self.current_epoch < self.config.freeze_scale_epochs:
+            s = s * 0
+        return 1 + s * self.scale_range.to(s.dtype)

@@ -1,0 +1,154 @@
+"""UNICORN's building blocks (invrender.models.unicorn): networks' shapes, the template at
+initialisation, progressive conditioning, pose candidates, texture averaging, the swap memory bank, and
+rendering through invrender.LayeredRenderer."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import invrender
+from invrender.errors import ConfigError
+from invrender.mesh import ellipsoid, spherical_uvs
+from invrender.models import unicorn as U
+
+
+class TinyEncoder(nn.Module):
+    """Stand-in for ResNet-18: (B, 3, H, W) -> (B, dim)."""
+
+    def __init__(self, dim=512):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(8, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def small_config(**kw):
+    """Paper defaults with smaller networks, so the tests stay fast."""
+    values = dict(field_hidden=32, head_hidden=16, generator_features=16, generator_min_features=4,
+                  texture_size=16, image_size=32, render_layers=8, memory_size=16)
+    values.update(kw)
+    return U.UnicornConfig(**values)
+
+
+def make_model(config=None):
+    torch.manual_seed(0)
+    config = small_config() if config is None else config
+    return U.UnicornModel(config, TinyEncoder(config.feature_dim))
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+
+
+def test_config_defaults_are_the_papers():
+    c = U.UnicornConfig()
+    assert (c.template_level, c.template_radii, c.template_scale) == (3, (1.0, 0.7, 0.7), 0.4)
+    assert c.shape_code_sizes == (0, 2, 8, 32) and c.texture_code_sizes == (2, 8, 32, 128)
+    assert c.background_code_sizes == (4, 16, 64, 128) and c.stage_milestones == (14, 84, 154)
+    assert (c.num_poses, c.memory_size, c.render_layers, c.sigma) == (6, 1024, 50, 1e-4)
+    assert math.degrees(2 * math.atan(1 / c.focal_length)) == pytest.approx(30.0, abs=1e-6)
+    r = U.real_image_config()
+    assert r.template_scale == 0.6 and r.background and r.elevation_range == (-10.0, 30.0)
+    assert math.degrees(2 * math.atan(1 / r.focal_length)) == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("image_size", 0), ("feature_dim", -1), ("field_hidden", 2.5), ("num_poses", True), ("template_level", 9),
+    ("template_scale", 0.0), ("template_radii", (1.0, 0.7)), ("scale_range", (0.5, 1.0, 0.5)),
+    ("translation_range", (0.1, -0.1, 0.0)), ("stage_milestones", (14, 14, 154)),
+    ("shape_code_sizes", (0, 2, 8)), ("texture_code_sizes", (8, 2, 32, 128)), ("mean_texture_prob", 1.5),
+    ("min_swap_angle", 180.0), ("elevation_range", (30.0, -10.0)), ("azimuth_range", (0.0, 400.0)),
+    ("texture_size", 48), ("background", "yes"), ("mean_texture_until", -1), ("sigma", float("nan")),
+])
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=rf"UnicornConfig\.{field} "):
+        U.UnicornConfig(**{field: value})
+
+
+# ------------------------------------------------------------------------------------------------
+# Progressive conditioning
+
+
+def test_code_sizes_follow_the_stage_schedule():
+    m = (14, 84, 154)
+    shape = [U.code_size(e, m, (0, 2, 8, 32)) for e in (0, 13, 14, 83, 84, 153, 154, 1000)]
+    assert shape == [0, 0, 2, 2, 8, 8, 32, 32]
+    texture = [U.code_size(e, m, (2, 8, 32, 128)) for e in (0, 13, 14, 84, 154)]
+    assert texture == [2, 2, 8, 32, 128]
+    assert [U.training_stage(e, m) for e in (0, 14, 100, 154)] == [0, 1, 2, 3]
+
+
+def test_code_mask_keeps_exactly_the_first_live_values():
+    mask = U.code_mask(20, (14, 84, 154), (0, 2, 8, 32))
+    assert mask.shape == (32,) and mask[:2].tolist() == [1, 1] and mask[2:].abs().sum() == 0
+    assert U.code_mask(0, (14, 84, 154), (0, 2, 8, 32)).sum() == 0
+    assert U.code_mask(200, (14, 84, 154), (0, 2, 8, 32)).sum() == 32
+    with pytest.raises(ValueError, match="one size per stage"):
+        U.code_size(0, (14, 84), (0, 2, 8, 32))
+
+
+def test_model_masks_its_codes_by_epoch():
+    model = make_model()
+    with torch.no_grad():  # make the code heads output non-zero codes
+        model.shape_head[-1].weight.normal_()
+        model.shape_head[-1].bias.fill_(1.0)
+    features = torch.randn(3, 512)
+    for epoch, live in ((0, 0), (14, 2), (84, 8), (154, 32)):
+        model.set_epoch(epoch)
+        z = model.shape_code(features)
+        assert z.shape == (3, 32)
+        assert (z[:, :live] != 0).all() and (z[:, live:] == 0).all()
+    model.set_epoch(5)
+    assert model.state_dict()["epoch"].item() == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# Shape
+
+
+def test_mlp_and_field_shapes():
+    head = U.mlp(512, 7, 128, 3)
+    assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [128, 128, 128, 7]
+    field = U.DeformationField(32, hidden=512, layers=3)
+    linears = [field.linear_x, field.linear_z] + [m for m in field.mlp if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(3, 512), (32, 512), (512, 512), (512, 512),
+                                                                   (512, 3)]
+    out = field(torch.randn(642, 3), torch.randn(4, 32))
+    assert out.shape == (4, 642, 3)
+    with pytest.raises(ValueError, match="'code'"):
+        field(torch.randn(642, 3), torch.randn(4, 31))
+
+
+def test_initial_shape_is_the_template_exactly():
+    model = make_model()
+    verts, faces = ellipsoid(3, (1.0, 0.7, 0.7), 0.4, dtype=torch.float32)
+    assert torch.equal(model.template_verts, verts) and torch.equal(model.faces, faces)
+    assert torch.equal(model.uvs, spherical_uvs(verts, faces))
+    model.set_epoch(200)  # all shape dims live: the code is still zero-initialised ...
+    features = model.encoder(torch.rand(2, 3, 32, 32))
+    with torch.no_grad():  # ... and even with a non-zero code the zeroed last layer gives no displacement
+        model.shape_head[-1].bias.fill_(1.0)
+    code = model.shape_code(features)
+    assert (code[:, :32] != 0).all()
+    out = model.shape(code)
+    assert out.shape == (2, 642, 3) and torch.equal(out, verts.expand(2, -1, -1))
+    with torch.no_grad():  # a non-zero last layer moves it: the test can fail
+        model.deformation.mlp[-1].bias.fill_(0.01)
+    assert not torch.equal(model.shape(code), verts.expand(2, -1, -1))
+
+
+def test_scale_is_bounded_and_frozen_first():
+    model = make_model()
+    with torch.no_grad():
+        model.scale_head[-1].bias.copy_(torch.tensor([100.0, -100.0, 0.0]))
+    features = torch.randn(2, 512)
+    model.set_epoch(0)  # frozen for the first 3 epochs (code)
+    assert torch.equal(model.scale(features), torch.ones(2, 3))
+    model.set_epoch(3)
+    s = model.scale(features)
+    assert torch.allclose(s[:, 0], torch.full((2,), 1.5)) and torch.allclose(s[:, 1], torch.full((2,), 0.5))
+    assert ((s >= 0.5) & (s <= 1.5)).all()
