@@ -365,6 +365,77 @@ class DeformationField(nn.Module):
         return self.mlp(F.relu(h))
 
 
+class Blur(nn.Module):
+    """Fixed 3x3 binomial blur ``[1, 2, 1]^T [1, 2, 1] / 16`` per channel, reflect-padded (code: after each
+    bilinear upsampling of the RGB skip path, as in GIRAFFE / StyleGAN)."""
+
+    def __init__(self):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16.0)[None, None], persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        kernel = self.kernel.to(x.dtype).expand(c, 1, 3, 3)
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel, groups=c)
+
+
+class TextureGenerator(nn.Module):
+    """GIRAFFE's 2D neural renderer used as UNICORN's generators t_theta and b_theta (appendix A.1): a code
+    ``(B, code_dim)`` to an image ``(B, 3, size, size)`` in [0, 1].
+
+    The code is a ``1x1`` map of ``code_dim`` channels (code: ``features = code_dim``, no input layer).
+    ``log2(size)`` blocks each upsample the features (nearest) and apply a 3x3 convolution + ReLU, the
+    channels halving from ``features`` down to ``min_features``; an RGB skip path adds a 3x3 convolution of
+    every level's features to the running image, upsampled bilinearly and blurred between levels; a sigmoid
+    ends it. Convolutions have no bias and Kaiming-normal weights (code).
+    """
+
+    def __init__(self, code_dim: int = 128, size: int = 64, features: Optional[int] = None,
+                 min_features: int = 16, out_channels: int = 3):
+        super().__init__()
+        if size < 2 or size & (size - 1):
+            raise ValueError(f"TextureGenerator: argument 'size' must be a power of two >= 2, got {size}")
+        features = code_dim if features is None else features
+        self.code_dim, self.size = code_dim, size
+        blocks = int(math.log2(size))
+        channels = [max(features // 2 ** i, min_features) for i in range(blocks + 1)]
+        self.conv_in = nn.Conv2d(code_dim, features, 1, bias=False) if features != code_dim else nn.Identity()
+        ins = [features] + channels[1:-1]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in zip(ins, channels[1:]))
+        self.to_rgb = nn.ModuleList(nn.Conv2d(c, out_channels, 3, padding=1, bias=False)
+                                    for c in [features] + channels[1:])
+        self.blur = Blur()
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+    def _upsample_rgb(self, rgb: Tensor) -> Tensor:
+        return self.blur(F.interpolate(rgb, scale_factor=2, mode="bilinear", align_corners=False))
+
+    def forward(self, code: Tensor) -> Tensor:
+        if code.dim() != 2 or code.shape[1] != self.code_dim:
+            raise ValueError(f"TextureGenerator: argument 'code' must have shape (B, {self.code_dim}), "
+                             f"got {tuple(code.shape)}")
+        net = self.conv_in(code[:, :, None, None])
+        rgb = self._upsample_rgb(self.to_rgb[0](net))
+        for i, conv in enumerate(self.convs):
+            net = F.relu(conv(F.interpolate(net, scale_factor=2, mode="nearest")))
+            rgb = rgb + self.to_rgb[i + 1](net)
+            if i < len(self.convs) - 1:
+                rgb = self._upsample_rgb(rgb)
+        return torch.sigmoid(rgb)
+
+
+def average_texture(texture: Tensor) -> Tensor:
+    """Each texture image replaced by its mean colour: ``(B, C, H, W)`` constant per image (appendix A.2,
+    "the predicted texture image is averaged to yield a constant texture"). Images are averaged separately,
+    never across the batch. The code estimates the mean from 64 random texels; we take the exact mean (ours).
+    """
+    return texture.mean(dim=(2, 3), keepdim=True).expand_as(texture)
+
+
 # ------------------------------------------------------------------------------------------------
 # The model
 
@@ -400,6 +471,15 @@ class UnicornModel(nn.Module):
         self.deformation = DeformationField(config.shape_code_sizes[-1], config.field_hidden, config.field_layers)
         self.scale_head = mlp(nf, 3, nu, nl, zero_last=True)
         self.register_buffer("scale_range", torch.tensor(config.scale_range))
+        self.texture_head = mlp(nf, config.texture_code_sizes[-1], nu, nl, zero_last=True)
+        self.texture_generator = TextureGenerator(config.texture_code_sizes[-1], config.texture_size,
+                                                  config.generator_features, config.generator_min_features)
+        if config.background:
+            self.background_head = mlp(nf, config.background_code_sizes[-1], nu, nl, zero_last=True)
+            self.background_generator = TextureGenerator(config.background_code_sizes[-1], config.image_size,
+                                                         config.generator_features, config.generator_min_features)
+        else:
+            self.background_head = self.background_generator = None
 
     # -- curriculum -------------------------------------------------------------------------------
 
@@ -437,3 +517,41 @@ class UnicornModel(nn.Module):
         if self.current_epoch < self.config.freeze_scale_epochs:
             s = s * 0
         return 1 + s * self.scale_range.to(s.dtype)
+
+    # -- texture and background --------------------------------------------------------------------
+
+    def texture_code(self, features: Tensor) -> Tensor:
+        """``z_tx`` ``(B, 128)`` with only the current stage's first values live (section 3.2)."""
+        return self._masked(self.texture_head(features), self.config.texture_code_sizes)
+
+    def texture(self, texture_code: Tensor, averaged: bool = False) -> Tensor:
+        """UV texture image ``t_theta(z_tx)`` ``(B, 3, 64, 64)``; each image replaced by its mean colour when
+        ``averaged`` (see :meth:`draw_texture_averaging`)."""
+        texture = self.texture_generator(texture_code)
+        return average_texture(texture) if averaged else texture
+
+    def draw_texture_averaging(self, generator: Optional[torch.Generator] = None) -> bool:
+        """Whether this training iteration renders averaged textures (appendix A.2): always during the first
+        ``constant_texture_epochs``; afterwards with probability ``mean_texture_prob`` (one draw for the whole
+        batch) until ``mean_texture_until`` (None: to the end). Never in eval mode."""
+        c, epoch = self.config, self.current_epoch
+        if not self.training:
+            return False
+        if epoch < c.constant_texture_epochs:
+            return True
+        if c.mean_texture_until is not None and epoch >= c.mean_texture_until:
+            return False
+        return bool(torch.rand((), generator=generator).item() < c.mean_texture_prob)
+
+    def background_code(self, features: Tensor) -> Optional[Tensor]:
+        """``z_bg`` ``(B, 128)`` (masked by stage), or None without a background model."""
+        if self.background_head is None:
+            return None
+        return self._masked(self.background_head(features), self.config.background_code_sizes)
+
+    def background(self, background_code: Optional[Tensor]) -> Optional[Tensor]:
+        """Background image ``b_theta(z_bg)`` ``(B, 3, H, W)``, or None without a background model (the
+        renderer then composites over ``config.background_color``)."""
+        if self.background_generator is None or background_code is None:
+            return None
+        return self.background_generator(background_code)

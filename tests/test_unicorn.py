@@ -152,3 +152,76 @@ def test_scale_is_bounded_and_frozen_first():
     s = model.scale(features)
     assert torch.allclose(s[:, 0], torch.full((2,), 1.5)) and torch.allclose(s[:, 1], torch.full((2,), 0.5))
     assert ((s >= 0.5) & (s <= 1.5)).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Texture
+
+
+def test_texture_generator_is_giraffes_at_64():
+    gen = U.TextureGenerator(code_dim=128, size=64, min_features=16)
+    convs = [(m.in_channels, m.out_channels) for m in gen.convs]
+    assert convs == [(128, 64), (64, 32), (32, 16), (16, 16), (16, 16), (16, 16)]  # log2(64) = 6 blocks
+    assert [m.in_channels for m in gen.to_rgb] == [128, 64, 32, 16, 16, 16, 16]
+    out = gen(torch.randn(2, 128))
+    assert out.shape == (2, 3, 64, 64) and ((out > 0) & (out < 1)).all()
+    assert not torch.allclose(out[0], out[1])  # different codes, different textures
+    with pytest.raises(ValueError, match="'size'"):
+        U.TextureGenerator(size=48)
+    with pytest.raises(ValueError, match="'code'"):
+        gen(torch.randn(2, 64))
+
+
+def test_blur_is_the_binomial_filter():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 16.0
+    y = U.Blur()(x)[0, 0]
+    assert torch.equal(y[1:4, 1:4], torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]))
+    assert y.sum() == 16.0
+
+
+def test_model_texture_and_background_shapes():
+    model = make_model(small_config(background=True))
+    f = torch.randn(2, 512)
+    model.set_epoch(0)
+    tx = model.texture(model.texture_code(f))
+    assert tx.shape == (2, 3, 16, 16)
+    z_bg = model.background_code(f)
+    assert z_bg.shape == (2, 128) and model.background(z_bg).shape == (2, 3, 32, 32)
+    plain = make_model()
+    assert plain.background_code(f) is None and plain.background(None) is None
+    assert not any(n.startswith("background_") for n, _ in plain.named_parameters())
+
+
+def test_average_texture_is_each_images_mean_colour():
+    torch.manual_seed(1)
+    tx = torch.rand(3, 3, 8, 8)
+    avg = U.average_texture(tx)
+    assert avg.shape == tx.shape
+    for b in range(3):
+        for c in range(3):
+            assert torch.allclose(avg[b, c], tx[b, c].mean().expand(8, 8))
+    assert not torch.allclose(avg[0], avg[1])  # per image, not a batch mean
+    model = make_model()
+    model.set_epoch(30)
+    code = torch.randn(2, 128)
+    assert torch.allclose(model.texture(code, averaged=True), U.average_texture(model.texture(code)))
+
+
+def test_texture_averaging_schedule():
+    model = make_model()  # constant texture until epoch 14, then p = 0.2 per iteration (appendix A.2)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    model.set_epoch(13)
+    assert all(model.draw_texture_averaging(g) for _ in range(50))
+    model.set_epoch(14)
+    draws = [model.draw_texture_averaging(g) for _ in range(4000)]
+    assert abs(sum(draws) / len(draws) - 0.2) < 0.03
+    model.eval()
+    model.set_epoch(0)
+    assert not model.draw_texture_averaging(g)
+    real = make_model(U.real_image_config(field_hidden=32, head_hidden=16, generator_features=16,
+                                          generator_min_features=4, texture_size=16, image_size=32))
+    real.train()
+    real.set_epoch(525)  # real images: no averaging in the last stage (code)
+    assert not any(real.draw_texture_averaging(g) for _ in range(200))
