@@ -48,6 +48,7 @@ from invrender.mesh import ellipsoid, spherical_uvs
 __all__ = [
     "DeformationField",
     "MemoryBank",
+    "Pose",
     "PoseCandidates",
     "PoseHeads",
     "TextureGenerator",
@@ -61,6 +62,7 @@ __all__ = [
     "mlp",
     "real_image_config",
     "rotation_angle",
+    "select_pose",
     "swap_neighbours",
     "training_stage",
     "viewpoint_bin_edges",
@@ -437,6 +439,90 @@ def average_texture(texture: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
+# Pose (section 3.3, Table 4)
+
+
+class PoseCandidates(NamedTuple):
+    """K pose candidates per image. ``angles`` ``(B, K, 3)`` (azimuth, elevation, roll) in degrees;
+    ``rotation`` ``(B, K, 3, 3)`` object-to-view (``invrender.rotation_matrix``); ``translation``
+    ``(B, K, 3)`` in view space (added after the rotation; the camera distance is the camera's);
+    ``probabilities`` ``(B, K)`` summing to 1 over the candidates."""
+
+    angles: Tensor
+    rotation: Tensor
+    translation: Tensor
+    probabilities: Tensor
+
+
+class Pose(NamedTuple):
+    """One pose per image: ``rotation`` ``(B, 3, 3)`` and view-space ``translation`` ``(B, 3)``."""
+
+    rotation: Tensor
+    translation: Tensor
+
+
+def candidate_angles(num_poses: int, azimuth_range: Sequence[float], elevation_range: Sequence[float],
+                     roll_range: Sequence[float], range_factor: float = 0.52) -> Tuple[Tensor, Tensor]:
+    """Reference viewpoints and offset ranges of the pose candidates (section 3.3; code ``init_rotations``).
+
+    The K references are spread uniformly along the azimuth at the middle of the elevation and roll ranges:
+    on a full circle ``azimuth_k = low + k * 360 / K`` (0, 60, ..., 300 for K = 6), otherwise the centres of K
+    equal bins. Each candidate's angles are ``reference + offset_range * tanh(.)`` with ``offset_range =
+    range_factor * (bin width, elevation range, roll range)`` (code: 0.52, slightly over half a bin, so
+    neighbouring candidates overlap).
+
+    Returns:
+        ``references`` ``(K, 3)`` and ``offset_range`` ``(3,)``, in degrees (float64).
+    """
+    (a0, a1), (e0, e1), (r0, r1) = azimuth_range, elevation_range, roll_range
+    width = (a1 - a0) / num_poses
+    k = torch.arange(num_poses, dtype=torch.float64)
+    full_circle = a1 - a0 == 360.0 and num_poses > 1
+    azimuth = a0 + k * width if full_circle else a0 + (k + 0.5) * width
+    refs = torch.stack([azimuth, torch.full_like(k, (e0 + e1) / 2), torch.full_like(k, (r0 + r1) / 2)], dim=1)
+    offset_range = range_factor * torch.tensor([width, e1 - e0, r1 - r0], dtype=torch.float64)
+    return refs, offset_range
+
+
+class PoseHeads(nn.Module):
+    """K rotation heads, K translation heads (last layers zero-initialised: each candidate starts at its
+    reference viewpoint, centred; code) and one probability head (softmax over the candidates)."""
+
+    def __init__(self, config: UnicornConfig):
+        super().__init__()
+        nf, nu, nl, K = config.feature_dim, config.head_hidden, config.head_layers, config.num_poses
+        self.num_poses = K
+        self.rotation_heads = nn.ModuleList(mlp(nf, 3, nu, nl, zero_last=True) for _ in range(K))
+        self.translation_heads = nn.ModuleList(mlp(nf, 3, nu, nl, zero_last=True) for _ in range(K))
+        self.probability_head = mlp(nf, K, nu, nl)
+        refs, offset_range = candidate_angles(K, config.azimuth_range, config.elevation_range, config.roll_range,
+                                              config.rotation_range_factor)
+        self.register_buffer("reference_angles", refs.float())
+        self.register_buffer("angle_range", offset_range.float())
+        self.register_buffer("translation_range", torch.tensor(config.translation_range))
+
+    def forward(self, features: Tensor, freeze_translation: bool = False) -> PoseCandidates:
+        offsets = torch.tanh(torch.stack([h(features) for h in self.rotation_heads], dim=1))  # (B, K, 3)
+        angles = self.reference_angles.to(offsets.dtype) + offsets * self.angle_range.to(offsets.dtype)
+        azimuth, elevation, roll = torch.deg2rad(angles).unbind(-1)
+        rotation = invrender.rotation_matrix(azimuth, elevation, roll)
+        t = torch.tanh(torch.stack([h(features) for h in self.translation_heads], dim=1))
+        if freeze_translation:
+            t = t * 0
+        translation = t * self.translation_range.to(t.dtype)
+        probabilities = torch.softmax(self.probability_head(features), dim=1)
+        return PoseCandidates(angles, rotation, translation, probabilities)
+
+
+def select_pose(candidates: PoseCandidates) -> Tuple[Pose, Tensor]:
+    """The most likely candidate of each image (section 3.3: the 3D-step and inference use it):
+    ``(Pose, index (B,))``."""
+    index = candidates.probabilities.argmax(dim=1)
+    rows = torch.arange(index.shape[0], device=index.device)
+    return Pose(candidates.rotation[rows, index], candidates.translation[rows, index]), index
+
+
+# ------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -480,6 +566,7 @@ class UnicornModel(nn.Module):
                                                          config.generator_features, config.generator_min_features)
         else:
             self.background_head = self.background_generator = None
+        self.pose_heads = PoseHeads(config)
 
     # -- curriculum -------------------------------------------------------------------------------
 
@@ -517,6 +604,13 @@ class UnicornModel(nn.Module):
         if self.current_epoch < self.config.freeze_scale_epochs:
             s = s * 0
         return 1 + s * self.scale_range.to(s.dtype)
+
+    # -- pose ---------------------------------------------------------------------------------------
+
+    def poses(self, features: Tensor) -> PoseCandidates:
+        """The K pose candidates and their probabilities (translation held at 0 for the first
+        ``freeze_translation_epochs``, code)."""
+        return self.pose_heads(features, self.current_epoch < self.config.freeze_translation_epochs)
 
     # -- texture and background --------------------------------------------------------------------
 

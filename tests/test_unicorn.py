@@ -225,3 +225,94 @@ def test_texture_averaging_schedule():
     real.train()
     real.set_epoch(525)  # real images: no averaging in the last stage (code)
     assert not any(real.draw_texture_averaging(g) for _ in range(200))
+
+
+# ------------------------------------------------------------------------------------------------
+# Pose
+
+
+def camera_rotation(azimuth_deg, elevation_deg):
+    """Closed form of an orbit camera's object-to-view rotation: rows right, up, backward (README)."""
+    a, e = math.radians(azimuth_deg), math.radians(elevation_deg)
+    return torch.tensor([[math.cos(a), 0.0, -math.sin(a)],
+                         [-math.sin(a) * math.sin(e), math.cos(e), -math.cos(a) * math.sin(e)],
+                         [math.sin(a) * math.cos(e), math.sin(e), math.cos(a) * math.cos(e)]])
+
+
+def test_candidate_angles_closed_form():
+    refs, rng = U.candidate_angles(6, (0, 360), (30, 30), (0, 0))
+    assert refs[:, 0].tolist() == [0, 60, 120, 180, 240, 300]
+    assert refs[:, 1].tolist() == [30] * 6 and refs[:, 2].tolist() == [0] * 6
+    assert torch.allclose(rng, torch.tensor([31.2, 0.0, 0.0], dtype=torch.float64))
+    refs, rng = U.candidate_angles(2, (0, 180), (-10, 30), (-30, 30))  # not a full circle: bin centres
+    assert refs.tolist() == [[45, 10, 0], [135, 10, 0]]
+    assert torch.allclose(rng, 0.52 * torch.tensor([90.0, 40.0, 60.0], dtype=torch.float64))
+
+
+def test_initial_candidates_are_the_reference_viewpoints_and_cover_the_circle():
+    model = make_model()
+    cand = model.poses(torch.randn(2, 512))
+    assert cand.rotation.shape == (2, 6, 3, 3) and cand.translation.shape == (2, 6, 3)
+    assert cand.angles.shape == (2, 6, 3) and cand.probabilities.shape == (2, 6)
+    for k in range(6):
+        expected = camera_rotation(60 * k, 30)
+        assert torch.allclose(cand.rotation[0, k], expected, atol=1e-6), k
+    assert torch.equal(cand.translation, torch.zeros(2, 6, 3))
+    assert torch.allclose(cand.probabilities.sum(1), torch.ones(2))
+    # Every azimuth is reachable by some candidate's tanh-bounded offset (31.2 >= 30 degrees each side).
+    ref, rng = model.pose_heads.reference_angles[:, 0], model.pose_heads.angle_range[0]
+    for azimuth in torch.linspace(0, 359, 360):
+        gap = torch.remainder(azimuth - ref + 180, 360) - 180
+        assert (gap.abs() <= rng).any()
+
+
+def test_pose_offsets_are_tanh_bounded():
+    model = make_model()
+    with torch.no_grad():
+        for k, head in enumerate(model.pose_heads.rotation_heads):
+            head[-1].bias.fill_(100.0 if k % 2 == 0 else -100.0)  # saturate tanh at +-1
+        for head in model.pose_heads.translation_heads:
+            head[-1].bias.copy_(torch.tensor([100.0, -100.0, 100.0]))
+    cand = model.poses(torch.randn(3, 512))
+    sign = torch.tensor([1.0, -1.0] * 3)
+    assert torch.allclose(cand.angles[0, :, 0], torch.arange(6) * 60.0 + sign * 31.2)
+    assert torch.allclose(cand.angles[..., 1], torch.full((3, 6), 30.0))  # no elevation range on ShapeNet
+    assert torch.allclose(cand.translation, torch.tensor([0.2, -0.2, 0.0]).expand(3, 6, 3))
+    with torch.no_grad():  # an unbounded head would leave the range
+        model.pose_heads.rotation_heads[0][-1].bias.fill_(1e3)
+    assert (model.poses(torch.randn(3, 512)).angles[:, 0, 0] <= 31.2 + 1e-4).all()
+
+
+def test_translation_frozen_first_on_real_images():
+    config = U.real_image_config(field_hidden=32, head_hidden=16, generator_features=16, generator_min_features=4,
+                                 texture_size=16, image_size=32)
+    model = make_model(config)
+    with torch.no_grad():
+        for head in model.pose_heads.translation_heads:
+            head[-1].bias.fill_(100.0)
+    f = torch.randn(2, 512)
+    model.set_epoch(1)
+    assert torch.equal(model.poses(f).translation, torch.zeros(2, 6, 3))
+    model.set_epoch(2)
+    assert torch.allclose(model.poses(f).translation, torch.full((2, 6, 3), 0.3))
+
+
+def test_select_pose_takes_the_most_likely_candidate():
+    model = make_model()
+    with torch.no_grad():
+        model.pose_heads.probability_head[-1].weight.zero_()
+        model.pose_heads.probability_head[-1].bias.copy_(torch.tensor([0.0, 0, 0, 5, 0, 0]))
+    cand = model.poses(torch.randn(2, 512))
+    pose, index = U.select_pose(cand)
+    assert index.tolist() == [3, 3]
+    assert torch.allclose(pose.rotation, camera_rotation(180, 30).expand(2, 3, 3), atol=1e-6)
+    assert pose.translation.shape == (2, 3)
+
+
+def test_azimuth_sign_matches_the_camera():
+    """A candidate at azimuth 90 degrees puts the object's +x side nearest the camera (README convention)."""
+    verts = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 0, 1.0]])
+    R = invrender.rotation_matrix(torch.tensor(math.pi / 2), 0.0)
+    camera = invrender.PerspectiveCamera.from_focal_length(3.732, distance=2.732)
+    depth = camera.project(verts, rotation=R[0])[0, :, 2]
+    assert depth.argmin() == 0 and depth[0] == pytest.approx(1.732, abs=1e-5)
