@@ -34,7 +34,7 @@ azimuths evenly over 360 degrees at one elevation, camera above the object for p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -523,6 +523,135 @@ def select_pose(candidates: PoseCandidates) -> Tuple[Pose, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Swap reconstruction: memory bank and neighbour selection (section 3.2, appendix B.2)
+
+
+def rotation_angle(r1: Tensor, r2: Tensor) -> Tensor:
+    """Angle in degrees, in [0, 180], of the relative rotation ``r1^T r2`` (broadcast over leading dims)."""
+    trace = (r1 * r2).sum(dim=(-2, -1))  # trace(r1^T r2)
+    return torch.rad2deg(torch.acos(((trace - 1) / 2).clamp(-1.0, 1.0)))
+
+
+def viewpoint_bin_edges(num_bins: int, min_angle: float = 20.0) -> Tensor:
+    """Edges ``(num_bins + 1,)`` of V equal viewpoint bins over ``[min_angle, 180]`` degrees (appendix B.2:
+    angles under 20 degrees are excluded, "to remove instances that have a similar pose")."""
+    return torch.linspace(float(min_angle), 180.0, num_bins + 1, dtype=torch.float64)
+
+
+def draw_viewpoint_bins(batch: int, num_bins: int, generator: Optional[torch.Generator] = None,
+                        device=None) -> Tensor:
+    """A target viewpoint bin per instance, uniform over the V bins: ``(batch,)`` int64."""
+    bins = torch.randint(0, num_bins, (batch,), generator=generator)
+    return bins.to(device) if device is not None else bins
+
+
+def swap_neighbours(codes: Tensor, rotations: Tensor, bank_codes: Tensor, bank_rotations: Tensor, bins: Tensor,
+                    num_bins: int, min_angle: float = 20.0, valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """For each instance, the bank entry nearest in code space (L2) among those whose viewpoint lies in the
+    instance's drawn bin (section 3.2, appendix B.2).
+
+    The viewpoint difference is :func:`rotation_angle` between the instance's rotation and the entry's;
+    bin ``b`` holds the angles in ``[edge_b, edge_{b+1})`` of :func:`viewpoint_bin_edges`, the last bin
+    closed at 180 degrees (ours: the code leaves exact back views out of every bin).
+
+    Args:
+        codes: ``(B, C)`` shape (or texture) codes of the batch.
+        rotations: ``(B, 3, 3)`` their (most likely) rotations.
+        bank_codes: ``(M, C)``; bank_rotations: ``(M, 3, 3)``.
+        bins: ``(B,)`` int64 target bins in ``[0, num_bins)`` (:func:`draw_viewpoint_bins`).
+        valid: optional ``(M,)`` bool, the filled entries of the bank.
+
+    Returns:
+        ``index (B,)`` int64 into the bank and ``found (B,)`` bool: False where no valid entry lies in the
+        drawn bin (the index is then 0 and meaningless; the code silently takes an entry out of the bin).
+    """
+    if codes.dim() != 2 or bank_codes.dim() != 2 or codes.shape[1] != bank_codes.shape[1]:
+        raise ValueError(f"swap_neighbours: 'codes' (B, C) and 'bank_codes' (M, C) must share C, got "
+                         f"{tuple(codes.shape)} and {tuple(bank_codes.shape)}")
+    if bins.shape != codes.shape[:1]:
+        raise ValueError(f"swap_neighbours: argument 'bins' must have shape ({codes.shape[0]},), "
+                         f"got {tuple(bins.shape)}")
+    edges = viewpoint_bin_edges(num_bins, min_angle).to(codes.device)
+    angles = rotation_angle(rotations[:, None].double(), bank_rotations[None].double())  # (B, M)
+    lo, hi = edges[bins][:, None], edges[bins + 1][:, None]
+    last = (bins == num_bins - 1)[:, None]
+    in_bin = (angles >= lo) & ((angles < hi) | (last & (angles <= hi)))
+    if valid is not None:
+        in_bin = in_bin & valid[None]
+    distance = torch.cdist(codes.double(), bank_codes.double()) if codes.shape[1] > 0 else \
+        torch.zeros(angles.shape, dtype=torch.float64, device=codes.device)
+    distance = distance.masked_fill(~in_bin, math.inf)
+    best, index = distance.min(dim=1)
+    found = torch.isfinite(best)
+    return torch.where(found, index, torch.zeros_like(index)), found
+
+
+class MemoryBank(nn.Module):
+    """The last M instances seen in training (section 3.2): codes, scale, pose, background code and image,
+    held in buffers so that checkpoints carry them. A ring: :meth:`push` overwrites the oldest entries.
+    Everything stored is detached."""
+
+    FIELDS = ("shape_code", "texture_code", "background_code", "scale", "rotation", "translation", "image")
+
+    def __init__(self, size: int, shape_dim: int, texture_dim: int, background_dim: int,
+                 image_shape: Sequence[int]):
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"MemoryBank: argument 'size' must be positive, got {size}")
+        self.size = size
+        shapes = {"shape_code": (shape_dim,), "texture_code": (texture_dim,), "background_code": (background_dim,),
+                  "scale": (3,), "rotation": (3, 3), "translation": (3,), "image": tuple(image_shape)}
+        for name in self.FIELDS:
+            self.register_buffer(name, torch.zeros(size, *shapes[name]))
+        self.register_buffer("position", torch.zeros((), dtype=torch.long))  # next slot to write
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # filled slots
+
+    def __len__(self) -> int:
+        return int(self.count.item())
+
+    @property
+    def valid(self) -> Tensor:
+        """``(M,)`` bool: the filled slots (the first ``len(self)``: the ring fills from slot 0)."""
+        return torch.arange(self.size, device=self.count.device) < self.count
+
+    @torch.no_grad()
+    def push(self, **entries: Tensor) -> None:
+        """Stores a batch: every field of :attr:`FIELDS` as a keyword, each ``(B, ...)``."""
+        missing = set(self.FIELDS) - set(entries)
+        extra = set(entries) - set(self.FIELDS)
+        if missing or extra:
+            raise ValueError(f"MemoryBank.push: needs exactly the fields {self.FIELDS}; missing {sorted(missing)}, "
+                             f"unknown {sorted(extra)}")
+        batch = entries["image"].shape[0]
+        for name in self.FIELDS:
+            value = entries[name]
+            store = getattr(self, name)
+            if value.shape[0] != batch or tuple(value.shape[1:]) != tuple(store.shape[1:]):
+                raise ValueError(f"MemoryBank.push: '{name}' must have shape ({batch}, "
+                                 f"{', '.join(map(str, store.shape[1:]))}), got {tuple(value.shape)}")
+        keep = min(batch, self.size)  # a batch larger than the bank keeps its last entries
+        slots = (self.position + torch.arange(keep, device=self.position.device)) % self.size
+        for name in self.FIELDS:
+            store = getattr(self, name)
+            store[slots.to(store.device)] = entries[name][batch - keep:].detach().to(store.dtype)
+        self.position.copy_((self.position + keep) % self.size)
+        self.count.copy_(torch.clamp(self.count + keep, max=self.size))
+
+    def neighbours(self, kind: str, codes: Tensor, rotations: Tensor, bins: Tensor, num_bins: int,
+                   min_angle: float = 20.0) -> Tuple[Tensor, Tensor]:
+        """:func:`swap_neighbours` against this bank's ``"shape"`` or ``"texture"`` codes."""
+        if kind not in ("shape", "texture"):
+            raise ValueError(f"MemoryBank.neighbours: argument 'kind' must be 'shape' or 'texture', got {kind!r}")
+        bank_codes = getattr(self, f"{kind}_code")
+        return swap_neighbours(codes, rotations, bank_codes.to(codes.dtype), self.rotation, bins, num_bins,
+                               min_angle, self.valid)
+
+    def entries(self, index: Tensor) -> Dict[str, Tensor]:
+        """The stored fields at ``index`` ``(B,)``."""
+        return {name: getattr(self, name)[index] for name in self.FIELDS}
+
+
+# ------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -567,6 +696,9 @@ class UnicornModel(nn.Module):
         else:
             self.background_head = self.background_generator = None
         self.pose_heads = PoseHeads(config)
+        self.memory = MemoryBank(config.memory_size, config.shape_code_sizes[-1], config.texture_code_sizes[-1],
+                                 config.background_code_sizes[-1] if config.background else 0,
+                                 (3, config.image_size, config.image_size))
 
     # -- curriculum -------------------------------------------------------------------------------
 

@@ -316,3 +316,113 @@ def test_azimuth_sign_matches_the_camera():
     camera = invrender.PerspectiveCamera.from_focal_length(3.732, distance=2.732)
     depth = camera.project(verts, rotation=R[0])[0, :, 2]
     assert depth.argmin() == 0 and depth[0] == pytest.approx(1.732, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Swap reconstruction: memory bank
+
+
+def azimuth_rotations(azimuths_deg, elevation_deg=0.0):
+    return torch.stack([camera_rotation(float(a), elevation_deg) for a in azimuths_deg])
+
+
+def test_rotation_angle_and_bin_edges():
+    R = azimuth_rotations([0, 30, 90, 180, 250])
+    assert torch.allclose(U.rotation_angle(R[0], R), torch.tensor([0.0, 30, 90, 180, 110]), atol=1e-3)
+    assert U.viewpoint_bin_edges(4, 20).tolist() == [20, 60, 100, 140, 180]
+    assert U.viewpoint_bin_edges(5, 20).tolist() == [20, 52, 84, 116, 148, 180]
+
+
+def test_swap_neighbour_lies_in_the_drawn_bin_constructed():
+    # Bank: azimuths 15, 45, ..., 345 at elevation 0, entry k with code k (a line), so the nearest code
+    # overall to the query's (0, at azimuth 0) is entry 0, only 15 degrees away: excluded by every bin.
+    azimuths = torch.arange(15, 360, 30)
+    bank_R = azimuth_rotations(azimuths)
+    bank_codes = torch.arange(12.0)[:, None]
+    query_R = azimuth_rotations([0, 0, 0, 0])
+    query_codes = torch.zeros(4, 1)
+    bins = torch.tensor([0, 1, 2, 3])  # [20, 60), [60, 100), [100, 140), [140, 180]
+    index, found = U.swap_neighbours(query_codes, query_R, bank_codes, bank_R, bins, 4, 20.0)
+    assert found.all()
+    # bin 0: azimuths 45 (code 1) or 315 (10); bin 1: 75 (2) or 285 (9); bin 2: 105, 135 (3, 4) or 225, 255;
+    # bin 3: 165 (5) or 195 (6).
+    assert azimuths[index].tolist() == [45, 75, 105, 165]
+    assert torch.cdist(query_codes, bank_codes).argmin() == 0  # without bins: the same viewpoint
+    # The back view (exactly 180 degrees) belongs to the last bin.
+    back = torch.diag(torch.tensor([-1.0, 1.0, -1.0]))
+    assert U.rotation_angle(torch.eye(3), back).item() == 180.0
+    index, found = U.swap_neighbours(torch.zeros(1, 1), torch.eye(3)[None], torch.zeros(2, 1),
+                                     torch.stack([torch.eye(3), back]), torch.tensor([3]), 4, 20.0)
+    assert found.item() and index.item() == 1
+    # A bin with no valid entry is reported as not found.
+    valid = torch.zeros(12, dtype=torch.bool)
+    valid[[0, 1, 11]] = True  # azimuths 15, 45, 345: only bin 0 has a valid entry
+    _, found = U.swap_neighbours(query_codes[:2], query_R[:2], bank_codes, bank_R, torch.tensor([0, 2]), 4, 20.0,
+                                 valid)
+    assert found.tolist() == [True, False]
+
+
+def test_swap_neighbours_match_brute_force():
+    g = torch.Generator().manual_seed(3)
+    M, B, V = 40, 8, 5
+    bank_R = azimuth_rotations(torch.rand(M, generator=g) * 360, 30.0)
+    bank_codes = torch.randn(M, 4, generator=g)
+    query_R = azimuth_rotations(torch.rand(B, generator=g) * 360, 30.0)
+    codes = torch.randn(B, 4, generator=g)
+    bins = U.draw_viewpoint_bins(B, V, generator=g)
+    index, found = U.swap_neighbours(codes, query_R, bank_codes, bank_R, bins, V, 20.0)
+    edges = U.viewpoint_bin_edges(V, 20.0).tolist()
+    for b in range(B):
+        best, best_m = math.inf, None
+        for m in range(M):
+            angle = U.rotation_angle(query_R[b], bank_R[m]).item()
+            lo, hi = edges[bins[b]], edges[bins[b] + 1]
+            if lo <= angle < hi or (bins[b] == V - 1 and angle <= hi):
+                d = (codes[b] - bank_codes[m]).norm().item()
+                if d < best:
+                    best, best_m = d, m
+        assert found[b].item() == (best_m is not None)
+        if best_m is not None:
+            assert index[b].item() == best_m
+            angle = U.rotation_angle(query_R[b], bank_R[index[b]]).item()
+            assert edges[bins[b]] <= angle <= edges[bins[b] + 1]
+
+
+def random_entries(n, g, image=(3, 4, 4)):
+    return dict(shape_code=torch.randn(n, 5, generator=g), texture_code=torch.randn(n, 6, generator=g),
+                background_code=torch.randn(n, 0), scale=torch.rand(n, 3, generator=g),
+                rotation=azimuth_rotations(torch.rand(n, generator=g) * 360), translation=torch.randn(n, 3, generator=g),
+                image=torch.rand(n, *image, generator=g))
+
+
+def test_memory_bank_ring_and_state_dict_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    bank = U.MemoryBank(8, 5, 6, 0, (3, 4, 4))
+    first, second = random_entries(5, g), random_entries(6, g)
+    bank.push(**first)
+    assert len(bank) == 5 and bank.valid.tolist() == [True] * 5 + [False] * 3
+    bank.push(**second)  # 11 pushed into 8 slots: the oldest 3 are overwritten
+    assert len(bank) == 8 and bank.position.item() == 3
+    stored = bank.image
+    for k in range(6):
+        assert torch.equal(stored[(5 + k) % 8], second["image"][k])
+    for k in range(3, 5):
+        assert torch.equal(stored[k], first["image"][k])
+    torch.save(bank.state_dict(), tmp_path / "bank.pt")
+    other = U.MemoryBank(8, 5, 6, 0, (3, 4, 4))
+    other.load_state_dict(torch.load(tmp_path / "bank.pt"))
+    for name, value in bank.state_dict().items():
+        assert torch.equal(other.state_dict()[name], value), name
+    codes, R = torch.randn(3, 5, generator=g), azimuth_rotations([0, 90, 200])
+    bins = torch.tensor([0, 2, 4])
+    assert all(torch.equal(a, b) for a, b in zip(bank.neighbours("shape", codes, R, bins, 5),
+                                                  other.neighbours("shape", codes, R, bins, 5)))
+    with pytest.raises(ValueError, match="'image'"):
+        bank.push(**dict(random_entries(2, g), image=torch.rand(2, 3, 5, 5)))
+
+
+def test_model_bank_is_in_the_state_dict():
+    model = make_model()
+    keys = model.state_dict().keys()
+    assert {f"memory.{n}" for n in U.MemoryBank.FIELDS} | {"memory.count", "memory.position", "epoch"} <= set(keys)
+    assert model.memory.image.shape == (16, 3, 32, 32) and model.memory.shape_code.shape == (16, 32)
