@@ -699,6 +699,11 @@ class UnicornModel(nn.Module):
         self.memory = MemoryBank(config.memory_size, config.shape_code_sizes[-1], config.texture_code_sizes[-1],
                                  config.background_code_sizes[-1] if config.background else 0,
                                  (3, config.image_size, config.image_size))
+        # Rendering (appendix C) through invrender's layered renderer; the camera of Table 4.
+        camera = invrender.PerspectiveCamera.from_focal_length(config.focal_length, distance=config.camera_distance)
+        self.renderer = invrender.LayeredRenderer(camera, config.image_size, layers=config.render_layers,
+                                                  sigma=config.sigma, kind="exp",
+                                                  background=config.background_color)
 
     # -- curriculum -------------------------------------------------------------------------------
 
@@ -781,3 +786,47 @@ class UnicornModel(nn.Module):
         if self.background_generator is None or background_code is None:
             return None
         return self.background_generator(background_code)
+
+    # -- the whole prediction and rendering -----------------------------------------------------------
+
+    def predict(self, images: Tensor, average_texture: bool = False) -> Dict[str, object]:
+        """Every factor of ``images`` ``(B, 3, H, W)`` (Figure 3): a dict with ``features`` ``(B, F)``, the
+        masked codes ``shape_code``, ``texture_code``, ``background_code`` (None without a background
+        model), ``scale`` ``(B, 3)``, ``verts`` ``(B, V, 3)`` the deformed template scaled by ``diag(s)``
+        (object space, before the pose), ``texture`` ``(B, 3, Ht, Wt)``, ``background`` ``(B, 3, H, W)`` or
+        None, and ``candidates`` (:class:`PoseCandidates`)."""
+        features = self.encoder(images)
+        shape_code = self.shape_code(features)
+        texture_code = self.texture_code(features)
+        background_code = self.background_code(features)
+        scale = self.scale(features)
+        return {
+            "features": features,
+            "shape_code": shape_code,
+            "texture_code": texture_code,
+            "background_code": background_code,
+            "scale": scale,
+            "verts": self.shape(shape_code) * scale[:, None, :],
+            "texture": self.texture(texture_code, average_texture),
+            "background": self.background(background_code),
+            "candidates": self.poses(features),
+        }
+
+    def render(self, verts: Tensor, textures: Tensor, poses: Pose,
+               background: Optional[Tensor] = None) -> "invrender.CompositeResult":
+        """Renders posed textured meshes with :class:`invrender.LayeredRenderer` (the model renders nothing
+        by itself).
+
+        Args:
+            verts: ``(N, V, 3)`` object-space vertices of the template's topology (``self.faces``).
+            textures: ``(N, 3, Ht, Wt)`` UV images, mapped through the template's spherical UVs
+                (``self.uvs``, per face corner) and sampled bilinearly by the renderer.
+            poses: :class:`Pose` with ``rotation`` ``(N, 3, 3)`` and view-space ``translation`` ``(N, 3)``:
+                ``A(x) = R x + t`` seen by the camera at ``config.camera_distance``.
+            background: ``(N, 3, H, W)`` or None (``config.background_color``).
+
+        Returns:
+            :class:`invrender.CompositeResult` ``(image (N, 3, H, W), mask (N, 1, H, W))``.
+        """
+        return self.renderer(verts, self.faces, self.uvs.to(verts.dtype), textures, rotation=poses.rotation,
+                             translation=poses.translation, background=background)

@@ -426,3 +426,57 @@ def test_model_bank_is_in_the_state_dict():
     keys = model.state_dict().keys()
     assert {f"memory.{n}" for n in U.MemoryBank.FIELDS} | {"memory.count", "memory.position", "epoch"} <= set(keys)
     assert model.memory.image.shape == (16, 3, 32, 32) and model.memory.shape_code.shape == (16, 32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prediction and rendering
+
+
+def test_predict_shapes_and_initial_mesh():
+    model = make_model(small_config(background=True))
+    model.set_epoch(0)
+    out = model.predict(torch.rand(2, 3, 32, 32))
+    assert out["features"].shape == (2, 512)
+    assert out["shape_code"].shape == (2, 32) and out["texture_code"].shape == (2, 128)
+    assert out["background_code"].shape == (2, 128) and out["background"].shape == (2, 3, 32, 32)
+    assert out["texture"].shape == (2, 3, 16, 16) and out["scale"].shape == (2, 3)
+    assert out["candidates"].rotation.shape == (2, 6, 3, 3)
+    # At initialisation (scale frozen, zero displacement) the mesh is the template.
+    assert torch.equal(out["verts"], model.template_verts.expand(2, -1, -1))
+
+
+def centroid(mask):
+    H, W = mask.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=mask.dtype), torch.arange(W, dtype=mask.dtype), indexing="ij")
+    total = mask.sum()
+    return (mask * ys).sum() / total, (mask * xs).sum() / total
+
+
+def test_render_template_matches_the_layered_renderer_and_is_centred():
+    model = make_model()
+    verts = model.template_verts.expand(1, -1, -1)
+    texture = torch.zeros(1, 3, 16, 16)
+    texture[:, 0, :, 8:] = 1.0  # red where u > 0.5: the object's +x side (seen on the right at azimuth 0)
+    R = invrender.rotation_matrix(torch.tensor([0.0]), torch.tensor([math.radians(30.0)]))
+    pose = U.Pose(R, torch.zeros(1, 3))
+    image, mask = model.render(verts, texture, pose)
+    assert image.shape == (1, 3, 32, 32) and mask.shape == (1, 1, 32, 32)
+    camera = invrender.PerspectiveCamera.from_focal_length(3.732050895690918, distance=2.732)
+    direct = invrender.LayeredRenderer(camera, 32, layers=8, sigma=1e-4, background=1.0)
+    ref_image, ref_mask = direct(verts, model.faces, spherical_uvs(model.template_verts, model.faces), texture,
+                                 rotation=R, translation=torch.zeros(1, 3))
+    assert torch.equal(image, ref_image) and torch.equal(mask, ref_mask)
+    m = mask[0, 0]
+    assert 0.05 < m.mean() < 0.5  # an object, not an empty or full frame
+    cy, cx = centroid(m)
+    assert abs(cx - 15.5) < 0.25 and abs(cy - 15.5) < 0.5
+    # White background outside; inside, the right half is red and the left half black.
+    assert torch.equal(image[0, :, 0, 0], torch.ones(3))
+    inside = m > 0.999
+    left, right = inside.clone(), inside.clone()
+    left[:, 14:], right[:, :18] = False, False
+    assert image[0, 0][right].mean() > 0.95 and image[0, 0][left].mean() < 0.05
+    # A translation along +x moves the silhouette right by about f * t / distance * W / 2 pixels.
+    _, moved = model.render(verts, texture, U.Pose(R, torch.tensor([[0.2, 0.0, 0.0]])))
+    shift = centroid(moved[0, 0])[1] - cx
+    assert shift == pytest.approx(3.732 * 0.2 / 2.732 * 16, rel=0.1)
