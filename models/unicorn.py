@@ -54,6 +54,7 @@ __all__ = [
     "TextureGenerator",
     "UnicornConfig",
     "UnicornModel",
+    "alternating_step",
     "average_texture",
     "candidate_angles",
     "code_mask",
@@ -61,10 +62,13 @@ __all__ = [
     "draw_viewpoint_bins",
     "mlp",
     "real_image_config",
+    "reconstruction_loss",
+    "regularization_loss",
     "rotation_angle",
     "select_pose",
     "swap_neighbours",
     "training_stage",
+    "uniform_loss",
     "viewpoint_bin_edges",
 ]
 
@@ -652,6 +656,53 @@ class MemoryBank(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# Losses (section 3.2, 3.3) and the alternating optimisation
+
+
+STEPS = ("pose", "3d")
+
+
+def alternating_step(iteration: int) -> str:
+    """The step of a training iteration (section 3.3, appendix B.3: "we alternate the optimization every new
+    batch"): ``"pose"`` (P-step) on even iterations, ``"3d"`` (3D-step) on odd ones (code: the first
+    iteration is a pose step)."""
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        raise ValueError(f"alternating_step: argument 'iteration' must be a non-negative int, got {iteration!r}")
+    return STEPS[iteration % 2]
+
+
+def reconstruction_loss(rendered: Tensor, target: Tensor, perceptual=None, rgb_weight: float = 1.0,
+                        perceptual_weight: float = 10.0) -> Tensor:
+    """``L_rec`` per image ``(N,)`` (section 3.2): ``rgb_weight * MSE`` (mean over pixels and channels) plus
+    ``perceptual_weight * perceptual(rendered, target)`` when a perceptual loss (a callable returning ``(N,)``;
+    VGG16 relu3_3 in the paper) is given."""
+    if rendered.shape != target.shape:
+        raise ValueError(f"reconstruction_loss: rendered {tuple(rendered.shape)} and target {tuple(target.shape)} "
+                         f"differ in shape")
+    loss = rgb_weight * (rendered - target).pow(2).flatten(1).mean(1)
+    if perceptual is not None and perceptual_weight > 0:
+        loss = loss + perceptual_weight * perceptual(rendered, target)
+    return loss
+
+
+def uniform_loss(probabilities: Tensor) -> Tensor:
+    """``L_uni`` (section 3.3): deviation of the batch-averaged candidate probabilities ``(B, K)`` from the
+    uniform ``1/K``. Averaged over the candidates (code; the paper writes the sum, K times larger, with the
+    same weight 0.02)."""
+    k = probabilities.shape[1]
+    return (probabilities.mean(0) - 1.0 / k).abs().mean()
+
+
+def regularization_loss(verts: Tensor, faces: Tensor, laplacian_weight: float = 0.01,
+                        normal_weight: float = 0.01) -> Tensor:
+    """``lambda_reg L_reg`` (section 3.2): uniform Laplacian smoothing and normal consistency of the meshes
+    ``(B, V, 3)`` (code: PyTorch3D's ``mesh_laplacian_smoothing(method="uniform")`` and
+    ``mesh_normal_consistency``; here :mod:`invrender.mesh`'s)."""
+    return (laplacian_weight * invrender.mesh.laplacian_loss(verts, faces, "uniform")
+            + normal_weight * invrender.mesh.normal_consistency_loss(verts, faces))
+
+
+# ------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -830,3 +881,61 @@ class UnicornModel(nn.Module):
         """
         return self.renderer(verts, self.faces, self.uvs.to(verts.dtype), textures, rotation=poses.rotation,
                              translation=poses.translation, background=background)
+
+    def render_candidates(self, prediction: Dict[str, object], detach_object: bool = False) -> Tuple[Tensor, Tensor]:
+        """Renders each image's object from its K pose candidates: images ``(B, K, 3, H, W)`` and masks
+        ``(B, K, 1, H, W)``. ``detach_object`` cuts the gradient to the mesh, texture and background (P-step)."""
+        verts, texture, background = prediction["verts"], prediction["texture"], prediction["background"]
+        if detach_object:
+            verts, texture = verts.detach(), texture.detach()
+            background = background.detach() if background is not None else None
+        cand: PoseCandidates = prediction["candidates"]
+        B, K = cand.probabilities.shape
+
+        def repeat(t):
+            return t.unsqueeze(1).expand(B, K, *t.shape[1:]).reshape(B * K, *t.shape[1:])
+
+        poses = Pose(cand.rotation.reshape(B * K, 3, 3), cand.translation.reshape(B * K, 3))
+        image, mask = self.render(repeat(verts), repeat(texture), poses,
+                                  repeat(background) if background is not None else None)
+        return image.reshape(B, K, *image.shape[1:]), mask.reshape(B, K, *mask.shape[1:])
+
+    def pose_step_losses(self, prediction: Dict[str, object], images: Tensor, perceptual=None) -> Dict[str, Tensor]:
+        """P-step (section 3.3, eq. 3): ``sum_k p_k L_rec(I, I_k) + lambda_uni L_uni``, averaged over the batch.
+        The object (mesh, texture, background) is detached, so only the pose branches and the encoder
+        receive gradients."""
+        c = self.config
+        rendered, _ = self.render_candidates(prediction, detach_object=True)
+        B, K = rendered.shape[:2]
+        target = images.unsqueeze(1).expand_as(rendered).reshape(B * K, *images.shape[1:])
+        rec = reconstruction_loss(rendered.reshape(B * K, *rendered.shape[2:]), target, perceptual, c.rgb_weight,
+                                  c.perceptual_weight).reshape(B, K)
+        probabilities = prediction["candidates"].probabilities
+        losses = {"reconstruction": (probabilities * rec).sum(1).mean(),
+                  "uniform": c.uniform_weight * uniform_loss(probabilities)}
+        losses["total"] = losses["reconstruction"] + losses["uniform"]
+        return losses
+
+    def step_3d_losses(self, prediction: Dict[str, object], images: Tensor, perceptual=None) -> Dict[str, Tensor]:
+        """3D-step (section 3.3, eq. 1 without the swap term): ``L_rec`` from the most likely candidate plus
+        ``lambda_reg L_reg``. The pose is detached (selected by argmax), so only the shape, texture,
+        background and scale branches and the encoder receive gradients."""
+        c = self.config
+        cand: PoseCandidates = prediction["candidates"]
+        pose, _ = select_pose(PoseCandidates(*(t.detach() for t in cand)))
+        image, _ = self.render(prediction["verts"], prediction["texture"], pose, prediction["background"])
+        losses = {"reconstruction": reconstruction_loss(image, images, perceptual, c.rgb_weight,
+                                                        c.perceptual_weight).mean(),
+                  "regularization": regularization_loss(prediction["verts"], self.faces, c.laplacian_weight,
+                                                        c.normal_weight)}
+        losses["total"] = losses["reconstruction"] + losses["regularization"]
+        return losses
+
+    def parameter_groups(self) -> Dict[str, list]:
+        """``encoder`` (updated by both steps), ``pose`` (rotation, translation and probability heads: the
+        P-step's) and ``3d`` (shape, texture, background and scale heads, deformation field, generators: the
+        3D-step's)."""
+        pose = list(self.pose_heads.parameters())
+        encoder = list(self.encoder.parameters())
+        taken = {id(p) for p in pose + encoder}
+        return {"encoder": encoder, "pose": pose, "3d": [p for p in self.parameters() if id(p) not in taken]}

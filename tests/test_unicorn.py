@@ -480,3 +480,61 @@ def test_render_template_matches_the_layered_renderer_and_is_centred():
     _, moved = model.render(verts, texture, U.Pose(R, torch.tensor([[0.2, 0.0, 0.0]])))
     shift = centroid(moved[0, 0])[1] - cx
     assert shift == pytest.approx(3.732 * 0.2 / 2.732 * 16, rel=0.1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Alternating optimisation (section 3.3)
+
+
+def test_alternating_steps_and_simple_losses():
+    assert [U.alternating_step(i) for i in range(4)] == ["pose", "3d", "pose", "3d"]
+    assert U.uniform_loss(torch.full((4, 6), 1 / 6)).item() == pytest.approx(0.0)
+    collapsed = torch.zeros(4, 6)
+    collapsed[:, 0] = 1
+    assert U.uniform_loss(collapsed).item() == pytest.approx((5 / 6 + 5 / 6) / 6)
+    a, b = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
+    assert U.reconstruction_loss(a, b).tolist() == [1.0, 1.0]
+    assert U.reconstruction_loss(a, b, perceptual=lambda x, y: torch.full((2,), 0.5)).tolist() == [6.0, 6.0]
+    v, f = ellipsoid(2)
+    assert U.regularization_loss(v[None], f).item() > 0
+
+
+def grads(params):
+    return [p.grad is not None and p.grad.abs().sum().item() > 0 for p in params]
+
+
+@pytest.mark.parametrize("step", ["pose", "3d"])
+def test_each_step_updates_only_its_branches(step):
+    model = make_model(small_config(background=True))
+    model.set_epoch(200)  # every code live, nothing frozen
+    with torch.no_grad():  # give the zero-initialised code heads an output, so gradients can reach all layers
+        for head in (model.shape_head, model.texture_head, model.background_head):
+            head[-1].weight.normal_(0, 0.1)
+    images = torch.rand(2, 3, 32, 32)
+    prediction = model.predict(images)
+    losses = model.pose_step_losses(prediction, images) if step == "pose" else \
+        model.step_3d_losses(prediction, images)
+    assert torch.isfinite(losses["total"])
+    losses["total"].backward()
+    groups = model.parameter_groups()
+    assert len(groups["encoder"]) + len(groups["pose"]) + len(groups["3d"]) == len(list(model.parameters()))
+    assert all(grads(groups["encoder"][-1:]))
+    if step == "pose":
+        assert any(grads(groups["pose"])) and not any(grads(groups["3d"]))
+        assert any(grads(list(model.pose_heads.probability_head.parameters())))
+    else:
+        assert not any(grads(groups["pose"]))
+        for module in (model.deformation, model.texture_generator, model.background_generator, model.scale_head):
+            assert any(grads(list(module.parameters()))), type(module).__name__
+
+
+def test_render_candidates_uses_each_candidates_pose():
+    model = make_model()
+    prediction = model.predict(torch.rand(2, 3, 32, 32))
+    images, masks = model.render_candidates(prediction)
+    assert images.shape == (2, 6, 3, 32, 32) and masks.shape == (2, 6, 1, 32, 32)
+    cand = prediction["candidates"]
+    single, _ = model.render(prediction["verts"][1:], prediction["texture"][1:],
+                             U.Pose(cand.rotation[1:, 4], cand.translation[1:, 4]))
+    assert torch.allclose(images[1, 4], single[0])
+    assert not torch.allclose(images[1, 0], images[1, 1])  # azimuths 0 and 60 look different
