@@ -916,10 +916,14 @@ class UnicornModel(nn.Module):
         losses["total"] = losses["reconstruction"] + losses["uniform"]
         return losses
 
-    def step_3d_losses(self, prediction: Dict[str, object], images: Tensor, perceptual=None) -> Dict[str, Tensor]:
-        """3D-step (section 3.3, eq. 1 without the swap term): ``L_rec`` from the most likely candidate plus
-        ``lambda_reg L_reg``. The pose is detached (selected by argmax), so only the shape, texture,
-        background and scale branches and the encoder receive gradients."""
+    def step_3d_losses(self, prediction: Dict[str, object], images: Tensor, perceptual=None, swap: bool = True,
+                       average_texture: bool = False,
+                       generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
+        """3D-step (section 3.3, eq. 1): ``L_rec`` from the most likely candidate, ``lambda_reg L_reg`` and, with
+        ``swap``, ``lambda_swap L_swap`` (:meth:`swap_losses`, which also fills the memory bank;
+        ``average_texture`` is this iteration's texture averaging, applied to the neighbours too, code). The
+        pose is detached (selected by argmax), so only the shape, texture, background and scale branches and
+        the encoder receive gradients."""
         c = self.config
         cand: PoseCandidates = prediction["candidates"]
         pose, _ = select_pose(PoseCandidates(*(t.detach() for t in cand)))
@@ -928,8 +932,58 @@ class UnicornModel(nn.Module):
                                                         c.perceptual_weight).mean(),
                   "regularization": regularization_loss(prediction["verts"], self.faces, c.laplacian_weight,
                                                         c.normal_weight)}
-        losses["total"] = losses["reconstruction"] + losses["regularization"]
+        if swap and c.swap_weight > 0:
+            swap_terms = self.swap_losses(prediction, images, pose, perceptual, average_texture, generator)
+            losses["swap"] = c.swap_weight * (swap_terms["swap_shape"] + swap_terms["swap_texture"])
+        losses["total"] = sum(losses.values())
         return losses
+
+    def swap_losses(self, prediction: Dict[str, object], images: Tensor, pose: Pose, perceptual=None,
+                    average_texture: bool = False, generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
+        """Swap reconstruction ``L_swap`` (section 3.2, eq. 2; appendix B.2), per term, averaged over the batch.
+
+        The batch (codes, scale, ``pose``, images; detached) is first pushed into the memory bank. For each
+        instance a viewpoint bin is drawn; ``m_s`` / ``m_t`` are the bank entries in that bin nearest in
+        shape / texture code. The neighbours' parameters are recomputed from their images with the current
+        network, without gradient (section 3.2). Then:
+
+        * ``swap_shape``: our shape (unscaled) with ``m_s``'s scale, texture, pose and background, compared
+          with ``m_s``'s image (trains the shape branch);
+        * ``swap_texture``: our texture on ``m_t``'s scaled shape, seen from ``m_t``'s pose over its
+          background, compared with ``m_t``'s image (trains the texture branch).
+
+        Instances whose drawn bin holds no entry contribute 0 (ours). Both terms are 0 while the shape or the
+        texture code has no live value (code: "when latent spaces are small, codes are similar"). Not weighted.
+        """
+        c, bank = self.config, self.memory
+        B = images.shape[0]
+        background_code = prediction["background_code"]
+        bank.push(shape_code=prediction["shape_code"], texture_code=prediction["texture_code"],
+                  background_code=(background_code if background_code is not None
+                                   else images.new_zeros(B, 0)),
+                  scale=prediction["scale"], rotation=pose.rotation, translation=pose.translation, image=images)
+        zero = images.new_zeros(())
+        epoch, milestones = self.current_epoch, c.stage_milestones
+        if code_size(epoch, milestones, c.shape_code_sizes) == 0 or \
+                code_size(epoch, milestones, c.texture_code_sizes) == 0:
+            return {"swap_shape": zero, "swap_texture": zero}
+        bins = draw_viewpoint_bins(B, c.viewpoint_bins, generator, images.device)
+        rotation = pose.rotation.detach()
+        index_sh, found_sh = bank.neighbours("shape", prediction["shape_code"].detach(), rotation, bins,
+                                             c.viewpoint_bins, c.min_swap_angle)
+        index_tx, found_tx = bank.neighbours("texture", prediction["texture_code"].detach(), rotation, bins,
+                                             c.viewpoint_bins, c.min_swap_angle)
+        target_sh, target_tx = bank.image[index_sh].to(images.dtype), bank.image[index_tx].to(images.dtype)
+        with torch.no_grad():
+            nb_sh, nb_tx = self.predict(target_sh, average_texture), self.predict(target_tx, average_texture)
+        pose_sh, _ = select_pose(nb_sh["candidates"])
+        pose_tx, _ = select_pose(nb_tx["candidates"])
+        verts_sh = prediction["verts"] / prediction["scale"][:, None, :] * nb_sh["scale"][:, None, :]
+        image_sh, _ = self.render(verts_sh, nb_sh["texture"], pose_sh, nb_sh["background"])
+        image_tx, _ = self.render(nb_tx["verts"], prediction["texture"], pose_tx, nb_tx["background"])
+        loss_sh = reconstruction_loss(image_sh, target_sh, perceptual, c.rgb_weight, c.perceptual_weight)
+        loss_tx = reconstruction_loss(image_tx, target_tx, perceptual, c.rgb_weight, c.perceptual_weight)
+        return {"swap_shape": (loss_sh * found_sh).mean(), "swap_texture": (loss_tx * found_tx).mean()}
 
     def parameter_groups(self) -> Dict[str, list]:
         """``encoder`` (updated by both steps), ``pose`` (rotation, translation and probability heads: the

@@ -538,3 +538,87 @@ def test_render_candidates_uses_each_candidates_pose():
                              U.Pose(cand.rotation[1:, 4], cand.translation[1:, 4]))
     assert torch.allclose(images[1, 4], single[0])
     assert not torch.allclose(images[1, 0], images[1, 1])  # azimuths 0 and 60 look different
+
+
+# ------------------------------------------------------------------------------------------------
+# Swap reconstruction loss
+
+
+def swap_ready_model():
+    model = make_model(small_config(background=True))
+    model.set_epoch(200)
+    with torch.no_grad():
+        for head in (model.shape_head, model.texture_head, model.background_head):
+            head[-1].weight.normal_(0, 0.1)
+        model.deformation.mlp[-1].weight.normal_(0, 0.01)
+    return model
+
+
+def plant_neighbours(model, prediction, images, pose):
+    """Fills the bank with, for each image, one copy of itself per viewpoint bin (at the bin's centre angle
+    from the image's own pose), storing its own codes: each image's swap neighbour is then itself."""
+    c = model.config
+    edges = U.viewpoint_bin_edges(c.viewpoint_bins, c.min_swap_angle)
+    for b in range(images.shape[0]):
+        for v in range(c.viewpoint_bins):
+            angle = torch.deg2rad(((edges[v] + edges[v + 1]) / 2).float())
+            R = pose.rotation[b:b + 1] @ invrender.rotation_matrix(angle.reshape(1), 0.0)
+            bg = prediction["background_code"][b:b + 1]
+            model.memory.push(shape_code=prediction["shape_code"][b:b + 1],
+                              texture_code=prediction["texture_code"][b:b + 1], background_code=bg,
+                              scale=prediction["scale"][b:b + 1], rotation=R,
+                              translation=pose.translation[b:b + 1], image=images[b:b + 1])
+
+
+def test_swap_with_oneself_reproduces_the_reconstruction():
+    model = swap_ready_model()
+    torch.manual_seed(2)
+    images = torch.rand(2, 3, 32, 32)
+    prediction = model.predict(images)
+    pose, _ = U.select_pose(prediction["candidates"])
+    plant_neighbours(model, prediction, images, pose)
+    assert len(model.memory) == 10
+    terms = model.swap_losses(prediction, images, pose, generator=torch.Generator().manual_seed(0))
+    assert len(model.memory) == 12  # the batch was pushed too
+    image, _ = model.render(prediction["verts"], prediction["texture"], pose, prediction["background"])
+    plain = U.reconstruction_loss(image, images).mean()
+    assert plain > 0.01
+    assert terms["swap_shape"].item() == pytest.approx(plain.item(), rel=1e-4)
+    assert terms["swap_texture"].item() == pytest.approx(plain.item(), rel=1e-4)
+
+
+def test_swap_terms_train_their_own_branch():
+    model = swap_ready_model()
+    torch.manual_seed(3)
+    images = torch.rand(2, 3, 32, 32)
+    for term, trained, untouched in (("swap_shape", model.deformation, model.texture_generator),
+                                     ("swap_texture", model.texture_generator, model.deformation)):
+        model.zero_grad(set_to_none=True)
+        model.memory.count.zero_()
+        model.memory.position.zero_()
+        # A different image in the bank: the neighbour is someone else.
+        other = torch.rand(2, 3, 32, 32)
+        other_pred = model.predict(other)
+        prediction = model.predict(images)
+        pose, _ = U.select_pose(prediction["candidates"])
+        with torch.no_grad():
+            plant_neighbours(model, other_pred, other, pose)
+        terms = model.swap_losses(prediction, images, pose, generator=torch.Generator().manual_seed(0))
+        assert terms[term] > 0
+        terms[term].backward()
+        assert any(grads(list(trained.parameters()))), term
+        assert not any(grads(list(untouched.parameters()))), term
+        assert not any(grads(list(model.pose_heads.parameters()))), term
+
+
+def test_no_swap_before_the_codes_are_live():
+    model = swap_ready_model()
+    model.set_epoch(0)  # stage 1: shape code of size 0
+    images = torch.rand(2, 3, 32, 32)
+    prediction = model.predict(images)
+    losses = model.step_3d_losses(prediction, images)
+    assert losses["swap"].item() == 0 and len(model.memory) == 2
+    model.set_epoch(200)
+    losses = model.step_3d_losses(model.predict(images), images)
+    assert set(losses) == {"reconstruction", "regularization", "swap", "total"}
+    assert torch.isfinite(losses["total"])
