@@ -721,6 +721,7 @@ class UnicornModel(nn.Module):
                             f"(B, {config.feature_dim}), got {type(encoder).__name__}")
         self.encoder = encoder
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))  # training iterations done
 
         # Template (section 3.1): the ellipsoid, its faces and per-corner spherical UVs (code: UVs of the
         # ellipsoid's vertices).
@@ -985,11 +986,43 @@ class UnicornModel(nn.Module):
         loss_tx = reconstruction_loss(image_tx, target_tx, perceptual, c.rgb_weight, c.perceptual_weight)
         return {"swap_shape": (loss_sh * found_sh).mean(), "swap_texture": (loss_tx * found_tx).mean()}
 
-    def parameter_groups(self) -> Dict[str, list]:
-        """``encoder`` (updated by both steps), ``pose`` (rotation, translation and probability heads: the
-        P-step's) and ``3d`` (shape, texture, background and scale heads, deformation field, generators: the
-        3D-step's)."""
+    def branch_parameters(self) -> Dict[str, list]:
+        """Parameters by branch: ``encoder`` (updated by both steps), ``pose`` (rotation, translation and
+        probability heads: the P-step's) and ``3d`` (shape, texture, background and scale heads, deformation
+        field, generators: the 3D-step's). Every parameter is in exactly one."""
         pose = list(self.pose_heads.parameters())
         encoder = list(self.encoder.parameters())
         taken = {id(p) for p in pose + encoder}
         return {"encoder": encoder, "pose": pose, "3d": [p for p in self.parameters() if id(p) not in taken]}
+
+    def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        """One Adam over every parameter at the constant learning rate 1e-4 (appendix A.2; code)."""
+        return {"main": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+
+    def train_step(self, images: Tensor, optimizers: Dict[str, torch.optim.Optimizer], perceptual=None,
+                   generator: Optional[torch.Generator] = None,
+                   reduce_gradients=None) -> Dict[str, Tensor]:
+        """One iteration of the alternating optimisation (section 3.3): a P-step on even iterations, a 3D-step
+        on odd ones (:func:`alternating_step` of the ``iteration`` buffer, which checkpoints carry), with this
+        iteration's texture averaging (:meth:`draw_texture_averaging`). Gradients are reset to None first, so
+        Adam leaves the other branch's parameters untouched (no momentum drift). ``reduce_gradients(params)``,
+        when given, runs before the step (data parallelism). Returns the detached loss terms and ``step``
+        (0 for a P-step, 1 for a 3D-step)."""
+        step = alternating_step(int(self.iteration.item()))
+        averaged = self.draw_texture_averaging(generator)
+        optimizer = optimizers["main"]
+        optimizer.zero_grad(set_to_none=True)
+        prediction = self.predict(images, averaged)
+        if step == "pose":
+            losses = self.pose_step_losses(prediction, images, perceptual)
+        else:
+            losses = self.step_3d_losses(prediction, images, perceptual, average_texture=averaged,
+                                         generator=generator)
+        losses["total"].backward()
+        if reduce_gradients is not None:
+            reduce_gradients([p for p in self.parameters() if p.grad is not None])
+        optimizer.step()
+        self.iteration += 1
+        out = {k: v.detach() for k, v in losses.items()}
+        out["step"] = torch.tensor(STEPS.index(step))
+        return out

@@ -516,7 +516,7 @@ def test_each_step_updates_only_its_branches(step):
         model.step_3d_losses(prediction, images)
     assert torch.isfinite(losses["total"])
     losses["total"].backward()
-    groups = model.parameter_groups()
+    groups = model.branch_parameters()
     assert len(groups["encoder"]) + len(groups["pose"]) + len(groups["3d"]) == len(list(model.parameters()))
     assert all(grads(groups["encoder"][-1:]))
     if step == "pose":
@@ -622,3 +622,31 @@ def test_no_swap_before_the_codes_are_live():
     losses = model.step_3d_losses(model.predict(images), images)
     assert set(losses) == {"reconstruction", "regularization", "swap", "total"}
     assert torch.isfinite(losses["total"])
+
+
+def test_train_step_alternates_and_moves_only_the_active_branch():
+    model = swap_ready_model()
+    model.train()
+    optimizers = model.configure_optimizers()
+    groups = model.branch_parameters()
+    images = torch.rand(2, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+
+    def snapshot(params):
+        return [p.detach().clone() for p in params]
+
+    def moved(before, params):
+        return [not torch.equal(a, p) for a, p in zip(before, params)]
+
+    for expected in ("pose", "3d", "pose", "3d"):
+        pose_before, shape_before = snapshot(groups["pose"]), snapshot(groups["3d"])
+        enc_before = snapshot(groups["encoder"])
+        out = model.train_step(images, optimizers, generator=g)
+        assert U.STEPS[int(out["step"])] == expected
+        assert torch.isfinite(out["total"])
+        assert any(moved(enc_before, groups["encoder"]))
+        if expected == "pose":
+            assert any(moved(pose_before, groups["pose"])) and not any(moved(shape_before, groups["3d"]))
+        else:  # Adam's momentum from the previous P-step must not move the pose heads
+            assert any(moved(shape_before, groups["3d"])) and not any(moved(pose_before, groups["pose"]))
+    assert model.state_dict()["iteration"].item() == 4
