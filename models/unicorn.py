@@ -814,14 +814,15 @@ class UnicornModel(nn.Module):
         return average_texture(texture) if averaged else texture
 
     def draw_texture_averaging(self, generator: Optional[torch.Generator] = None) -> bool:
-        """Whether this training iteration renders averaged textures (appendix A.2): always during the first
-        ``constant_texture_epochs``; afterwards with probability ``mean_texture_prob`` (one draw for the whole
-        batch) until ``mean_texture_until`` (None: to the end). Never in eval mode."""
+        """Whether this iteration renders averaged textures (appendix A.2): always during the first
+        ``constant_texture_epochs`` (in eval mode too, code: the texture is only trained through its mean
+        then); afterwards, in training mode only, with probability ``mean_texture_prob`` (one draw for the
+        whole batch) until ``mean_texture_until`` (None: to the end)."""
         c, epoch = self.config, self.current_epoch
-        if not self.training:
-            return False
         if epoch < c.constant_texture_epochs:
             return True
+        if not self.training:
+            return False
         if c.mean_texture_until is not None and epoch >= c.mean_texture_until:
             return False
         return bool(torch.rand((), generator=generator).item() < c.mean_texture_prob)
@@ -841,12 +842,13 @@ class UnicornModel(nn.Module):
 
     # -- the whole prediction and rendering -----------------------------------------------------------
 
-    def predict(self, images: Tensor, average_texture: bool = False) -> Dict[str, object]:
+    def predict(self, images: Tensor, averaged_texture: bool = False) -> Dict[str, object]:
         """Every factor of ``images`` ``(B, 3, H, W)`` (Figure 3): a dict with ``features`` ``(B, F)``, the
         masked codes ``shape_code``, ``texture_code``, ``background_code`` (None without a background
         model), ``scale`` ``(B, 3)``, ``verts`` ``(B, V, 3)`` the deformed template scaled by ``diag(s)``
         (object space, before the pose), ``texture`` ``(B, 3, Ht, Wt)``, ``background`` ``(B, 3, H, W)`` or
-        None, and ``candidates`` (:class:`PoseCandidates`)."""
+        None, and ``candidates`` (:class:`PoseCandidates`). ``averaged_texture``: see
+        :meth:`draw_texture_averaging`."""
         features = self.encoder(images)
         shape_code = self.shape_code(features)
         texture_code = self.texture_code(features)
@@ -859,7 +861,7 @@ class UnicornModel(nn.Module):
             "background_code": background_code,
             "scale": scale,
             "verts": self.shape(shape_code) * scale[:, None, :],
-            "texture": self.texture(texture_code, average_texture),
+            "texture": self.texture(texture_code, averaged_texture),
             "background": self.background(background_code),
             "candidates": self.poses(features),
         }
@@ -918,11 +920,11 @@ class UnicornModel(nn.Module):
         return losses
 
     def step_3d_losses(self, prediction: Dict[str, object], images: Tensor, perceptual=None, swap: bool = True,
-                       average_texture: bool = False,
+                       averaged_texture: bool = False,
                        generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
         """3D-step (section 3.3, eq. 1): ``L_rec`` from the most likely candidate, ``lambda_reg L_reg`` and, with
         ``swap``, ``lambda_swap L_swap`` (:meth:`swap_losses`, which also fills the memory bank;
-        ``average_texture`` is this iteration's texture averaging, applied to the neighbours too, code). The
+        ``averaged_texture`` is this iteration's texture averaging, applied to the neighbours too, code). The
         pose is detached (selected by argmax), so only the shape, texture, background and scale branches and
         the encoder receive gradients."""
         c = self.config
@@ -934,13 +936,13 @@ class UnicornModel(nn.Module):
                   "regularization": regularization_loss(prediction["verts"], self.faces, c.laplacian_weight,
                                                         c.normal_weight)}
         if swap and c.swap_weight > 0:
-            swap_terms = self.swap_losses(prediction, images, pose, perceptual, average_texture, generator)
+            swap_terms = self.swap_losses(prediction, images, pose, perceptual, averaged_texture, generator)
             losses["swap"] = c.swap_weight * (swap_terms["swap_shape"] + swap_terms["swap_texture"])
         losses["total"] = sum(losses.values())
         return losses
 
     def swap_losses(self, prediction: Dict[str, object], images: Tensor, pose: Pose, perceptual=None,
-                    average_texture: bool = False, generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
+                    averaged_texture: bool = False, generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
         """Swap reconstruction ``L_swap`` (section 3.2, eq. 2; appendix B.2), per term, averaged over the batch.
 
         The batch (codes, scale, ``pose``, images; detached) is first pushed into the memory bank. For each
@@ -976,7 +978,7 @@ class UnicornModel(nn.Module):
                                              c.viewpoint_bins, c.min_swap_angle)
         target_sh, target_tx = bank.image[index_sh].to(images.dtype), bank.image[index_tx].to(images.dtype)
         with torch.no_grad():
-            nb_sh, nb_tx = self.predict(target_sh, average_texture), self.predict(target_tx, average_texture)
+            nb_sh, nb_tx = self.predict(target_sh, averaged_texture), self.predict(target_tx, averaged_texture)
         pose_sh, _ = select_pose(nb_sh["candidates"])
         pose_tx, _ = select_pose(nb_tx["candidates"])
         verts_sh = prediction["verts"] / prediction["scale"][:, None, :] * nb_sh["scale"][:, None, :]
@@ -1016,7 +1018,7 @@ class UnicornModel(nn.Module):
         if step == "pose":
             losses = self.pose_step_losses(prediction, images, perceptual)
         else:
-            losses = self.step_3d_losses(prediction, images, perceptual, average_texture=averaged,
+            losses = self.step_3d_losses(prediction, images, perceptual, averaged_texture=averaged,
                                          generator=generator)
         losses["total"].backward()
         if reduce_gradients is not None:
