@@ -652,3 +652,42 @@ def test_train_step_alternates_and_moves_only_the_active_branch():
         else:  # Adam's momentum from the previous P-step must not move the pose heads
             assert any(moved(shape_before, groups["3d"])) and not any(moved(pose_before, groups["pose"]))
     assert model.state_dict()["iteration"].item() == 4
+
+
+def test_swap_shape_takes_the_neighbours_scale_texture_and_pose():
+    """Eq. 2 with neighbours other than oneself: m_s (nearest shape code) lends its scale, texture, pose and
+    background to our unscaled shape; m_t (nearest texture code) its scaled shape, pose and background to
+    our texture; each compared with the neighbour's image."""
+    model = swap_ready_model()
+    with torch.no_grad():  # scales that differ between images
+        model.scale_head[-1].weight.normal_(0, 0.5)
+    torch.manual_seed(4)
+    images = torch.zeros(1, 3, 32, 32)
+    image_s, image_t = torch.ones(1, 3, 32, 32), torch.full((1, 3, 32, 32), 0.5)
+    prediction = model.predict(images)
+    pred_s, pred_t = model.predict(image_s), model.predict(image_t)
+    assert not torch.allclose(prediction["scale"], pred_s["scale"], atol=1e-3)
+    pose, _ = U.select_pose(prediction["candidates"])
+    pose_s, _ = U.select_pose(pred_s["candidates"])
+    pose_t, _ = U.select_pose(pred_t["candidates"])
+    c = model.config
+    edges = U.viewpoint_bin_edges(c.viewpoint_bins, c.min_swap_angle)
+    far = 100.0
+    with torch.no_grad():  # in every bin: image_s with our shape code, image_t with our texture code
+        for v in range(c.viewpoint_bins):
+            angle = torch.deg2rad(((edges[v] + edges[v + 1]) / 2).float()).reshape(1)
+            R = pose.rotation @ invrender.rotation_matrix(angle, 0.0)
+            for image, pred, sh, tx in ((image_s, pred_s, prediction["shape_code"], prediction["texture_code"] + far),
+                                        (image_t, pred_t, prediction["shape_code"] + far, prediction["texture_code"])):
+                model.memory.push(shape_code=sh, texture_code=tx, background_code=pred["background_code"],
+                                  scale=pred["scale"], rotation=R, translation=pose.translation, image=image)
+    terms = model.swap_losses(prediction, images, pose, generator=torch.Generator().manual_seed(0))
+    shape_only = prediction["verts"] / prediction["scale"][:, None]
+    image_sh, _ = model.render(shape_only * pred_s["scale"][:, None], pred_s["texture"], pose_s, pred_s["background"])
+    image_tx, _ = model.render(pred_t["verts"], prediction["texture"], pose_t, pred_t["background"])
+    # The same computation in the same order: equal to float rounding (a wrong variant differs by ~1e-3).
+    assert terms["swap_shape"].item() == pytest.approx(U.reconstruction_loss(image_sh, image_s).item(), rel=1e-6)
+    assert terms["swap_texture"].item() == pytest.approx(U.reconstruction_loss(image_tx, image_t).item(), rel=1e-6)
+    image_wrong, _ = model.render(prediction["verts"], pred_s["texture"], pose_s, pred_s["background"])
+    wrong = U.reconstruction_loss(image_wrong, image_s).item()  # our scale instead of the neighbour's
+    assert wrong != pytest.approx(terms["swap_shape"].item(), rel=2e-4)
