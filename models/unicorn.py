@@ -19,7 +19,10 @@ The model reads as the paper does (section 3, Figure 3, appendix A):
 * swap reconstruction: a :class:`MemoryBank` of the last M = 1024 instances and :func:`swap_neighbours`,
   which picks, in a viewpoint bin drawn uniformly, the nearest instance in code space (section 3.2,
   appendix B.2);
-* rendering through :class:`invrender.LayeredRenderer` only (appendix C): :meth:`UnicornModel.render`.
+* rendering through :class:`invrender.LayeredRenderer` only (appendix C): :meth:`UnicornModel.render`;
+* training and evaluation: :class:`UnicornTask`, registered as ``unicorn`` with :mod:`invrender.training`
+  (``invrender train unicorn``, ``invrender eval``: the ShapeNet protocol of section 4.1 with learning-free
+  references).
 
 Facts taken from the authors' released code (monniert/unicorn) where the paper is silent or differs are
 marked "(code)"; choices of this implementation are marked "(ours)".
@@ -736,7 +739,9 @@ def default_encoder(config: UnicornConfig) -> nn.Module:
 
 class UnicornModel(nn.Module):
     """UNICORN's structured autoencoder (section 3.1). Built from a config and an image ``encoder``
-    (an ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, config.feature_dim)``: ResNet-18 in the paper).
+    (an ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, config.feature_dim)``; None: :func:`default_encoder`,
+    the paper's ResNet-18). The perceptual term is ``self.perceptual`` (:class:`PerceptualLoss` of
+    ``config.perceptual_weights``), used by :meth:`train_step` unless another is passed.
 
     The current epoch is a buffer (:meth:`set_epoch`), so a checkpoint holds the curriculum's position.
     """
