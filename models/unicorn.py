@@ -19,7 +19,10 @@ The model reads as the paper does (section 3, Figure 3, appendix A):
 * swap reconstruction: a :class:`MemoryBank` of the last M = 1024 instances and :func:`swap_neighbours`,
   which picks, in a viewpoint bin drawn uniformly, the nearest instance in code space (section 3.2,
   appendix B.2);
-* rendering through :class:`invrender.LayeredRenderer` only (appendix C): :meth:`UnicornModel.render`.
+* rendering through :class:`invrender.LayeredRenderer` only (appendix C): :meth:`UnicornModel.render`;
+* training and evaluation: :class:`UnicornTask`, registered as ``unicorn`` with :mod:`invrender.training`
+  (``invrender train unicorn``, ``invrender eval``: the ShapeNet protocol of section 4.1 with learning-free
+  references).
 
 Facts taken from the authors' released code (monniert/unicorn) where the paper is silent or differs are
 marked "(code)"; choices of this implementation are marked "(ours)".
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,7 @@ from torch import Tensor, nn
 import invrender
 from invrender.errors import ConfigError
 from invrender.mesh import ellipsoid, spherical_uvs
+from invrender.models.networks import PerceptualLoss, ResNet18
 
 __all__ = [
     "DeformationField",
@@ -59,6 +63,7 @@ __all__ = [
     "candidate_angles",
     "code_mask",
     "code_size",
+    "default_encoder",
     "draw_viewpoint_bins",
     "mlp",
     "real_image_config",
@@ -165,6 +170,12 @@ class UnicornConfig:
     # Appendix A.2: Adam, constant learning rate 1e-4, batches of 32.
     lr: float = 1e-4
     batch_size: int = 32
+    # Encoder (appendix A.1): one ResNet-18 shared by every head; the code's "big" models (shared_encoder:
+    # False) give the shape (and scale), texture, background and pose heads one ResNet-18 each.
+    shared_encoder: bool = True
+    # Perceptual term (section 3.2): a torchvision-format VGG16 state dict (nothing is downloaded); None turns
+    # the term off, with one warning (models.networks.PerceptualLoss).
+    perceptual_weights: Optional[str] = None
 
     def __post_init__(self):
         name = type(self).__name__
@@ -207,8 +218,11 @@ class UnicornConfig:
             fail("mean_texture_prob", "a probability in [0, 1]", self.mean_texture_prob)
         if not is_number(self.min_swap_angle) or not 0 <= self.min_swap_angle < 180:
             fail("min_swap_angle", "a number of degrees in [0, 180)", self.min_swap_angle)
-        if not isinstance(self.background, bool):
-            fail("background", "a bool", self.background)
+        for f in ("background", "shared_encoder"):
+            if not isinstance(getattr(self, f), bool):
+                fail(f, "a bool", getattr(self, f))
+        if self.perceptual_weights is not None and not isinstance(self.perceptual_weights, str):
+            fail("perceptual_weights", "None or the path of a VGG16 state dict", self.perceptual_weights)
 
         def triple(f, positive):
             v = getattr(self, f)
@@ -706,9 +720,28 @@ def regularization_loss(verts: Tensor, faces: Tensor, laplacian_weight: float = 
 # The model
 
 
+#: The branches that read image features (:meth:`UnicornModel.encode`); ``shape`` also feeds the scale head.
+ENCODER_BRANCHES = ("shape", "texture", "background", "pose")
+
+
+def default_encoder(config: UnicornConfig) -> nn.Module:
+    """UNICORN's encoder (appendix A.1): a ResNet-18 trained from scratch, 512 pooled features; with
+    ``shared_encoder=False`` an ``nn.ModuleDict`` of one ResNet-18 per branch of :data:`ENCODER_BRANCHES`
+    (``background`` only with a background model)."""
+    if config.feature_dim != ResNet18.out_features:
+        raise ConfigError(f"UnicornConfig.feature_dim must be {ResNet18.out_features} with the default ResNet-18 "
+                          f"encoder, got {config.feature_dim} (pass an encoder of that width instead)")
+    if config.shared_encoder:
+        return ResNet18()
+    names = [n for n in ENCODER_BRANCHES if n != "background" or config.background]
+    return nn.ModuleDict({name: ResNet18() for name in names})
+
+
 class UnicornModel(nn.Module):
     """UNICORN's structured autoencoder (section 3.1). Built from a config and an image ``encoder``
-    (an ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, config.feature_dim)``: ResNet-18 in the paper).
+    (an ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, config.feature_dim)``; None: :func:`default_encoder`,
+    the paper's ResNet-18). The perceptual term is ``self.perceptual`` (:class:`PerceptualLoss` of
+    ``config.perceptual_weights``), used by :meth:`train_step` unless another is passed.
 
     The current epoch is a buffer (:meth:`set_epoch`), so a checkpoint holds the curriculum's position.
     """
@@ -716,10 +749,14 @@ class UnicornModel(nn.Module):
     def __init__(self, config: Optional[UnicornConfig] = None, encoder: Optional[nn.Module] = None):
         super().__init__()
         self.config = config = UnicornConfig() if config is None else config
-        if not isinstance(encoder, nn.Module):
-            raise TypeError(f"UnicornModel: argument 'encoder' must be an nn.Module mapping (B, 3, H, W) to "
-                            f"(B, {config.feature_dim}), got {type(encoder).__name__}")
+        if encoder is None:
+            encoder = default_encoder(config)
+        elif not isinstance(encoder, nn.Module):
+            raise TypeError(f"UnicornModel: argument 'encoder' must be None (ResNet-18) or an nn.Module mapping "
+                            f"(B, 3, H, W) to (B, {config.feature_dim}), got {type(encoder).__name__}")
         self.encoder = encoder
+        # Perceptual term (section 3.2): frozen VGG16, left out of the state dict; off without a weights file.
+        self.perceptual = PerceptualLoss(config.perceptual_weights)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))  # training iterations done
 
@@ -849,13 +886,13 @@ class UnicornModel(nn.Module):
         (object space, before the pose), ``texture`` ``(B, 3, Ht, Wt)``, ``background`` ``(B, 3, H, W)`` or
         None, and ``candidates`` (:class:`PoseCandidates`). ``averaged_texture``: see
         :meth:`draw_texture_averaging`."""
-        features = self.encoder(images)
-        shape_code = self.shape_code(features)
-        texture_code = self.texture_code(features)
-        background_code = self.background_code(features)
-        scale = self.scale(features)
+        features = self.encode(images)
+        shape_code = self.shape_code(features["shape"])
+        texture_code = self.texture_code(features["texture"])
+        background_code = self.background_code(features["background"])
+        scale = self.scale(features["shape"])
         return {
-            "features": features,
+            "features": features["pose"],
             "shape_code": shape_code,
             "texture_code": texture_code,
             "background_code": background_code,
@@ -863,8 +900,16 @@ class UnicornModel(nn.Module):
             "verts": self.shape(shape_code) * scale[:, None, :],
             "texture": self.texture(texture_code, averaged_texture),
             "background": self.background(background_code),
-            "candidates": self.poses(features),
+            "candidates": self.poses(features["pose"]),
         }
+
+    def encode(self, images: Tensor) -> Dict[str, Tensor]:
+        """Features ``(B, F)`` per branch (``shape``, which also feeds the scale, ``texture``, ``background``,
+        ``pose``): one tensor for all with a shared encoder, one encoder's each otherwise."""
+        if isinstance(self.encoder, nn.ModuleDict):
+            return {name: self.encoder[name](images) if name in self.encoder else None for name in ENCODER_BRANCHES}
+        features = self.encoder(images)
+        return dict.fromkeys(ENCODER_BRANCHES, features)
 
     def render(self, verts: Tensor, textures: Tensor, poses: Pose,
                background: Optional[Tensor] = None) -> "invrender.CompositeResult":
@@ -995,11 +1040,12 @@ class UnicornModel(nn.Module):
         pose = list(self.pose_heads.parameters())
         encoder = list(self.encoder.parameters())
         taken = {id(p) for p in pose + encoder}
-        return {"encoder": encoder, "pose": pose, "3d": [p for p in self.parameters() if id(p) not in taken]}
+        return {"encoder": encoder, "pose": pose,
+                "3d": [p for p in self.parameters() if id(p) not in taken and p.requires_grad]}
 
     def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
-        """One Adam over every parameter at the constant learning rate 1e-4 (appendix A.2; code)."""
-        return {"main": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
+        """One Adam over every trained parameter at the constant learning rate 1e-4 (appendix A.2; code)."""
+        return {"main": torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.config.lr)}
 
     def train_step(self, images: Tensor, optimizers: Dict[str, torch.optim.Optimizer], perceptual=None,
                    generator: Optional[torch.Generator] = None,
@@ -1011,6 +1057,8 @@ class UnicornModel(nn.Module):
         when given, runs before the step (data parallelism). Returns the detached loss terms and ``step``
         (0 for a P-step, 1 for a 3D-step)."""
         step = alternating_step(int(self.iteration.item()))
+        if perceptual is None:
+            perceptual = self.perceptual  # warns once when it is off
         averaged = self.draw_texture_averaging(generator)
         optimizer = optimizers["main"]
         optimizer.zero_grad(set_to_none=True)
@@ -1028,3 +1076,328 @@ class UnicornModel(nn.Module):
         out = {k: v.detach() for k, v in losses.items()}
         out["step"] = torch.tensor(STEPS.index(step))
         return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Training task (``invrender train unicorn --config configs/unicorn_synthetic.yaml``)
+
+
+class _Views(torch.utils.data.Dataset):
+    """RGB views of a :class:`invrender.data.ShapeNetNMR` as ``{"image" (3, H, W), "mask" (1, H, W), "index"}``,
+    decoded once and kept in memory when ``cache`` (64x64 views are small; PNG decoding is not free)."""
+
+    def __init__(self, base, cache: bool = False):
+        self.base = base
+        self.items = [self._load(i) for i in range(len(base))] if cache else None
+
+    def _load(self, i):
+        item = self.base[i]
+        return {"image": item["image"], "mask": item["mask"], "index": torch.tensor(i, dtype=torch.int64)}
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.items[i] if self.items is not None else self._load(i)
+
+
+def view_angles(rotation: Tensor) -> Tuple[Tensor, Tensor]:
+    """Azimuth and elevation in degrees of object-to-view rotations ``(..., 3, 3)`` made by
+    :func:`invrender.rotation_matrix` (any roll): the third row is the direction from the object to the camera,
+    ``(sin(az) cos(el), sin(el), cos(az) cos(el))``. Azimuth in (-180, 180]."""
+    back = rotation[..., 2, :]
+    azimuth = torch.rad2deg(torch.atan2(back[..., 0], back[..., 2]))
+    elevation = torch.rad2deg(torch.asin(back[..., 1].clamp(-1.0, 1.0)))
+    return azimuth, elevation
+
+
+def wrap_degrees(angle: Tensor) -> Tensor:
+    """Angles in degrees wrapped to [-180, 180)."""
+    return torch.remainder(angle + 180.0, 360.0) - 180.0
+
+
+def one_view_per_object(dataset, generator: torch.Generator) -> List[int]:
+    """UNICORN's ShapeNet test protocol draws one view per test object: the dataset index of a view drawn
+    uniformly (by ``generator``) among each object's views, in object order."""
+    views: Dict[int, List[int]] = {}
+    for i, (k, _) in enumerate(dataset._index):
+        views.setdefault(k, []).append(i)
+    return [v[int(torch.randint(len(v), (), generator=generator))] for _, v in sorted(views.items())]
+
+
+def ground_truth_mesh(dataset, k: int) -> Tuple[Tensor, Tensor]:
+    """The ground-truth mesh ``verts (V, 3)`` float32, ``faces (F, 3)`` int64 of object ``k`` of a
+    :class:`invrender.data.ShapeNetNMR` (``mesh.npz`` of the synthetic data)."""
+    import os
+
+    import numpy as np
+
+    from invrender.errors import MissingInputError
+
+    _, synset, name = dataset.objects[k]
+    path = os.path.join(dataset.root, synset, name, "mesh.npz")
+    if not os.path.isfile(path):
+        raise MissingInputError(f"unicorn eval: {path} not found; the Chamfer protocol needs ground-truth meshes "
+                                f"(mesh.npz, written by 'invrender data synth')")
+    with np.load(path) as npz:
+        return torch.from_numpy(npz["verts"]).float(), torch.from_numpy(npz["faces"]).long()
+
+
+class UnicornTask:
+    """Trains :class:`UnicornModel` with :class:`invrender.training.Trainer`.
+
+    Config (defaults in :meth:`default_config`): ``model`` holds :class:`UnicornConfig` fields (``image_size``
+    and ``batch_size`` come from ``data.image_size`` and the trainer's ``batch_size``); ``data.root`` is a
+    ShapeNet-NMR-layout folder (default: the embedded synthetic data), ``data.categories`` the categories (one
+    model per category, as in the paper), ``data.image_size`` 64 (the paper's); ``eval`` the test protocol
+    (:meth:`evaluate`).
+
+    The curriculum counts epochs as the released code does, an epoch being one pass over every (object, view)
+    pair of the training split: before each step the model is moved to epoch ``step * batch_size // N``.
+
+    Data parallel (``torchrun``): :meth:`UnicornModel.train_step` runs the forward, backward and Adam step
+    itself, so the model is not wrapped (``wrap_ddp = False``); gradients are averaged over the processes
+    before the step and rank 0's buffers (batchnorm statistics, memory bank, counters) are copied to the
+    others after it, so every process keeps the same parameters and bank.
+    """
+
+    wrap_ddp = False
+
+    def default_config(self):
+        return {
+            "model": {},
+            "data": {"root": None, "categories": ["car"], "image_size": 64, "cache": True,
+                     "synthetic": {"objects_per_category": 20, "views": 24, "image_size": 64}},
+            "eval": {"num_points": 100_000, "icp_num_points": 10_000, "seed": 0, "max_objects": None,
+                     "spread_pairs": None},
+            "batch_size": 32, "steps": 1000, "vis_every": 250, "ckpt_every": 250, "log_every": 10,
+        }
+
+    def config_schema(self):
+        """Types of the keys :meth:`default_config` leaves out: under ``model`` every :class:`UnicornConfig`
+        field but ``image_size`` and ``batch_size``; under ``data`` and ``eval`` the keys the task reads."""
+        import dataclasses
+        import inspect
+        import typing
+        from typing import Any, List, Union
+
+        from invrender import synthetic
+
+        hints = typing.get_type_hints(UnicornConfig)
+        model = {f.name: hints[f.name] for f in dataclasses.fields(UnicornConfig)
+                 if f.name not in ("image_size", "batch_size")}
+        generate = typing.get_type_hints(synthetic.generate_dataset)
+        synth = {name: generate.get(name, Any) for name in inspect.signature(synthetic.generate_dataset).parameters
+                 if name not in ("root", "progress")}
+        synth["cache_dir"] = Optional[str]
+        data = {"root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
+                "cache": bool, "synthetic": synth}
+        ev = {"num_points": int, "icp_num_points": Optional[int], "seed": int, "max_objects": Optional[int],
+              "spread_pairs": Optional[int]}
+        return {"model": model, "data": data, "eval": ev}
+
+    def _root(self, config):
+        from invrender import synthetic
+
+        data = config["data"]
+        if data.get("root"):
+            return data["root"]
+        return synthetic.default_dataset(progress=False, **dict(data.get("synthetic") or {}))
+
+    def _base(self, config, split):
+        from invrender.data import ShapeNetNMR
+
+        data = config["data"]
+        return ShapeNetNMR(self._root(config), categories=data.get("categories"), split=split,
+                           image_size=int(data.get("image_size", 64)))
+
+    def dataset(self, config, split):
+        """RGB views on white ``(3, R, R)`` with their masks (``data.image_size``, 64 by default) of the
+        ShapeNet-NMR-layout folder; the training views are decoded once when ``data.cache``."""
+        return _Views(self._base(config, split), cache=split == "train" and bool(config["data"].get("cache", True)))
+
+    def model_config(self, config) -> UnicornConfig:
+        fields = dict(config.get("model") or {})
+        fields["image_size"] = int(config["data"].get("image_size", 64))
+        fields["batch_size"] = int(config.get("batch_size", 32))
+        return UnicornConfig(**fields)
+
+    def build(self, config, device):
+        self.train_size = len(self._base(config, "train"))  # (object, view) pairs: the epoch's length
+        self.batch_size = int(config.get("batch_size", 32))
+        model = UnicornModel(self.model_config(config)).to(device)
+        return model, model.configure_optimizers()
+
+    def epoch_of(self, step: int) -> int:
+        """The curriculum's epoch before training step ``step`` (samples seen // training pairs)."""
+        return step * self.batch_size // self.train_size
+
+    def train_step(self, model, batch, optimizers, step):
+        from invrender.training import average_gradients, broadcast_buffers, unwrap
+
+        model = unwrap(model)
+        model.set_epoch(self.epoch_of(step))
+        terms = model.train_step(batch["image"], optimizers, reduce_gradients=average_gradients)
+        broadcast_buffers(model)
+        # The trainer logs "step" itself: the kind of step is logged as the share of 3D-steps.
+        terms["share_3d_steps"] = terms.pop("step").float()
+        terms["epoch"] = float(model.current_epoch)
+        return terms
+
+    @torch.no_grad()
+    def reconstruct(self, model: "UnicornModel", images: Tensor) -> Dict[str, object]:
+        """The model's reading of ``images``: the prediction, the most likely pose and its rendering."""
+        prediction = model.predict(images, model.draw_texture_averaging())
+        pose, _ = select_pose(prediction["candidates"])
+        image, mask = model.render(prediction["verts"], prediction["texture"], pose, prediction["background"])
+        return {"prediction": prediction, "pose": pose, "image": image, "mask": mask}
+
+    def visualize(self, model, batch, out_dir, step):
+        """One row per input: input | reconstruction | the textured mesh from three other views (azimuth +90,
+        +180, +270 degrees about the object's vertical axis) | UV texture; the first mesh as an OBJ."""
+        import os
+
+        from invrender import io
+
+        images = batch["image"]
+        out = self.reconstruct(model, images)
+        pred, pose = out["prediction"], out["pose"]
+        others = []
+        for turn in (90.0, 180.0, 270.0):
+            spin = invrender.rotation_matrix(torch.full((len(images),), math.radians(turn), device=images.device,
+                                                        dtype=images.dtype))
+            others.append(model.render(pred["verts"], pred["texture"], Pose(pose.rotation @ spin, pose.translation),
+                                       pred["background"])[0])
+        uv = F.interpolate(pred["texture"], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        rows = torch.stack([images, out["image"], *others, uv], 1)  # (B, 6, 3, H, W)
+        verts = pred["verts"][0].detach().cpu()
+        io.save_mesh(os.path.join(out_dir, "mesh0.obj"), verts, model.faces.cpu())
+        return {"reconstructions": io.image_grid(rows.flatten(0, 1).clamp(0, 1).cpu(), nrow=rows.shape[1])}
+
+    @torch.no_grad()
+    def evaluate(self, model, config, out_dir):
+        """UNICORN's ShapeNet protocol (section 4.1; reference notes) on the test split, one view per test
+        object drawn with ``eval.seed`` (:func:`one_view_per_object`).
+
+        Shapes are compared in the view frame of that image (the prediction posed by its most likely
+        candidate, the ground truth by the true camera), sampled with ``eval.num_points`` points per
+        surface (100k in the paper):
+
+        * ``chamfer_l1``: Chamfer-L1 x10, as posed; ``chamfer_l1_icp``: x10 after normalising the prediction
+          and aligning it by gradient ICP (:func:`invrender.metrics.chamfer_l1_meshes`, ``align=True``;
+          ``eval.icp_num_points`` fit the transform), the paper's number;
+        * ``mask_iou``: soft IoU of the rendered silhouette and the true mask;
+        * pose: the learned canonical frame is arbitrary, so azimuths are compared after the one azimuth
+          offset (``pose_azimuth_offset_deg``, 1-degree grid) that minimises the median error over the test
+          views; ``pose_azimuth_median_deg`` and ``pose_elevation_median_deg`` are median absolute errors,
+          ``pose_rotation_median_deg`` the median geodesic error against the offset true rotation and
+          ``pose_accuracy_15deg`` / ``_30deg`` the fraction under 15 / 30 degrees of it;
+        * learning-free references under the same protocol: ``template_chamfer_l1(_icp)``, the initial
+          template (the ellipsoid, unscaled, seen by the true camera), and ``spread_chamfer_l1(_icp)``, the
+          mean Chamfer-L1 between ``eval.spread_pairs`` (default: as many as objects) random pairs of distinct
+          ground-truth test shapes in their common object frame (the error of answering with another
+          instance of the category).
+
+        Every sampling uses its own generator seeded from ``eval.seed`` (views: seed, model: seed + 1,
+        template: seed + 2, spread: seed + 3), so references are reproducible on their own.
+        """
+        import os
+
+        from invrender import io, metrics
+
+        ev = dict(self.default_config()["eval"], **(config.get("eval") or {}))
+        seed, num_points, icp_points = int(ev["seed"]), int(ev["num_points"]), ev["icp_num_points"]
+        base = self._base(config, "test")
+        chosen = one_view_per_object(base, torch.Generator().manual_seed(seed))
+        if ev["max_objects"] is not None:
+            chosen = chosen[:int(ev["max_objects"])]
+        device = next(model.parameters()).device
+        items = [base[i] for i in chosen]
+        objects = [base._index[i][0] for i in chosen]
+        images = torch.stack([it["image"] for it in items]).to(device)
+        masks = torch.stack([it["mask"] for it in items]).to(device)
+        gt_rotation = torch.stack([it["camera"]["world_mat"][:, :3] for it in items]).to(device)
+        gt_meshes = [ground_truth_mesh(base, k) for k in objects]
+        gt_view = [(v.to(device) @ r.T, f.to(device)) for (v, f), r in zip(gt_meshes, gt_rotation)]
+
+        out = {"test_objects": len(items)}
+        recs = [self.reconstruct(model, images[i:i + 32]) for i in range(0, len(images), 32)]
+        verts = torch.cat([r["prediction"]["verts"] for r in recs])
+        rotation = torch.cat([r["pose"].rotation for r in recs])
+        translation = torch.cat([r["pose"].translation for r in recs])
+        rendered_mask = torch.cat([r["mask"] for r in recs])
+        pred_view = verts @ rotation.transpose(1, 2) + translation[:, None]
+        faces = model.faces
+
+        def chamfer(pred, pred_faces, gt, gen_seed):
+            gt_v, gt_f = [g[0] for g in gt], [g[1] for g in gt]
+            plain = metrics.chamfer_l1_meshes(pred, pred_faces, gt_v, gt_f, num_points,
+                                              generator=torch.Generator().manual_seed(gen_seed))
+            icp = metrics.chamfer_l1_meshes(pred, pred_faces, gt_v, gt_f, num_points, align=True,
+                                            generator=torch.Generator().manual_seed(gen_seed),
+                                            icp_num_points=icp_points)
+            return 10 * float(plain.mean()), 10 * float(icp.mean())
+
+        out["chamfer_l1"], out["chamfer_l1_icp"] = chamfer(pred_view, faces, gt_view, seed + 1)
+        out["mask_iou"] = float(metrics.mask_iou(rendered_mask, masks).mean())
+
+        template = model.template_verts[None] @ gt_rotation.transpose(1, 2)
+        out["template_chamfer_l1"], out["template_chamfer_l1_icp"] = chamfer(template, faces, gt_view, seed + 2)
+
+        unique = sorted(set(objects))
+        if len(unique) >= 2:
+            g = torch.Generator().manual_seed(seed + 3)
+            pairs = []
+            for _ in range(int(ev["spread_pairs"] or len(unique))):
+                a, b = torch.randperm(len(unique), generator=g)[:2].tolist()
+                pairs.append((unique[a], unique[b]))
+            source = [ground_truth_mesh(base, a) for a, _ in pairs]
+            target = [ground_truth_mesh(base, b) for _, b in pairs]
+            out["spread_chamfer_l1"], out["spread_chamfer_l1_icp"] = chamfer(
+                [v.to(device) for v, _ in source], [f.to(device) for _, f in source],
+                [(v.to(device), f.to(device)) for v, f in target], seed + 3)
+
+        out.update(pose_errors(rotation, gt_rotation))
+        out["category"] = ",".join(base.category_names)
+
+        preview = self.visualize(model, {"image": images[:8]}, out_dir, 0)["reconstructions"]
+        io.save_image(os.path.join(out_dir, "reconstructions.png"), preview)
+        _print_beside(out)
+        return out
+
+
+def pose_errors(rotation: Tensor, gt_rotation: Tensor) -> Dict[str, float]:
+    """Pose errors of predicted object-to-view rotations ``(N, 3, 3)`` against the true ones, up to the one
+    azimuth offset (1-degree grid) that minimises the median azimuth error (see :meth:`UnicornTask.evaluate`)."""
+    az, el = view_angles(rotation.double())
+    gt_az, gt_el = view_angles(gt_rotation.double())
+    offsets = torch.arange(360, dtype=torch.float64, device=az.device)
+    errors = wrap_degrees(az[None] - gt_az[None] - offsets[:, None]).abs()  # (360, N)
+    best = int(errors.median(dim=1).values.argmin())
+    offset = float(offsets[best])
+    aligned = invrender.rotation_matrix(torch.deg2rad(gt_az + offset), torch.deg2rad(gt_el))
+    geodesic = rotation_angle(rotation.double(), aligned)
+    return {"pose_azimuth_offset_deg": offset,
+            "pose_azimuth_median_deg": float(errors[best].median()),
+            "pose_elevation_median_deg": float((el - gt_el).abs().median()),
+            "pose_rotation_median_deg": float(geodesic.median()),
+            "pose_accuracy_15deg": float((geodesic < 15).double().mean()),
+            "pose_accuracy_30deg": float((geodesic < 30).double().mean())}
+
+
+def _print_beside(out: Dict[str, object]) -> None:
+    """The model's Chamfer-L1 beside the learning-free references, as a small table."""
+    print(f"{'Chamfer-L1 x10':<24}{'posed':>10}{'with ICP':>10}")
+    for name, key in (("model", "chamfer_l1"), ("template (ellipsoid)", "template_chamfer_l1"),
+                      ("category spread", "spread_chamfer_l1")):
+        if key in out:
+            print(f"{name:<24}{out[key]:>10.4f}{out[key + '_icp']:>10.4f}")
+
+
+def _register():
+    from invrender.training import register_task
+
+    register_task("unicorn", UnicornTask)
+
+
+_register()

@@ -1,0 +1,280 @@
+"""The UNICORN task around the model (invrender.models.unicorn.UnicornTask): config, camera conventions of the
+data against the model's poses, training through the Trainer (loss decrease, bit-identical resume with the
+memory bank), the ShapeNet evaluation protocol and its references, and the command line end to end."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import invrender
+from invrender import metrics, training
+from invrender.data import ShapeNetNMR
+from invrender.errors import ConfigError
+from invrender.mesh import spherical_uvs
+from invrender.models import unicorn as U
+
+from .test_cli import _env
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Small networks (the encoder stays a full ResNet-18) so the tests stay fast; 32x32 views of the tiny data.
+SMALL_MODEL = dict(field_hidden=32, head_hidden=16, generator_features=16, generator_min_features=4, texture_size=16,
+                   render_layers=8, memory_size=16, stage_milestones=[1, 2, 3], constant_texture_epochs=1,
+                   freeze_scale_epochs=0)
+TINY_EVAL = {"num_points": 500, "icp_num_points": 200, "seed": 0}
+
+
+def task_config(root, **kw):
+    task = U.UnicornTask()
+    cfg = training.merge_config(task.default_config(), {
+        "data": {"root": root, "categories": ["car", "chair"], "image_size": 32}, "model": SMALL_MODEL,
+        "eval": TINY_EVAL, "batch_size": 4, "steps": 2, "vis_every": 0, "ckpt_every": 0, "log_every": 1})
+    return task, training.merge_config(cfg, kw)
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the perceptual term is off in these tests
+        return fn(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+
+
+def test_config_rejects_unknown_keys_naming_the_field(tmp_path):
+    task = U.UnicornTask()
+    with pytest.raises(ConfigError, match=r"'model\.render_layer'.*'model\.render_layers'"):
+        training.resolve_config(task, None, ["model.render_layer=3"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  shape_code_sizez: [0, 2, 8, 32]\n")
+    with pytest.raises(ConfigError, match="shape_code_sizez"):
+        training.resolve_config(task, path)
+    with pytest.raises(ConfigError, match="image_size"):  # set from data.image_size, not under model
+        training.resolve_config(task, None, ["model.image_size=32"])
+    with pytest.raises(ConfigError, match="model.shared_encoder"):  # types too
+        training.resolve_config(task, None, ["model.shared_encoder=1"])
+    with pytest.raises(ConfigError, match="UnicornConfig.render_layers"):  # and values, by the model's config
+        task.model_config(training.resolve_config(task, None, ["model.render_layers=0"]))
+
+
+def test_every_shipped_config_resolves():
+    task = U.UnicornTask()
+    paths = [os.path.join(REPO, "configs", "unicorn_synthetic.yaml")] + \
+        sorted(glob.glob(os.path.join(REPO, "configs", "unicorn", "*.yaml")))
+    assert len(paths) >= 14  # the synthetic config and the 13 ShapeNet-NMR categories
+    for path in paths:
+        cfg = training.resolve_config(task, path)
+        config = task.model_config(cfg)
+        if "shapenet_" in path:
+            assert cfg["batch_size"] == 32 and config.lr == 1e-4 and config.stage_milestones == (14, 84, 154)
+            assert config.render_layers == 50 and cfg["data"]["image_size"] == 64
+
+
+def test_default_encoder_is_resnet18_shared_or_per_branch():
+    from invrender.models.networks import ResNet18
+
+    config = U.UnicornConfig(**dict(SMALL_MODEL, stage_milestones=(1, 2, 3)), image_size=32)
+    shared = U.UnicornModel(config)
+    assert isinstance(shared.encoder, ResNet18)
+    big = U.UnicornModel(U.UnicornConfig(**dict(SMALL_MODEL, stage_milestones=(1, 2, 3)), image_size=32,
+                                         shared_encoder=False))
+    assert set(big.encoder) == {"shape", "texture", "pose"}  # no background model on ShapeNet
+    out = big.predict(torch.rand(2, 3, 32, 32))
+    assert out["verts"].shape == (2, 642, 3) and out["candidates"].probabilities.shape == (2, 6)
+    with pytest.raises(ConfigError, match="feature_dim"):
+        U.UnicornModel(U.UnicornConfig(feature_dim=64))
+
+
+# ------------------------------------------------------------------------------------------------
+# camera conventions
+
+
+def test_ground_truth_camera_matches_the_models_pose_convention(tiny_root):
+    """The data's world_mat rotation, given to the model's renderer as a pose (no translation), renders the
+    ground-truth mesh onto the data's mask; view_angles recovers the stored azimuth and elevation."""
+    base = ShapeNetNMR(tiny_root, categories=["car"], split="train")
+    config = U.UnicornConfig(**dict(SMALL_MODEL, stage_milestones=(1, 2, 3)), image_size=32)
+    model = U.UnicornModel(config)
+    for i in (0, 4, 9):
+        item = base[i]
+        k, view = base._index[i]
+        verts, faces = U.ground_truth_mesh(base, k)
+        rotation = item["camera"]["world_mat"][:, :3][None]
+        _, mask = model.renderer(verts[None], faces, spherical_uvs(verts, faces), torch.ones(1, 3, 4, 4),
+                                 rotation=rotation, translation=torch.zeros(1, 3))
+        iou = float(metrics.mask_iou(mask, item["mask"][None]))
+        assert iou > 0.9, (i, iou)
+        turned = invrender.rotation_matrix(torch.tensor([math.pi]), torch.tensor([math.radians(30.0)])) @ rotation
+        _, wrong = model.renderer(verts[None], faces, spherical_uvs(verts, faces), torch.ones(1, 3, 4, 4),
+                                  rotation=turned, translation=torch.zeros(1, 3))
+        assert float(metrics.mask_iou(wrong, item["mask"][None])) < iou
+        with np.load(os.path.join(base.root, base.objects[k][1], base.objects[k][2], "cameras.npz")) as npz:
+            az, el = math.degrees(float(npz["azimuth"][view])), math.degrees(float(npz["elevation"][view]))
+        got_az, got_el = U.view_angles(rotation.double())
+        assert float(U.wrap_degrees(got_az - az).abs()) < 1e-3 and float(got_el) == pytest.approx(el, abs=1e-3)
+
+
+def test_view_angles_invert_rotation_matrix_with_any_roll():
+    az = torch.tensor([-170.0, -30.0, 0.0, 45.0, 179.0], dtype=torch.float64)
+    el = torch.tensor([-20.0, 0.0, 30.0, 60.0, 10.0], dtype=torch.float64)
+    roll = torch.tensor([0.0, 20.0, -30.0, 5.0, 90.0], dtype=torch.float64)
+    R = invrender.rotation_matrix(torch.deg2rad(az), torch.deg2rad(el), torch.deg2rad(roll))
+    got_az, got_el = U.view_angles(R)
+    assert torch.allclose(got_az, az, atol=1e-9) and torch.allclose(got_el, el, atol=1e-9)
+
+
+def test_pose_errors_are_measured_up_to_one_azimuth_offset():
+    gt_az = torch.tensor([0.0, 60.0, 120.0, 200.0, 300.0], dtype=torch.float64)
+    el = torch.full_like(gt_az, 30.0)
+    pred_az = gt_az + 90.0 + torch.tensor([0.0, 2.0, -2.0, 40.0, 1.0], dtype=torch.float64)
+    rot = lambda a: invrender.rotation_matrix(torch.deg2rad(a), torch.deg2rad(el))  # noqa: E731
+    out = U.pose_errors(rot(pred_az), rot(gt_az))
+    assert out["pose_azimuth_offset_deg"] in (89.0, 90.0, 91.0)
+    assert out["pose_azimuth_median_deg"] <= 1.0 and out["pose_elevation_median_deg"] < 1e-9
+    assert out["pose_accuracy_15deg"] == out["pose_accuracy_30deg"] == 0.8  # the 40-degree miss
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+class _TwoImages(U.UnicornTask):
+    def dataset(self, config, split):
+        return torch.utils.data.Subset(super().dataset(config, split), [0, 7])
+
+
+def test_training_lowers_the_loss_when_overfitting_two_images(tiny_root, tmp_path):
+    _, cfg = task_config(tiny_root, batch_size=2, steps=24, shuffle=False,
+                         model={"lr": 1e-3, "stage_milestones": [100, 200, 300], "constant_texture_epochs": 100})
+    task = _TwoImages()
+    history = _quiet(training.Trainer(task, dict(cfg, task="unicorn"), tmp_path / "run", device="cpu",
+                                      progress=False).fit)
+    assert [h["share_3d_steps"] for h in history[:4]] == [0.0, 1.0, 0.0, 1.0]  # P-step, 3D-step, ...
+    assert {"uniform", "regularization", "swap", "epoch"} <= set().union(*history)
+    rec_3d = [h["reconstruction"] for h in history if h["share_3d_steps"] == 1.0]
+    assert all(math.isfinite(h["total"]) for h in history)
+    assert np.mean(rec_3d[-3:]) < 0.7 * rec_3d[0], rec_3d
+
+
+def test_epoch_follows_the_step_count(tiny_root):
+    task, cfg = task_config(tiny_root, batch_size=4)
+    model, opts = task.build(cfg, torch.device("cpu"))
+    assert task.train_size == 2 * 4 * 6  # two categories, 4 training objects, 6 views
+    assert [task.epoch_of(s) for s in (0, 11, 12, 24)] == [0, 0, 1, 2]
+    batch = torch.utils.data.default_collate([task.dataset(cfg, "train")[i] for i in range(4)])
+    _quiet(task.train_step, model, batch, opts, 12)
+    assert model.current_epoch == 1
+
+
+def test_resume_is_bit_identical_including_the_memory_bank(tiny_root, tmp_path):
+    """4 steps straight equal 2 steps, a stop, and 2 resumed steps: parameters, batchnorm statistics, the
+    memory bank (codes, poses, images, ring position), the curriculum buffers and Adam's state."""
+    task, cfg = task_config(tiny_root, steps=4, ckpt_every=2, seed=3, model={"memory_size": 6})
+    cfg["task"] = "unicorn"
+    _quiet(training.Trainer(task, cfg, tmp_path / "straight", device="cpu", progress=False).fit)
+    _quiet(training.Trainer(task, dict(cfg, steps=2), tmp_path / "split", device="cpu", progress=False).fit)
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG
+    _quiet(training.Trainer(task, cfg, tmp_path / "split", device="cpu", resume=True, progress=False).fit)
+    a = training.load_checkpoint(training.latest_checkpoint(tmp_path / "straight"))
+    b = training.load_checkpoint(training.latest_checkpoint(tmp_path / "split"))
+    assert a["step"] == b["step"] == 4
+    assert set(a["model"]) == set(b["model"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    bank = {k for k in a["model"] if k.startswith("memory.")}
+    assert {"memory.shape_code", "memory.image", "memory.rotation", "memory.position", "memory.count"} <= bank
+    assert int(a["model"]["memory.count"]) == 6 and int(a["model"]["memory.position"]) == 2  # 2 3D-steps of 4 pushed
+    assert int(a["model"]["iteration"]) == 4
+    sa, sb = a["optimizers"]["main"]["state"], b["optimizers"]["main"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[k][name], sb[k][name])
+
+
+def test_visualize_rows_and_mesh(tiny_root, tmp_path):
+    task, cfg = task_config(tiny_root)
+    model, _ = task.build(cfg, torch.device("cpu"))
+    images = torch.stack([task.dataset(cfg, "train")[i]["image"] for i in range(3)])
+    grid = task.visualize(model.eval(), {"image": images}, str(tmp_path), 0)["reconstructions"]
+    # 3 rows of 6 tiles (input, reconstruction, 3 other views, UV map) of 32 pixels, 2-pixel borders
+    assert grid.shape == (3, 3 * 34 + 2, 6 * 34 + 2)
+    assert torch.equal(grid[:, 2:34, 2:34], images[0])
+    assert os.path.getsize(tmp_path / "mesh0.obj") > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def test_evaluate_writes_the_named_metrics_and_references(tiny_root, tmp_path):
+    task, cfg = task_config(tiny_root, steps=2, seed=1)
+    cfg["task"] = "unicorn"
+    run = tmp_path / "run"
+    _quiet(training.Trainer(task, cfg, run, device="cpu", progress=False).fit)
+    result = _quiet(training.evaluate_run, run, device="cpu")
+    saved = json.loads((run / "eval" / "metrics.json").read_text())
+    assert saved["step"] == 2 and (run / "eval" / "reconstructions.png").exists()
+    for key in ("chamfer_l1", "chamfer_l1_icp", "template_chamfer_l1", "template_chamfer_l1_icp",
+                "spread_chamfer_l1", "spread_chamfer_l1_icp", "mask_iou", "pose_azimuth_median_deg",
+                "pose_elevation_median_deg", "pose_rotation_median_deg", "pose_accuracy_15deg",
+                "pose_accuracy_30deg", "pose_azimuth_offset_deg"):
+        assert key in saved and math.isfinite(saved[key]), key
+        assert saved[key] == pytest.approx(result[key])
+    assert saved["test_objects"] == 2 and 0 <= saved["mask_iou"] <= 1
+    assert 0 < saved["chamfer_l1_icp"] and 0 < saved["spread_chamfer_l1_icp"]
+
+    # The template reference, computed directly: the ellipsoid seen by the true camera of the drawn views.
+    base = ShapeNetNMR(tiny_root, categories=["car", "chair"], split="test", image_size=32)
+    chosen = U.one_view_per_object(base, torch.Generator().manual_seed(0))
+    model, _ = task.build(cfg, torch.device("cpu"))
+    gt_v, gt_f, template = [], [], []
+    for i in chosen:
+        rotation = base[i]["camera"]["world_mat"][:, :3]
+        v, f = U.ground_truth_mesh(base, base._index[i][0])
+        gt_v.append(v @ rotation.T)
+        gt_f.append(f)
+        template.append(model.template_verts @ rotation.T)
+    direct = metrics.chamfer_l1_meshes(torch.stack(template), model.faces, gt_v, gt_f, 500, align=True,
+                                       generator=torch.Generator().manual_seed(2), icp_num_points=200)
+    assert saved["template_chamfer_l1_icp"] == pytest.approx(10 * float(direct.mean()), rel=1e-6)
+
+
+def test_one_view_per_object_is_seeded(tiny_root):
+    base = ShapeNetNMR(tiny_root, split="test")
+    a = U.one_view_per_object(base, torch.Generator().manual_seed(0))
+    b = U.one_view_per_object(base, torch.Generator().manual_seed(0))
+    assert a == b and len(a) == len(base.objects)
+    assert [base._index[i][0] for i in a] == list(range(len(base.objects)))
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_train_then_eval(tiny_root, tmp_path):
+    env = _env(tmp_path)
+    run = tmp_path / "run"
+    small = [f"model.{k}={json.dumps(v)}" for k, v in SMALL_MODEL.items()]
+    train = [sys.executable, "-m", "invrender", "train", "unicorn", "--config",
+             os.path.join(REPO, "configs", "unicorn_synthetic.yaml"), "--run-dir", str(run), "--no-progress",
+             "--device", "cpu", "steps=2", "batch_size=2", "vis_every=2", f"data.root={tiny_root}",
+             "data.image_size=32"] + small
+    proc = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "samples" / "step_00000002" / "reconstructions.png").exists()
+    proc = subprocess.run([sys.executable, "-m", "invrender", "eval", str(run), "--device", "cpu",
+                           "eval.num_points=300", "eval.icp_num_points=100"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "template (ellipsoid)" in proc.stdout
+    assert "chamfer_l1_icp" in json.loads((run / "eval" / "metrics.json").read_text())
