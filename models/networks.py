@@ -304,8 +304,10 @@ class PerceptualLoss(nn.Module):
     (``loss.flatten(1).mean(1)``, ``sum_channels=False``, eps = 1e-10), which UNICORN then weights by the pose
     probabilities before averaging over the batch.
 
-    The VGG16 is frozen (``requires_grad_(False)``, kept in eval mode by :meth:`train`) but the loss is
-    differentiable w.r.t. both images. Its weights are not training state: they are left out of this module's
+    The VGG16 is frozen (``requires_grad_(False)``, kept in eval mode by :meth:`train`). The loss is differentiable
+    w.r.t. the images; the targets are data: their features are computed without gradient (``target_grad=True``
+    differentiates them too), and can be computed once (:meth:`features`) and reused (``target_features``). The
+    VGG16 weights are not training state: they are left out of this module's
     ``state_dict`` (and not required by ``load_state_dict``), so checkpoints stay small and load whether or not the
     run had a weights file.
 
@@ -358,31 +360,75 @@ class PerceptualLoss(nn.Module):
             self.vgg.eval()  # a frozen loss network stays in eval mode inside a training model
         return self
 
-    def forward(self, images: Tensor, targets: Tensor) -> Tensor:
+    def _features(self, images: Tensor) -> Tensor:
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        features = self.vgg(x)
+        return features / (features.norm(dim=1, keepdim=True) + self.eps)
+
+    def features(self, images: Tensor, *, grad: bool = False) -> Tensor:
+        """The unit VGG16 features ``(N, C, h, w)`` the loss compares, of ``(N, 3, H, W)`` images in [0, 1];
+        without gradient unless ``grad``. For targets used more than once: compute them once and pass them to
+        :meth:`forward` as ``target_features`` (UNICORN's pose step compares each image with its K candidates).
+        Raises RuntimeError when the loss is off (check :attr:`enabled`)."""
+        _check_images(images, "images", "PerceptualLoss.features", 3, self.min_size)
+        if self.vgg is None:
+            raise RuntimeError("PerceptualLoss.features: the loss is off (no VGG16 weights file was given); "
+                               "check 'enabled' first")
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self._features(images)
+
+    def forward(self, images: Tensor, targets: Optional[Tensor] = None, *, target_features: Optional[Tensor] = None,
+                target_grad: bool = False) -> Tensor:
         """Args:
-            images, targets: (B, 3, H, W) floating images in [0, 1] of the same shape, H, W >= ``min_size``
-                (4 for ``relu3_3``).
+            images: ``(N, 3, H, W)`` floating images in [0, 1], H, W >= ``min_size`` (4 for ``relu3_3``).
+            targets: ``(N, 3, H, W)`` images of the same shape. Their features are computed without gradient
+                (targets are data: nothing to backpropagate through the target half of VGG) unless
+                ``target_grad`` is True, which makes the loss differentiable in the targets too.
+            target_features: instead of ``targets``: their :meth:`features`, ``(M, C, h, w)`` with ``M`` dividing
+                ``N``; target ``m`` is compared with the ``N / M`` consecutive images ``m N/M ... (m+1) N/M - 1``
+                (e.g. the K pose candidates of each of M images, flattened image-major), without copying it.
+            target_grad: see ``targets``.
 
         Returns:
-            (B,) per-image losses (zeros when the loss is off).
+            (N,) per-image losses (zeros when the loss is off).
         """
         _check_images(images, "images", "PerceptualLoss", 3, self.min_size)
-        _check_images(targets, "targets", "PerceptualLoss", 3, self.min_size)
-        if images.shape != targets.shape:
-            raise ValueError(f"PerceptualLoss: arguments 'images' and 'targets' must have the same shape, got "
-                             f"{tuple(images.shape)} and {tuple(targets.shape)}")
+        if (targets is None) == (target_features is None):
+            raise ValueError("PerceptualLoss: give exactly one of 'targets' and 'target_features'")
+        if targets is not None:
+            _check_images(targets, "targets", "PerceptualLoss", 3, self.min_size)
+            if images.shape != targets.shape:
+                raise ValueError(f"PerceptualLoss: arguments 'images' and 'targets' must have the same shape, got "
+                                 f"{tuple(images.shape)} and {tuple(targets.shape)}")
+        else:
+            if not isinstance(target_features, Tensor) or target_features.dim() != 4 or \
+                    target_features.shape[0] == 0 or images.shape[0] % target_features.shape[0]:
+                shape = tuple(target_features.shape) if isinstance(target_features, Tensor) else \
+                    type(target_features).__name__
+                raise ValueError(f"PerceptualLoss: argument 'target_features' must be a (M, C, h, w) tensor with M "
+                                 f"dividing the {images.shape[0]} images, got {shape}")
         if self.vgg is None:
             if not self._warned:
                 self._warned = True
                 warnings.warn("PerceptualLoss: the perceptual term is off because no VGG16 weights file was given "
                               "(weights_path=None); pass a torchvision vgg16 state dict to enable it",
                               stacklevel=_caller_stacklevel())
+            if targets is None or not target_grad:
+                return images.sum(dim=(1, 2, 3)) * 0
             return (images.sum(dim=(1, 2, 3)) + targets.sum(dim=(1, 2, 3))) * 0
-        both = (torch.cat([images, targets]) - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        features = self.vgg(both)
-        features = features / (features.norm(dim=1, keepdim=True) + self.eps)
-        f1, f2 = features.chunk(2)
-        return (f1 - f2).square().flatten(1).mean(1)
+        if targets is not None and target_grad:
+            features = self._features(torch.cat([images, targets]))
+            f1, f2 = features.chunk(2)
+            return (f1 - f2).square().flatten(1).mean(1)
+        if targets is not None:
+            target_features = self.features(targets)
+        f1 = self._features(images)
+        if tuple(target_features.shape[1:]) != tuple(f1.shape[1:]):
+            raise ValueError(f"PerceptualLoss: argument 'target_features' must have the images' feature shape "
+                             f"(M, {', '.join(map(str, f1.shape[1:]))}), got {tuple(target_features.shape)}")
+        M = target_features.shape[0]
+        f1 = f1.reshape(M, -1, *f1.shape[1:])  # (M, N / M, C, h, w): each target against its images
+        return (f1 - target_features.unsqueeze(1)).square().flatten(2).mean(2).reshape(-1)
 
 
 def _caller_stacklevel() -> int:

@@ -955,9 +955,16 @@ class UnicornModel(nn.Module):
         c = self.config
         rendered, _ = self.render_candidates(prediction, detach_object=True)
         B, K = rendered.shape[:2]
+        flat = rendered.reshape(B * K, *rendered.shape[2:])
         target = images.unsqueeze(1).expand_as(rendered).reshape(B * K, *images.shape[1:])
-        rec = reconstruction_loss(rendered.reshape(B * K, *rendered.shape[2:]), target, perceptual, c.rgb_weight,
-                                  c.perceptual_weight).reshape(B, K)
+        if isinstance(perceptual, PerceptualLoss) and perceptual.enabled and c.perceptual_weight > 0:
+            # Each image's VGG features once, without gradient, compared with its K candidates (not K copies
+            # of every image through VGG): the same per-candidate losses and gradients.
+            rec = reconstruction_loss(flat, target, None, c.rgb_weight)
+            rec = rec + c.perceptual_weight * perceptual(flat, target_features=perceptual.features(images))
+        else:
+            rec = reconstruction_loss(flat, target, perceptual, c.rgb_weight, c.perceptual_weight)
+        rec = rec.reshape(B, K)
         probabilities = prediction["candidates"].probabilities
         losses = {"reconstruction": (probabilities * rec).sum(1).mean(),
                   "uniform": c.uniform_weight * uniform_loss(probabilities)}

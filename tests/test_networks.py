@@ -301,12 +301,56 @@ def test_perceptual_gradient_to_images_not_weights(loss):
     a = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     b = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     loss(a, b).sum().backward()
-    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+    assert a.grad.abs().sum() > 0 and b.grad is None  # targets are data: no gradient by default
+    loss(a, b, target_grad=True).sum().backward()
+    assert b.grad.abs().sum() > 0  # on request, both
     assert all(not p.requires_grad and p.grad is None for p in loss.vgg.parameters())
     small = PerceptualLoss(layer="relu1_2", weights="random").double()
     x = torch.rand(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     y = torch.rand(1, 3, 4, 4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: small(t, y), (x,))
+
+
+def _reference_perceptual(loss, a, b):
+    """The loss as it was: images and targets concatenated through VGG, both differentiable."""
+    both = (torch.cat([a, b]) - loss.mean) / loss.std
+    f = loss.vgg(both)
+    f1, f2 = (f / (f.norm(dim=1, keepdim=True) + loss.eps)).chunk(2)
+    return (f1 - f2).square().flatten(1).mean(1)
+
+
+def test_perceptual_target_features_once_without_gradient(loss):
+    # UNICORN's pose step: each of B targets against its K candidates. The targets' features computed once,
+    # without gradient, give the same per-image losses and image gradients as K copies through VGG.
+    B, K = 3, 4
+    images = torch.rand(B * K, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+    targets = torch.rand(B, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+    copies = targets.unsqueeze(1).expand(B, K, 3, 12, 12).reshape(B * K, 3, 12, 12)
+    weights = torch.rand(B * K, dtype=torch.float64)
+    expected = _reference_perceptual(loss, images, copies)
+    expected_grad, = torch.autograd.grad((weights * expected).sum(), images)
+    features = loss.features(targets)
+    assert not features.requires_grad and features.grad_fn is None  # no graph through the targets' VGG
+    for got in (loss(images, target_features=features), loss(images, copies)):
+        assert got.shape == (B * K,)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+        grad, = torch.autograd.grad((weights * got).sum(), images)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-15)
+    loss(images, target_features=features).sum().backward()
+    loss(images, copies).sum().backward()
+    assert targets.grad is None  # no gradient reaches the targets
+    torch.testing.assert_close(loss(images, copies, target_grad=True), expected, rtol=1e-12, atol=1e-15)
+    assert loss.features(targets, grad=True).requires_grad
+    with pytest.raises(ValueError, match="exactly one"):
+        loss(images)
+    with pytest.raises(ValueError, match="exactly one"):
+        loss(images, copies, target_features=features)
+    with pytest.raises(ValueError, match="'target_features'.*dividing"):
+        loss(images, target_features=loss.features(targets[:1].expand(5, 3, 12, 12)))
+    with pytest.raises(ValueError, match="'target_features'.*feature shape"):
+        loss(images, target_features=loss.features(torch.rand(B, 3, 16, 16, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match="off"):
+        PerceptualLoss().features(targets)
 
 
 def test_perceptual_stays_frozen_and_out_of_state_dict(loss):
@@ -341,6 +385,7 @@ def test_perceptual_off_warns_once_and_returns_zero(recwarn):
     first = loss(a, torch.rand(2, 3, 16, 16))
     second = loss(a, a)
     assert first.shape == (2,) and torch.all(first == 0) and torch.all(second == 0)
+    assert torch.equal(loss(a, target_features=torch.rand(1, 256, 4, 4)), torch.zeros(2))
     first.sum().backward()  # a zero that keeps the graph: the model's total loss still backpropagates
     assert torch.all(a.grad == 0)
     messages = [str(w.message) for w in recwarn if "perceptual term is off" in str(w.message)]
