@@ -3,7 +3,6 @@ the time goes.
 
     python benchmarks/bench_unicorn.py                  # B=32, 64^2, K=50 (ShapeNet chairs), 2 threads
     python benchmarks/bench_unicorn.py --quick          # smoke run (B=2, 32^2)
-    python benchmarks/bench_unicorn.py --proposed       # also the proposed loss-network savings (monkeypatched)
 
 Setting: :class:`UnicornModel` at its ShapeNet defaults (template level 3: 642 vertices, 1280 faces; 6 pose
 candidates; 64x64 texture), ResNet-18 encoder, perceptual loss on (``PerceptualLoss(weights="random")``: VGG16 to
@@ -21,12 +20,10 @@ gradients to mesh and texture in the 3D step), the perceptual loss on the pairs 
 loss (two neighbour predictions without gradient, two renders, two perceptual calls), the regularisers and
 Adam; and ``torch.profiler``'s top operators by self CPU time for one step of each kind.
 
-``--proposed`` also times the steps with proposed changes applied by monkeypatching (models/unicorn.py,
-models/networks.py and invrender/renderers.py untouched), each checked first to give the current code's losses
-and gradients: "perceptual", the target images' VGG features computed without gradient (no backward through the
-target half of VGG) and, in the pose step, once per image instead of once per candidate (B targets, not K x B
-copies); "perceptual+sparse-texture", also the renderer sampling the texture only where a face covers a
-(pixel, layer) entry (about 5% of them at K = 50) instead of densely.
+The two savings that ``--proposed`` once measured by monkeypatching are now the code's own (commits after
+e46104d): the targets' VGG features computed once per step and without gradient (``PerceptualLoss.features``,
+``target_features``), and the renderer sampling the texture only where a face covers a (pixel, layer) entry.
+Rows before them carry ``variant`` "current" / "perceptual" / "perceptual+sparse-texture"; rows since, "current".
 
 Results are appended as JSON lines (op ``unicorn_train_step``) to ``benchmarks/results/<device>.jsonl``.
 """
@@ -38,7 +35,6 @@ import os
 import statistics
 import sys
 import time
-import types
 
 import torch
 
@@ -184,12 +180,13 @@ def components(model, perceptual, optimizers, images):
         "scale head": ("3d", lambda: _backward(model.scale(features))),
         "render K x B candidates (grad to pose)": ("pose", lambda: _backward(
             model.render(verts_k, texture_k, U.Pose(rot_k, trans_k)).image)),
-        "perceptual K x B pairs (VGG on 2 K B images)": ("pose", lambda: _backward(
-            perceptual(rendered_k, targets_k))),
+        "perceptual K x B pairs (VGG on K B + B images)": ("pose", lambda: _backward(
+            perceptual(rendered_k, target_features=perceptual.features(images)))),
         "mse K x B": ("pose", lambda: _backward((rendered_k - targets_k).pow(2).flatten(1).mean(1))),
         "render B (grad to mesh, texture)": ("3d", lambda: _backward(
             model.render(verts, texture, pose).image)),
-        "perceptual B pairs (VGG on 2 B images)": ("3d", lambda: _backward(w * perceptual(rendered, images))),
+        "perceptual B pairs (VGG on 2 B images, B with grad)": ("3d", lambda: _backward(
+            w * perceptual(rendered, images))),
         "regularisers (laplacian + normal)": ("3d", lambda: _backward(
             U.regularization_loss(verts, model.faces, c.laplacian_weight, c.normal_weight))),
         "swap loss (total)": ("3d", lambda: _backward(*model.swap_losses(swap_pred, images, pose, perceptual,
@@ -230,125 +227,6 @@ def profile_steps(model, perceptual, optimizers, images, top):
 
 
 # ------------------------------------------------------------------------------------------------
-# Proposed: the loss network only on what each step needs (monkeypatched, for measuring)
-
-
-def _vgg_features(perceptual, x):
-    x = (x - perceptual.mean.to(x.dtype)) / perceptual.std.to(x.dtype)
-    f = perceptual.vgg(x)
-    return f / (f.norm(dim=1, keepdim=True) + perceptual.eps)
-
-
-def perceptual_targets_no_grad(self, images, targets):
-    """PerceptualLoss.forward with the targets' features computed without gradient when the targets need
-    none (the same value; the backward skips the target half of VGG)."""
-    if self.vgg is None or targets.requires_grad:
-        return PerceptualLoss.forward(self, images, targets)
-    with torch.no_grad():
-        ft = _vgg_features(self, targets)
-    return (_vgg_features(self, images) - ft).square().flatten(1).mean(1)
-
-
-def pose_step_losses_once_per_image(self, prediction, images, perceptual=None):
-    """UnicornModel.pose_step_losses with the B targets' VGG features computed once (no gradient) and compared
-    with each of their K candidates, instead of K copies of each target through VGG with gradient."""
-    c = self.config
-    rendered, _ = self.render_candidates(prediction, detach_object=True)
-    B, K = rendered.shape[:2]
-    flat = rendered.reshape(B * K, *rendered.shape[2:])
-    target = images.unsqueeze(1).expand_as(rendered).reshape(B * K, *images.shape[1:])
-    rec = c.rgb_weight * (flat - target).pow(2).flatten(1).mean(1)
-    if perceptual is not None and c.perceptual_weight > 0 and perceptual.vgg is not None:
-        with torch.no_grad():
-            ft = _vgg_features(perceptual, images)  # (B, C, h, w)
-        fr = _vgg_features(perceptual, flat)
-        fr = fr.reshape(B, K, *fr.shape[1:])
-        rec = rec + c.perceptual_weight * (fr - ft.unsqueeze(1)).square().flatten(2).mean(2).reshape(B * K)
-    elif perceptual is not None and c.perceptual_weight > 0:
-        rec = rec + c.perceptual_weight * perceptual(flat, target)
-    rec = rec.reshape(B, K)
-    probabilities = prediction["candidates"].probabilities
-    losses = {"reconstruction": (probabilities * rec).sum(1).mean(),
-              "uniform": c.uniform_weight * U.uniform_loss(probabilities)}
-    losses["total"] = losses["reconstruction"] + losses["uniform"]
-    return losses
-
-
-def render_sparse_texture(self, verts, faces, uvs, texture, rotation=None, translation=None, background=None,
-                          scale=None):
-    """LayeredRenderer.forward sampling the texture only at the (pixel, layer) entries a face covers (about 5% of
-    B x H x W x L at K = 50, 64^2) instead of at all of them: the colours of empty layers are multiplied by
-    alpha = 0 in the compositing, so the image and every gradient are the same (no argument checks here)."""
-    B, F = verts.shape[0], faces.shape[0]
-    if uvs.dim() == 3:
-        uvs = uvs.unsqueeze(0).expand(B, *uvs.shape)
-    uvs = uvs.expand(B, F, 3, 2)
-    ndc = self.project(verts, rotation=rotation, translation=translation, scale=scale)
-    fragments = invrender.rasterize(ndc, faces, self.image_size, self.layers, self.sigma,
-                                    cull_backfaces=self.cull_backfaces)
-    uv = invrender.interpolate(fragments, uvs)  # (B, H, W, L, 2), 0 on empty layers
-    valid = (fragments.face_idx >= 0).reshape(B, -1)
-    slot_of = valid.cumsum(1) - 1
-    rows, cols = valid.nonzero(as_tuple=True)
-    slots = slot_of[rows, cols]
-    n = int(slots.max()) + 1 if slots.numel() else 1
-    uv_packed = uv.new_zeros(B, n, 2).index_put((rows, slots), uv.reshape(B, -1, 2)[rows, cols])
-    packed = self.sample_texture(texture, uv_packed)  # (B, n, C): each image's covered entries, padded
-    C = packed.shape[-1]
-    colors = uv.new_zeros(B, valid.shape[1], C).index_put((rows, cols), packed[rows, slots])
-    alpha = invrender.layer_alpha(fragments, self.sigma, self.kind)
-    if background is None:
-        background = self.background
-    return invrender.composite_layers(alpha, colors.reshape(*uv.shape[:-1], C), background)
-
-
-def apply_perceptual(model, perceptual):
-    model.pose_step_losses = types.MethodType(pose_step_losses_once_per_image, model)
-    perceptual.forward = types.MethodType(perceptual_targets_no_grad, perceptual)
-
-
-def apply_perceptual_and_sparse_texture(model, perceptual):
-    apply_perceptual(model, perceptual)
-    model.renderer.forward = types.MethodType(render_sparse_texture, model.renderer)
-
-
-# Variants timed by --proposed: name -> monkeypatch(model, perceptual).
-PROPOSALS = {"perceptual": apply_perceptual, "perceptual+sparse-texture": apply_perceptual_and_sparse_texture}
-
-
-def check_proposed(s, device, patch):
-    """Same losses and gradients as the current code for one step of each kind (float64, small batch)."""
-    s = dict(s, B=2)
-    worst = {}
-    for kind in ("pose", "3d"):
-        grads = []
-        for proposed in (False, True):
-            model, perceptual, optimizers, images = build(s, device)
-            model.double()
-            perceptual.double()
-            if proposed:
-                patch(model, perceptual)
-            model.iteration.fill_(0 if kind == "pose" else 1)
-            g = torch.Generator().manual_seed(0)
-            averaged = model.draw_texture_averaging(g)
-            pred = model.predict(images.double(), averaged)
-            if kind == "pose":
-                losses = model.pose_step_losses(pred, images.double(), perceptual)
-            else:
-                losses = model.step_3d_losses(pred, images.double(), perceptual, averaged_texture=averaged,
-                                              generator=g)
-            losses["total"].backward()
-            grads.append([losses["total"].detach()] + [p.grad.clone() for p in model.parameters()
-                                                        if p.grad is not None])
-        a, b = grads
-        assert len(a) == len(b), "the proposed step reaches other parameters"
-        worst[kind] = max(float((x - y).abs().max() / (x.abs().max() + 1e-30)) for x, y in zip(a, b))
-        assert worst[kind] < 1e-9, f"{kind} step: proposed losses/gradients differ (relative {worst[kind]:.2e})"
-    print(f"proposed == current (relative max difference of loss and gradients): {worst}")
-    return worst
-
-
-# ------------------------------------------------------------------------------------------------
 
 
 def run(args, device):
@@ -367,18 +245,8 @@ def run(args, device):
     print(f"unicorn_train_step  ({meta['device']}, torch {meta['torch']}, {meta['threads']} threads, "
           f"load average {load_start[0]:.2f})  {params}", flush=True)
 
-    variants = {"current": None}
-    if args.proposed:
-        for name, patch in PROPOSALS.items():
-            print(f"{name}: ", end="")
-            check_proposed(s, device, patch)
-            variants[name] = patch
-    steps = {}
-    for name, patch in variants.items():
-        m, p, o, im = build(s, device)
-        if patch is not None:
-            patch(m, p)
-        steps[name] = (step_fn(m, im, o, p, "pose"), step_fn(m, im, o, p, "3d"))
+    m, p, o, im = build(s, device)
+    steps = {"current": (step_fn(m, im, o, p, "pose"), step_fn(m, im, o, p, "3d"))}
     # Interleaved (pose, 3d, for every variant, per repeat) so that the machine's load hits all alike.
     samples = {name: {"pose": [], "3d": []} for name in steps}
     for r in range(warmup + repeats):
@@ -404,8 +272,6 @@ def run(args, device):
                          samples=samples[name], official=OFFICIAL,
                          speedup_vs_official=OFFICIAL["iteration_s"] / iteration_s,
                          goal_iteration_s=GOAL_ITERATION_S, goal_ratio=iteration_s / GOAL_ITERATION_S))
-    for row in rows[1:]:
-        row["speedup_vs_current"] = rows[0]["iteration_s"] / row["iteration_s"]
 
     print(f"\n{'variant':26s} {'pose step s':>12s} {'3d step s':>10s} {'iteration s':>12s} {'x official':>11s} "
           f"{'/ goal 6.8 s':>13s}")
@@ -444,8 +310,6 @@ def main():
     p.add_argument("--warmup", type=int, default=None, help="untimed steps of each kind first (default 1)")
     p.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the issue's machine)")
-    p.add_argument("--proposed", action="store_true",
-                   help="also time the proposed perceptual-loss savings (monkeypatched; checked equal first)")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-component timings")
     p.add_argument("--no-profile", action="store_true", help="skip torch.profiler's operator tables")
     p.add_argument("--top", type=int, default=15, help="operators in each profile table")
