@@ -207,6 +207,22 @@ projected while the camera turns through [-pi, pi). The model saw each object fr
 """
 
 
+def _check_categories(categories) -> None:
+    """Categories of the embedded synthetic data (synthetic.CATEGORIES), checked before that data is
+    generated (minutes on a first run), naming the closest valid one. Raises ConfigError."""
+    import difflib
+
+    from .errors import ConfigError
+    from .synthetic import CATEGORIES
+
+    for c in [categories] if isinstance(categories, str) else categories:
+        if c not in CATEGORIES:
+            near = difflib.get_close_matches(str(c), CATEGORIES, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"unknown category {c!r} for the demo's synthetic data; {hint}"
+                              f"valid: {', '.join(CATEGORIES)}")
+
+
 def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, device: str = "auto",
              categories: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), progress: bool = True,
              verbose: bool = True) -> Dict[str, Any]:
@@ -232,6 +248,8 @@ def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, devic
         config["data"]["categories"] = list(categories)
     config = training.apply_overrides(config, overrides, training.config_schema(task))
     config["task"] = "ucar"
+    if not config["data"].get("root"):  # the embedded default data
+        _check_categories(config["data"]["categories"])
     out_dir = os.path.abspath(out_dir)
     run_dir = os.path.join(out_dir, "run")
     # A bad device or count fails here, before any data is generated or an earlier run removed.

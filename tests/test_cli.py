@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import invrender
-from invrender import training
+from invrender import synthetic, training
 from invrender.cli import main
 
 
@@ -129,6 +129,18 @@ def test_eval_of_a_run_without_checkpoint_or_with_a_bad_override(tiny_root, tmp_
         os.remove(path)
     assert main(["eval", str(run)]) == 2
     assert "no checkpoint in" in _error_line(capsys)
+
+
+def test_demo_checks_categories_before_generating_its_data(tmp_path, capsys, monkeypatch):
+    # Without data.root the demo uses the embedded data, generated on first use (minutes): a misspelt
+    # category must fail before that, naming the closest one.
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the default data was generated before the categories were checked")
+
+    monkeypatch.setattr(synthetic, "generate_dataset", no_generation)
+    monkeypatch.setenv("INVRENDER_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress", "--categories", "car", "chiar"]) == 2
+    assert "unknown category 'chiar' for the demo's synthetic data; did you mean 'chair'?" in _error_line(capsys)
 
 
 @pytest.mark.parametrize("error", [ZeroDivisionError("a bug"), ValueError("a bug that is no usage error")])
