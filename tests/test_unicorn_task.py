@@ -230,6 +230,7 @@ def test_evaluate_writes_the_named_metrics_and_references(tiny_root, tmp_path):
                 "pose_accuracy_30deg", "pose_azimuth_offset_deg"):
         assert key in saved and math.isfinite(saved[key]), key
         assert saved[key] == pytest.approx(result[key])
+    assert saved["pose_offset_fitted_on"] == "test"  # the tiny data's val split is empty (0.1 x 5 objects)
     assert saved["test_objects"] == 2 and 0 <= saved["mask_iou"] <= 1
     assert 0 < saved["chamfer_l1_icp"] and 0 < saved["spread_chamfer_l1_icp"]
 
@@ -247,6 +248,73 @@ def test_evaluate_writes_the_named_metrics_and_references(tiny_root, tmp_path):
     direct = metrics.chamfer_l1_meshes(torch.stack(template), model.faces, gt_v, gt_f, 500, align=True,
                                        generator=torch.Generator().manual_seed(2), icp_num_points=200)
     assert saved["template_chamfer_l1_icp"] == pytest.approx(10 * float(direct.mean()), rel=1e-6)
+
+
+class _StubPoses(U.UnicornTask):
+    """Predicts each view's true pose turned by ``offsets[split]`` degrees of azimuth, the split told apart by
+    the image (val views imply one offset, test views another)."""
+
+    def __init__(self, root, offsets):
+        super().__init__()
+        self.offsets, self.views = offsets, []
+        for split in ("val", "test"):
+            try:
+                base = ShapeNetNMR(root, categories=["car", "chair"], split=split, image_size=32)
+            except ValueError:  # an empty split
+                continue
+            for i in range(len(base)):
+                item = base[i]
+                self.views.append((item["image"], item["camera"]["world_mat"][:, :3], split))
+        self.calls = []
+
+    def reconstruct(self, model, images):
+        out = super().reconstruct(model, images)
+        rotations, splits = [], []
+        for image in images:
+            (gt, split), = [(r, s) for im, r, s in self.views if torch.equal(im, image.cpu())]
+            az, el = U.view_angles(gt[None])
+            rotations.append(invrender.rotation_matrix(torch.deg2rad(az + self.offsets[split]), torch.deg2rad(el))[0])
+            splits.append(split)
+        self.calls.append(splits)
+        out["pose"] = U.Pose(torch.stack(rotations).to(images), out["pose"].translation)
+        return out
+
+
+def _evaluate_with_stub_poses(root, out_dir, offsets):
+    task = _StubPoses(root, offsets)
+    _, cfg = task_config(root)
+    model, _ = task.build(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        return task, _quiet(task.evaluate, model.eval(), cfg, str(out_dir))
+
+
+def test_evaluate_fits_the_pose_offset_on_val_and_applies_it_to_test(tiny_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"  # the tiny data with its last training object of each category moved to val
+    shutil.copytree(tiny_root, root)
+    for train in glob.glob(str(root / "*" / "softras_train.lst")):
+        names = open(train).read().split()
+        open(train, "w").write("".join(n + "\n" for n in names[:-1]))
+        open(os.path.join(os.path.dirname(train), "softras_val.lst"), "w").write(names[-1] + "\n")
+    task, out = _evaluate_with_stub_poses(str(root), tmp_path / "eval", {"val": 90.0, "test": 120.0})
+    assert ["val", "val"] in task.calls  # one seeded view per val object (1 per category)
+    assert out["pose_offset_fitted_on"] == "val" and out["pose_offset_objects"] == 2
+    assert out["pose_azimuth_offset_deg"] == pytest.approx(90.0)  # A, not the test views' own 120
+    # The test errors are measured with A: every test view is 30 degrees off in azimuth (only).
+    assert out["pose_azimuth_median_deg"] == pytest.approx(30.0, abs=1e-3)
+    assert out["pose_elevation_median_deg"] == pytest.approx(0.0, abs=1e-3)
+    assert out["pose_rotation_median_deg"] == pytest.approx(30.0, abs=1e-3)
+    assert out["pose_accuracy_15deg"] == 0.0
+
+
+def test_evaluate_falls_back_to_the_test_views_without_val(tiny_root, tmp_path):
+    assert all(not open(lst).read().strip() for lst in glob.glob(os.path.join(tiny_root, "*", "softras_val.lst")))
+    task, out = _evaluate_with_stub_poses(tiny_root, tmp_path, {"test": 120.0})
+    assert all("val" not in c for c in task.calls)
+    assert out["pose_offset_fitted_on"] == "test" and out["pose_offset_objects"] == 2
+    assert out["pose_azimuth_offset_deg"] == pytest.approx(120.0)  # the test views' own offset
+    assert out["pose_azimuth_median_deg"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_one_view_per_object_is_seeded(tiny_root):
