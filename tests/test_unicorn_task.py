@@ -1,6 +1,7 @@
 """The UNICORN task around the model (invrender.models.unicorn.UnicornTask): config, camera conventions of the
 data against the model's poses, training through the Trainer (loss decrease, bit-identical resume with the
-memory bank), the ShapeNet evaluation protocol and its references, and the command line end to end."""
+memory bank), data-parallel training on two gloo processes, the ShapeNet evaluation protocol and its references,
+and the command line end to end."""
 
 import glob
 import json
@@ -22,6 +23,7 @@ from invrender.mesh import spherical_uvs
 from invrender.models import unicorn as U
 
 from .test_cli import _env
+from .test_training import _free_ports, _spawn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -210,6 +212,89 @@ def test_visualize_rows_and_mesh(tiny_root, tmp_path):
     assert grid.shape == (3, 3 * 34 + 2, 6 * 34 + 2)
     assert torch.equal(grid[:, 2:34, 2:34], images[0])
     assert os.path.getsize(tmp_path / "mesh0.obj") > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# data parallel
+
+
+def _ddp_worker(rank, world_size, port, root, out):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    # Records, at every step, each rank's own gradients and the averaged ones (the task imports
+    # average_gradients from invrender.training at each step).
+    averaged = training.average_gradients
+    record = []
+
+    def spy(params):
+        params = list(params)
+        local = torch.cat([p.grad.reshape(-1) for p in params]).clone()
+        averaged(params)
+        names = {id(p): n for n, p in training.unwrap(trainer.model).named_parameters()}
+        record.append({"names": [names[id(p)] for p in params], "local": local,
+                       "mean": torch.cat([p.grad.reshape(-1) for p in params]).clone()})
+
+    training.average_gradients = spy
+    try:
+        task, cfg = _ddp_config(root)
+        trainer = training.Trainer(task, cfg, os.path.join(out, "ddp"), device="cpu", progress=False)
+        history = _quiet(trainer.fit)
+    finally:
+        training.average_gradients = averaged
+    assert trainer.distributed and trainer.local_batch == 2 and trainer.ddp_model is trainer.model
+    model = training.unwrap(trainer.model)
+    torch.save({"state": {k: v.clone() for k, v in model.state_dict().items()}, "record": record,
+                "history": history}, os.path.join(out, f"rank{rank}.pt"))
+
+
+def _ddp_config(root):
+    # Stage 2 from epoch 0 (live shape and texture codes: the swap loss is on from the first 3D-step); the
+    # texture averaging is drawn per step (constant_texture_epochs=0); no shuffling: rank r sees r, r+2, ...
+    task, cfg = task_config(root, steps=4, seed=0, shuffle=False, model={
+        "constant_texture_epochs": 0, "stage_milestones": [1, 2, 3], "shape_code_sizes": [2, 8, 16, 32],
+        "memory_size": 6})
+    cfg["task"] = "unicorn"
+    return task, cfg
+
+
+def test_unicorn_trains_data_parallel_with_two_processes(tiny_root, tmp_path):
+    """Two gloo processes, 2 examples each per step, P-step / 3D-step / P-step / 3D-step: each step's gradients
+    are the mean of both ranks' own (different) gradients over the same parameters, and every process ends
+    with the same parameters and buffers. The memory bank is rank 0's (copied to the other rank after each
+    step): it holds rank 0's examples of the 3D-steps only; the checkpoint holds rank 0's state."""
+    _spawn(_ddp_worker, (2, _free_ports(1)[0], tiny_root, str(tmp_path)), nprocs=2, timeout=300)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    s0, s1 = r0["state"], r1["state"]
+    assert [h["share_3d_steps"] for h in r0["history"]] == [0.0, 1.0, 0.0, 1.0]
+    # (rank 0 logs the terms averaged over the ranks; a rank's swap term is 0 when no bank entry lies in
+    # its drawn viewpoint bins)
+    swaps = [h["swap"] for h in r0["history"] if h["share_3d_steps"] == 1.0]
+    assert len(swaps) == 2 and max(swaps) > 0
+    assert s0.keys() == s1.keys()
+    for k in s0:  # parameters, batchnorm statistics, memory bank, counters
+        assert torch.equal(s0[k], s1[k]), k
+    # Both ranks' data moved the parameters: the reduced gradients are the mean of two different ones.
+    assert len(r0["record"]) == len(r1["record"]) == 4
+    for step, (a, b) in enumerate(zip(r0["record"], r1["record"])):
+        assert a["names"] == b["names"], step
+        pose = {n for n in a["names"] if n.startswith("pose_heads.")}
+        assert bool(pose) == (step % 2 == 0), step  # the P-step trains the pose heads, the 3D-step does not
+        assert not torch.allclose(a["local"], b["local"]), step
+        assert torch.equal(a["mean"], b["mean"]), step
+        assert torch.allclose(a["mean"], (a["local"] + b["local"]) / 2, atol=1e-7, rtol=1e-5), step
+    # The bank: rank 0's 3D-step examples (its steps 1 and 3: its views 2, 3 and 6, 7, i.e. views 4, 6, 12, 14).
+    task, cfg = _ddp_config(tiny_root)
+    data = task.dataset(cfg, "train")
+    assert int(s0["memory.count"]) == 4 and int(s0["memory.position"]) == 4
+    for slot, i in enumerate((4, 6, 12, 14)):
+        assert torch.equal(s0["memory.image"][slot], data[i]["image"]), slot
+    assert not s0["memory.image"][4:].any()
+    assert int(s0["iteration"]) == 4
+    ckpt = training.load_checkpoint(training.latest_checkpoint(tmp_path / "ddp"))
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 4 and ckpt["model"].keys() == s0.keys()
+    for k in s0:
+        assert torch.equal(ckpt["model"][k], s0[k]), k
 
 
 # ------------------------------------------------------------------------------------------------
