@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import invrender  # noqa: E402
-from benchmarks.harness import RESULTS_DIR, device_name, device_slug, git_commit  # noqa: E402
+from benchmarks.harness import RESULTS_DIR, _sync, device_name, device_slug, git_commit, time_samples  # noqa: E402
 from invrender.models import unicorn as U  # noqa: E402
 from invrender.models.networks import PerceptualLoss, ResNet18  # noqa: E402
 
@@ -51,22 +51,9 @@ OFFICIAL = {"pose_step_s": 99.7, "step3d_s": 36.6, "iteration_s": 68.0}
 GOAL_ITERATION_S = 6.8
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device, warmup, repeats):
     """Median wall time of fn() in seconds, and every sample."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    times = time_samples(fn, device, warmup, repeats)
     return statistics.median(times), times
 
 

@@ -58,8 +58,8 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of fn() in milliseconds."""
+def time_samples(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> List[float]:
+    """Wall times of ``repeats`` calls of fn() in seconds, after ``warmup`` untimed ones (device synchronised)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -68,8 +68,13 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats
         start = time.perf_counter()
         fn()
         _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of fn() in milliseconds."""
+    return statistics.median(time_samples(fn, device, warmup, repeats)) * 1e3
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor], inputs: List[torch.Tensor]) -> int:

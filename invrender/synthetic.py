@@ -445,6 +445,18 @@ def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[
         bar.close()
 
 
+def default_dataset_schema() -> dict:
+    """Types of the keyword arguments :func:`default_dataset` takes (a config's ``data.synthetic``)."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(generate_dataset)
+    schema = {name: hints.get(name, typing.Any) for name in inspect.signature(generate_dataset).parameters
+              if name not in ("root", "progress")}
+    schema["cache_dir"] = Optional[str]
+    return schema
+
+
 def default_dataset(cache_dir: Optional[str] = None, **kwargs) -> str:
     """The embedded default data: generated on first use into ``cache_dir`` (default
     ``$INVRENDER_CACHE`` or ``~/.cache/invrender``)/``synthetic-v1`` and reused afterwards. Returns

@@ -23,11 +23,10 @@ marked "(code)" in the comments; choices of this implementation that neither sou
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -680,10 +679,7 @@ class UcarTask:
         hints = typing.get_type_hints(UcarConfig)
         model = {f.name: hints[f.name] for f in dataclasses.fields(UcarConfig)
                  if f.name not in ("image_size", "dataset_size")}
-        generate = typing.get_type_hints(synthetic.generate_dataset)
-        synth = {name: generate.get(name, Any) for name in inspect.signature(synthetic.generate_dataset).parameters
-                 if name not in ("root", "progress")}
-        synth["cache_dir"] = Optional[str]
+        synth = synthetic.default_dataset_schema()
         data = {"kind": str, "root": Optional[str], "test_root": Optional[str],
                 "categories": Union[str, List[str], None], "image_size": int, "floor": float, "cache": bool,
                 "synthetic": synth}

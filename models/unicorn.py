@@ -1184,19 +1184,15 @@ class UnicornTask:
         """Types of the keys :meth:`default_config` leaves out: under ``model`` every :class:`UnicornConfig`
         field but ``image_size`` and ``batch_size``; under ``data`` and ``eval`` the keys the task reads."""
         import dataclasses
-        import inspect
         import typing
-        from typing import Any, List, Union
+        from typing import List, Union
 
         from invrender import synthetic
 
         hints = typing.get_type_hints(UnicornConfig)
         model = {f.name: hints[f.name] for f in dataclasses.fields(UnicornConfig)
                  if f.name not in ("image_size", "batch_size")}
-        generate = typing.get_type_hints(synthetic.generate_dataset)
-        synth = {name: generate.get(name, Any) for name in inspect.signature(synthetic.generate_dataset).parameters
-                 if name not in ("root", "progress")}
-        synth["cache_dir"] = Optional[str]
+        synth = synthetic.default_dataset_schema()
         data = {"root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
                 "cache": bool, "synthetic": synth}
         ev = {"num_points": int, "icp_num_points": Optional[int], "seed": int, "max_objects": Optional[int],
