@@ -362,6 +362,19 @@ def _mesh_list(verts, faces, names: Tuple[str, str], op: str):
     return verts, faces
 
 
+def _draw_points(cloud: Tensor, k: int, generator) -> Tensor:
+    """``k`` points of ``cloud (P, 3)``: all of them when ``P == k``, else drawn at random (without
+    replacement when ``P > k``)."""
+    P = cloud.shape[0]
+    if P == k:
+        return cloud
+    if P > k:
+        index = torch.randperm(P, generator=generator)[:k]
+    else:
+        index = torch.randint(P, (k,), generator=generator)
+    return cloud[index.to(cloud.device)]
+
+
 def chamfer_l1_meshes(pred_verts, pred_faces, gt_verts, gt_faces, num_points: int = 100_000,
                       align: bool = False, generator: Optional[torch.Generator] = None,
                       sample_fn: Optional[Callable] = None, icp_num_points: Optional[int] = 10_000) -> Tensor:
@@ -378,6 +391,10 @@ def chamfer_l1_meshes(pred_verts, pred_faces, gt_verts, gt_faces, num_points: in
         pred_verts: ``(B, V, 3)`` float vertices, or ``(V, 3)``, or a list of ``(V_b, 3)``.
         pred_faces: ``(F, 3)`` int64 faces shared by the batch, ``(B, F, 3)``, or a list of ``(F_b, 3)``.
         gt_verts, gt_faces: the ground-truth meshes, same forms; same number of meshes as the prediction.
+            ``gt_faces=None``: ``gt_verts`` are surface point clouds (``(B, P, 3)`` or a list of
+            ``(P_b, 3)``, e.g. ShapeNet-NMR's ``pointcloud.npz``, 100k points each): used as given when
+            ``P_b == num_points``, else ``num_points`` of them drawn (without replacement when there are
+            enough, with replacement otherwise).
         num_points: points sampled per surface (the protocol uses 100k).
         align: normalise the prediction and align it with ICP first.
         generator: random generator for the sampling (and ICP subsampling).
@@ -394,7 +411,15 @@ def chamfer_l1_meshes(pred_verts, pred_faces, gt_verts, gt_faces, num_points: in
     if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 1:
         raise ValueError(f"{op}: argument 'num_points' must be a positive int, got {num_points!r}")
     pv, pf = _mesh_list(pred_verts, pred_faces, ("pred_verts", "pred_faces"), op)
-    gv, gf = _mesh_list(gt_verts, gt_faces, ("gt_verts", "gt_faces"), op)
+    if gt_faces is None:  # point clouds
+        n = len(gt_verts) if isinstance(gt_verts, (list, tuple)) else None
+        if any(isinstance(v, Tensor) and v.dim() >= 2 and v.shape[-2] == 0
+               for v in (gt_verts if n is not None else [gt_verts])):
+            raise ValueError(f"{op}: argument 'gt_verts' holds an empty point cloud")
+        gv, _ = _mesh_list(gt_verts, [torch.zeros(1, 3, dtype=torch.long)] * (n or 1) if n is not None
+                           else torch.zeros(1, 3, dtype=torch.long), ("gt_verts", "gt_faces"), op)
+    else:
+        gv, gf = _mesh_list(gt_verts, gt_faces, ("gt_verts", "gt_faces"), op)
     if len(pv) != len(gv):
         raise ValueError(f"{op}: 'gt_verts' has {len(gv)} meshes but 'pred_verts' has {len(pv)}")
     if sample_fn is None:
@@ -402,7 +427,10 @@ def chamfer_l1_meshes(pred_verts, pred_faces, gt_verts, gt_faces, num_points: in
     if align:
         pv = [normalize_points(v[None])[0] for v in pv]
     pred = torch.cat([sample_fn(v[None], f, num_points, generator=generator) for v, f in zip(pv, pf)])
-    gt = torch.cat([sample_fn(v[None], f, num_points, generator=generator) for v, f in zip(gv, gf)])
+    if gt_faces is None:
+        gt = torch.stack([_draw_points(v, num_points, generator) for v in gv])
+    else:
+        gt = torch.cat([sample_fn(v[None], f, num_points, generator=generator) for v, f in zip(gv, gf)])
     gt = gt.to(device=pred.device, dtype=pred.dtype)
     if align:
         pred, _ = icp_align(pred, gt, generator=generator, num_points=icp_num_points)

@@ -3,6 +3,8 @@
 - :class:`LayeredRenderer`: UNICORN's (Monnier et al. 2022) textured mesh renderer: project,
   rasterize into depth-sorted layers, sample a UV texture, alpha-composite front to back over a
   background. No lighting.
+- :func:`render_shaded`: a hard z-buffer render with Lambertian shading (two directional lights plus
+  ambient) for pictures a person looks at: the synthetic data's renders, turntables of learned meshes.
 - :func:`face_pixel_centroids`: per face, the weighted NDC centroid of the pixels it covers (UMR's
   texture-cycle loss, Li et al. 2020).
 
@@ -23,7 +25,79 @@ from .cameras import PerspectiveCamera, WeakPerspectiveCamera
 from .ops.composite import CompositeResult, composite_layers, layer_alpha
 from .ops.raster import Fragments, _image_size, interpolate, rasterize
 
-__all__ = ["LayeredRenderer", "face_pixel_centroids"]
+__all__ = ["LayeredRenderer", "face_pixel_centroids", "render_shaded"]
+
+
+#: Lights of :func:`render_shaded`: (direction in view space x, y, z, intensity), and the ambient term.
+LIGHTS = ((0.4, 0.8, 0.6, 0.6), (-0.7, 0.3, 0.4, 0.35))
+AMBIENT = 0.3
+
+
+@torch.no_grad()
+def render_shaded(verts: Tensor, faces: Tensor, rotation: Tensor, image_size: int = 64,
+                  translation: Optional[Tensor] = None, albedo=(0.7, 0.7, 0.7), supersample: int = 2,
+                  background: Optional[Tensor] = None, distance: float = 2.732,
+                  focal_length: float = 3.732) -> Tuple[Tensor, Tensor]:
+    """Shaded pictures of meshes (not differentiable): hard z-buffer (:func:`rasterize`, one layer, no
+    blur), Lambertian shading with the face normal (two-sided) under :data:`LIGHTS` plus :data:`AMBIENT`,
+    rendered at ``supersample`` times the size and averaged (antialiasing).
+
+    The camera is ShapeNet-NMR's (and the synthetic data's): a pinhole at ``distance`` on the view +z
+    axis looking at the origin, ``focal_length`` in NDC units; ``p_view = R p + t``.
+
+    Args:
+        verts: ``(V, 3)`` or ``(B, V, 3)`` object-space vertices; faces: ``(F, 3)`` int64.
+        rotation: ``(B, 3, 3)`` object-to-view rotations (``B`` views; verts broadcast when unbatched).
+        translation: optional ``(B, 3)`` view-space offsets.
+        albedo: an RGB triple, or a callable ``albedo(face_idx (N,), p_obj (N, 3)) -> (N, 3)`` evaluated at
+            the covered (supersampled) pixels' object-space surface points.
+        background: None (white) or ``(B, 3, H, W)`` images in [0, 1].
+
+    Returns:
+        ``image (B, 3, S, S)`` and ``mask (B, 1, S, S)`` (coverage fraction) in [0, 1], float32.
+    """
+    op = "render_shaded"
+    if not isinstance(rotation, Tensor) or rotation.dim() != 3 or rotation.shape[1:] != (3, 3):
+        raise ValueError(f"{op}: argument 'rotation' must be a (B, 3, 3) tensor, got "
+                         f"{tuple(rotation.shape) if isinstance(rotation, Tensor) else type(rotation).__name__}")
+    if not isinstance(verts, Tensor) or verts.dim() not in (2, 3) or verts.shape[-1] != 3:
+        raise ValueError(f"{op}: argument 'verts' must be a (V, 3) or (B, V, 3) tensor")
+    if isinstance(supersample, bool) or not isinstance(supersample, int) or supersample < 1:
+        raise ValueError(f"{op}: argument 'supersample' must be a positive int, got {supersample!r}")
+    B, S = rotation.shape[0], int(image_size) * supersample
+    v = verts.double().expand(B, -1, -1) if verts.dim() == 2 else verts.double()
+    if v.shape[0] != B:
+        raise ValueError(f"{op}: argument 'verts' has batch {v.shape[0]}, 'rotation' has {B}")
+    pv = v @ rotation.double().transpose(1, 2)  # view space (B, V, 3)
+    if translation is not None:
+        pv = pv + translation.double().reshape(B, 1, 3)
+    depth = distance - pv[..., 2]
+    ndc = torch.stack([focal_length * pv[..., 0] / depth, focal_length * pv[..., 1] / depth, depth], -1).float()
+    frag = rasterize(ndc, faces, S, layers=1, sigma=0.0)
+    fi = frag.face_idx[..., 0]  # (B, S, S)
+    covered = fi >= 0
+    b_idx = torch.arange(B, device=fi.device)[:, None, None].expand(B, S, S)[covered]
+    f_idx = fi[covered]
+    if callable(albedo):
+        p_obj = interpolate(frag, v.float(), faces)[..., 0, :][covered]  # (N, 3)
+        color = albedo(f_idx, p_obj)
+    else:
+        color = torch.tensor([float(c) for c in albedo], device=fi.device).expand(len(f_idx), 3)
+    tri = pv.float()[:, faces]  # (B, F, 3, 3)
+    n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    n = torch.where(n[..., 2:3] < 0, -n, n)[b_idx, f_idx]  # face the camera
+    light = torch.full_like(n[:, 0], AMBIENT)
+    for lx, ly, lz, intensity in LIGHTS:
+        d = torch.tensor([lx, ly, lz], device=n.device)
+        light = light + intensity * (n @ (d / d.norm())).clamp(min=0)
+    rgb = torch.zeros(B, S, S, 3, device=fi.device)
+    rgb[covered] = (color.float() * light[:, None]).clamp(0, 1)
+    mask = covered.float()[:, None]
+    bg = torch.ones(B, 3, S, S, device=fi.device) if background is None else Fn.interpolate(
+        background.float(), size=(S, S), mode="bilinear", align_corners=False)
+    image = rgb.permute(0, 3, 1, 2) * mask + bg * (1 - mask)
+    return Fn.avg_pool2d(image, supersample), Fn.avg_pool2d(mask, supersample)
 
 
 def _check_background_arg(background, op: str):

@@ -20,15 +20,14 @@ from torch import Tensor
 
 from .errors import ConfigError
 from .mesh import icosphere
-from .ops import interpolate, rasterize, rotation_matrix
+from .ops import rotation_matrix
+from .renderers import render_shaded
 
 __all__ = ["CATEGORIES", "Part", "SyntheticObject", "make_object", "render_object", "camera_pose"]
 
 CATEGORIES = ("car", "chair", "airplane", "table", "sofa", "mug")
 TEXTURES = ("plain", "stripes", "checks", "noise")
 DISTANCE, FOCAL = 2.732, 3.732
-LIGHTS = ((0.4, 0.8, 0.6, 0.6), (-0.7, 0.3, 0.4, 0.35))  # (direction in view space, intensity)
-AMBIENT = 0.3
 
 
 @dataclass
@@ -270,36 +269,9 @@ def render_object(obj: SyntheticObject, azimuth: Tensor, elevation: Tensor, imag
         ``image (B, 3, H, W)`` and ``mask (B, 1, H, W)`` (coverage fraction) in [0, 1], float32.
     """
     verts, faces, part_of = obj.mesh()
-    R = camera_pose(azimuth.double(), elevation.double())  # (B, 3, 3)
-    B, S = R.shape[0], image_size * supersample
-    pv = verts[None] @ R.transpose(1, 2)  # view space (B, V, 3)
-    depth = DISTANCE - pv[..., 2]
-    ndc = torch.stack([FOCAL * pv[..., 0] / depth, FOCAL * pv[..., 1] / depth, depth], -1).float()
-    frag = rasterize(ndc, faces, S, layers=1, sigma=0.0)
-    fi = frag.face_idx[..., 0]  # (B, S, S)
-    covered = fi >= 0
-    # Shade the covered pixels only: albedo at the object-space point, Lambertian with the face
-    # normal in view space (two-sided), two directional lights plus ambient.
-    p_obj = interpolate(frag, verts[None].float().expand(B, -1, -1), faces)[..., 0, :][covered]  # (N, 3)
-    b_idx = torch.arange(B)[:, None, None].expand(B, S, S)[covered]
-    f_idx = fi[covered]
-    albedo = _albedo(obj, part_of[f_idx], p_obj)
-    tri = pv.float()[:, faces]  # (B, F, 3, 3)
-    n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
-    n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    n = torch.where(n[..., 2:3] < 0, -n, n)[b_idx, f_idx]  # face the camera
-    light = torch.full_like(n[:, 0], AMBIENT)
-    for lx, ly, lz, intensity in LIGHTS:
-        d = torch.tensor([lx, ly, lz])
-        light = light + intensity * (n @ (d / d.norm())).clamp(min=0)
-    rgb = torch.zeros(B, S, S, 3)
-    rgb[covered] = (albedo * light[:, None]).clamp(0, 1)
-    mask = covered.float()[:, None]
-    bg = torch.ones(B, 3, S, S) if background is None else torch.nn.functional.interpolate(
-        background.float(), size=(S, S), mode="bilinear", align_corners=False)
-    image = rgb.permute(0, 3, 1, 2) * mask + bg * (1 - mask)
-    pool = lambda t: torch.nn.functional.avg_pool2d(t, supersample)  # noqa: E731
-    return pool(image), pool(mask)
+    return render_shaded(verts, faces, camera_pose(azimuth.double(), elevation.double()), image_size,
+                         albedo=lambda f_idx, p: _albedo(obj, part_of[f_idx], p), supersample=supersample,
+                         background=background, distance=DISTANCE, focal_length=FOCAL)
 
 
 # ------------------------------------------------------------------------------------------------

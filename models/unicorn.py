@@ -1132,9 +1132,11 @@ def one_view_per_object(dataset, generator: torch.Generator) -> List[int]:
     return [v[int(torch.randint(len(v), (), generator=generator))] for _, v in sorted(views.items())]
 
 
-def ground_truth_mesh(dataset, k: int) -> Tuple[Tensor, Tensor]:
-    """The ground-truth mesh ``verts (V, 3)`` float32, ``faces (F, 3)`` int64 of object ``k`` of a
-    :class:`invrender.data.ShapeNetNMR` (``mesh.npz`` of the synthetic data)."""
+def ground_truth_mesh(dataset, k: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """The ground-truth surface of object ``k`` of a :class:`invrender.data.ShapeNetNMR`: its mesh ``verts (V, 3)``
+    float32, ``faces (F, 3)`` int64 (``mesh.npz`` of the synthetic data), or, without one, its point cloud
+    ``points (P, 3)`` float32 and ``None`` (``pointcloud.npz``: DVR's ShapeNet-NMR files, 100k points on the
+    surface, in the frame ``world_mat`` maps from)."""
     import os
 
     import numpy as np
@@ -1143,11 +1145,41 @@ def ground_truth_mesh(dataset, k: int) -> Tuple[Tensor, Tensor]:
 
     _, synset, name = dataset.objects[k]
     path = os.path.join(dataset.root, synset, name, "mesh.npz")
-    if not os.path.isfile(path):
-        raise MissingInputError(f"unicorn eval: {path} not found; the Chamfer protocol needs ground-truth meshes "
-                                f"(mesh.npz, written by 'invrender data synth')")
-    with np.load(path) as npz:
-        return torch.from_numpy(npz["verts"]).float(), torch.from_numpy(npz["faces"]).long()
+    if os.path.isfile(path):
+        with np.load(path) as npz:
+            return torch.from_numpy(npz["verts"]).float(), torch.from_numpy(npz["faces"]).long()
+    cloud = os.path.join(dataset.root, synset, name, "pointcloud.npz")
+    if os.path.isfile(cloud):
+        return dataset._pointcloud(cloud)["points"], None
+    raise MissingInputError(f"unicorn eval: neither {path} nor {cloud} found; the Chamfer protocol needs "
+                            f"ground-truth surfaces (mesh.npz, written by 'invrender data synth', or DVR's "
+                            f"pointcloud.npz)")
+
+
+def medoid_object(dataset, candidates: Optional[int] = 32, num_points: int = 2000,
+                  generator: Optional[torch.Generator] = None) -> int:
+    """The category's most typical training shape: among ``candidates`` objects of ``dataset`` (drawn with
+    ``generator``; None: all), the one with the smallest mean Chamfer-L1 to the others, shapes compared in
+    their common object frame with ``num_points`` points each. Returns its index in ``dataset.objects``."""
+    from invrender import mesh as mesh_ops
+    from invrender import metrics
+
+    n = len(dataset.objects)
+    if n == 0:
+        raise ValueError("medoid_object: the dataset has no objects")
+    pool = torch.randperm(n, generator=generator).tolist()[:candidates] if candidates else list(range(n))
+    clouds = []
+    for k in pool:
+        v, f = ground_truth_mesh(dataset, k)
+        cloud = (mesh_ops.sample_points(v[None], f, num_points, generator=generator)[0] if f is not None else
+                 metrics._draw_points(v, num_points, generator))
+        clouds.append(cloud)
+    clouds = torch.stack(clouds)
+    m = len(pool)
+    i, j = torch.triu_indices(m, m, 1)
+    d = torch.zeros(m, m)
+    d[i, j] = d[j, i] = metrics.chamfer_l1(clouds[i], clouds[j]) if m > 1 else torch.zeros(0)
+    return pool[int(d.sum(1).argmin())]
 
 
 class UnicornTask:
@@ -1176,7 +1208,7 @@ class UnicornTask:
             "data": {"root": None, "categories": ["car"], "image_size": 64, "cache": True,
                      "synthetic": {"objects_per_category": 20, "views": 24, "image_size": 64}},
             "eval": {"num_points": 100_000, "icp_num_points": 10_000, "seed": 0, "max_objects": None,
-                     "spread_pairs": None},
+                     "spread_pairs": None, "medoid_candidates": 32},
             "batch_size": 32, "steps": 1000, "vis_every": 250, "ckpt_every": 250, "log_every": 10,
         }
 
@@ -1196,7 +1228,7 @@ class UnicornTask:
         data = {"root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
                 "cache": bool, "synthetic": synth}
         ev = {"num_points": int, "icp_num_points": Optional[int], "seed": int, "max_objects": Optional[int],
-              "spread_pairs": Optional[int]}
+              "spread_pairs": Optional[int], "medoid_candidates": Optional[int]}
         return {"model": model, "data": data, "eval": ev}
 
     def _root(self, config):
@@ -1317,7 +1349,11 @@ class UnicornTask:
           test views, ``pose_rotation_median_deg`` the median geodesic error against the offset true rotation
           and ``pose_accuracy_15deg`` / ``_30deg`` the fraction under 15 / 30 degrees of it;
         * learning-free references under the same protocol: ``template_chamfer_l1(_icp)``, the initial
-          template (the ellipsoid, unscaled, seen by the true camera), and ``spread_chamfer_l1(_icp)``, the
+          template (the ellipsoid, unscaled, seen by the true camera); ``medoid_chamfer_l1(_icp)``, the
+          category's most typical training shape (:func:`medoid_object` over ``eval.medoid_candidates``
+          training objects; a mean of meshes is not defined) seen by the true camera: what a model that
+          learned one good shape for the whole category, and the poses, would score; and
+          ``spread_chamfer_l1(_icp)``, the
           mean Chamfer-L1 between ``eval.spread_pairs`` (default: as many as objects) random pairs of distinct
           ground-truth test shapes in their common object frame (the error of answering with another
           instance of the category).
@@ -1340,9 +1376,9 @@ class UnicornTask:
         objects = [base._index[i][0] for i in chosen]
         images = torch.stack([it["image"] for it in items]).to(device)
         masks = torch.stack([it["mask"] for it in items]).to(device)
-        gt_rotation = torch.stack([it["camera"]["world_mat"][:, :3] for it in items]).to(device)
+        gt_rotation = torch.stack([it["camera"]["rotation"] for it in items]).to(device)
         gt_meshes = [ground_truth_mesh(base, k) for k in objects]
-        gt_view = [(v.to(device) @ r.T, f.to(device)) for (v, f), r in zip(gt_meshes, gt_rotation)]
+        gt_view = [(v.to(device) @ r.T, None if f is None else f.to(device)) for (v, f), r in zip(gt_meshes, gt_rotation)]
 
         out = {"test_objects": len(items)}
         recs = [self.reconstruct(model, images[i:i + 32]) for i in range(0, len(images), 32)]
@@ -1355,6 +1391,7 @@ class UnicornTask:
 
         def chamfer(pred, pred_faces, gt, gen_seed):
             gt_v, gt_f = [g[0] for g in gt], [g[1] for g in gt]
+            gt_f = None if any(f is None for f in gt_f) else gt_f  # point clouds (DVR's ShapeNet-NMR)
             plain = metrics.chamfer_l1_meshes(pred, pred_faces, gt_v, gt_f, num_points,
                                               generator=torch.Generator().manual_seed(gen_seed))
             icp = metrics.chamfer_l1_meshes(pred, pred_faces, gt_v, gt_f, num_points, align=True,
@@ -1368,6 +1405,15 @@ class UnicornTask:
         template = model.template_verts[None] @ gt_rotation.transpose(1, 2)
         out["template_chamfer_l1"], out["template_chamfer_l1_icp"] = chamfer(template, faces, gt_view, seed + 2)
 
+        train = self._base(config, "train")
+        if len(train.objects):
+            k = medoid_object(train, ev["medoid_candidates"], generator=torch.Generator().manual_seed(seed + 4))
+            mv, mf = ground_truth_mesh(train, k)
+            if mf is not None:
+                out["medoid_chamfer_l1"], out["medoid_chamfer_l1_icp"] = chamfer(
+                    mv.to(device)[None] @ gt_rotation.transpose(1, 2), mf.to(device), gt_view, seed + 4)
+            out["medoid_object"] = train.objects[k][2]
+
         unique = sorted(set(objects))
         if len(unique) >= 2:
             g = torch.Generator().manual_seed(seed + 3)
@@ -1377,6 +1423,7 @@ class UnicornTask:
                 pairs.append((unique[a], unique[b]))
             source = [ground_truth_mesh(base, a) for a, _ in pairs]
             target = [ground_truth_mesh(base, b) for _, b in pairs]
+        if len(unique) >= 2 and all(f is not None for _, f in source):  # meshes (point clouds: no reference)
             out["spread_chamfer_l1"], out["spread_chamfer_l1_icp"] = chamfer(
                 [v.to(device) for v, _ in source], [f.to(device) for _, f in source],
                 [(v.to(device), f.to(device)) for v, f in target], seed + 3)
@@ -1390,7 +1437,7 @@ class UnicornTask:
                 val_chosen = val_chosen[:int(ev["max_objects"])]
             val_items = [val[i] for i in val_chosen]
             val_images = torch.stack([it["image"] for it in val_items]).to(device)
-            val_gt = torch.stack([it["camera"]["world_mat"][:, :3] for it in val_items]).to(device)
+            val_gt = torch.stack([it["camera"]["rotation"] for it in val_items]).to(device)
             val_rotation = torch.cat([self.reconstruct(model, val_images[i:i + 32])["pose"].rotation
                                       for i in range(0, len(val_images), 32)])
             offset, fitted_on, fit_views = fit_azimuth_offset(val_rotation, val_gt), "val", len(val_items)
@@ -1438,7 +1485,7 @@ def _print_beside(out: Dict[str, object]) -> None:
     """The model's Chamfer-L1 beside the learning-free references, as a small table."""
     print(f"{'Chamfer-L1 x10':<24}{'posed':>10}{'with ICP':>10}")
     for name, key in (("model", "chamfer_l1"), ("template (ellipsoid)", "template_chamfer_l1"),
-                      ("category spread", "spread_chamfer_l1")):
+                      ("medoid training shape", "medoid_chamfer_l1"), ("category spread", "spread_chamfer_l1")):
         if key in out:
             print(f"{name:<24}{out[key]:>10.4f}{out[key + '_icp']:>10.4f}")
 

@@ -408,3 +408,32 @@ def test_dataloader_collate(tmp_path):
         Image.fromarray(_img(i, 12 + 2 * i)).save(tmp_path / "img" / f"{i}.jpg")
     b = next(iter(DataLoader(ImageFolder(tmp_path / "img", image_size=16), batch_size=2)))
     assert b["image"].shape == (2, 3, 16, 16) and len(b["path"]) == 2
+
+
+@pytest.mark.parametrize("style", ["opencv", "opengl"])
+def test_nmr_camera_rotation_in_invrender_convention(tmp_path, style):
+    # DVR's ShapeNet-NMR cameras are OpenCV-style (camera at the origin looking along +z, y down, the object
+    # at t_z = +2.732); invrender's synthetic files are OpenGL-style (looking along -z, t_z = -2.732). Either
+    # way the item's "rotation" must put a world point where that file's own projection puts it.
+    from invrender.ops import rotation_matrix
+
+    f, d = 3.732, 2.732
+    R = rotation_matrix(torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)).reshape(3, 3).numpy()
+    R = R @ np.array([[1.0, 0, 0], [0, 0.6, -0.8], [0, 0.8, 0.6]])  # plus a roll-ish turn: a generic rotation
+    if style == "opencv":
+        R = np.diag([1.0, -1.0, -1.0]) @ R  # the same camera described as OpenCV
+    t = np.array([0.0, 0.0, d if style == "opencv" else -d])
+    np.savez(tmp_path / "cameras.npz", world_mat_0=np.concatenate([R, t[:, None]], 1), camera_mat_0=np.eye(4))
+    cam = ShapeNetNMR._camera(str(tmp_path / "cameras.npz"), 0)
+    p = np.array([0.3, -0.2, 0.25])
+    c = R @ p + t
+    if style == "opencv":
+        expected = (f * c[0] / c[2], -f * c[1] / c[2])  # x right, y down -> NDC y up
+    else:
+        expected = (f * c[0] / -c[2], f * c[1] / -c[2])
+    q = cam["rotation"].double().numpy() @ p
+    got = (f * q[0] / (d - q[2]), f * q[1] / (d - q[2]))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert cam["rotation"].dtype == torch.float32
+    np.testing.assert_allclose(cam["rotation"].double().numpy() @ cam["rotation"].double().numpy().T, np.eye(3),
+                               atol=1e-5)

@@ -386,3 +386,24 @@ def test_image_and_iou_metrics_on_cuda():
     torch.testing.assert_close(M.ssim(x.cuda(), y.cuda()).cpu(), M.ssim(x, y))
     torch.testing.assert_close(M.psnr(x.cuda(), y.cuda()).cpu(), M.psnr(x, y))
     torch.testing.assert_close(M.mask_iou(x.cuda(), y.cuda()).cpu(), M.mask_iou(x, y))
+
+
+def test_chamfer_l1_meshes_takes_ground_truth_point_clouds():
+    # gt_faces=None: gt_verts are surface samples, used as given when there are num_points of them.
+    from invrender.mesh import icosphere, sample_points
+
+    v, f = icosphere(2)
+    v = v.float() * 0.4
+    gt = torch.rand(2, 700, 3) - 0.5
+    direct = M.chamfer_l1(sample_points(v[None], f, 700, generator=torch.Generator().manual_seed(3)), gt[:1])
+    got = M.chamfer_l1_meshes(v, f, gt[:1], None, 700, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(got, direct)
+    # more points than num_points: a subset, without repeats; fewer: drawn with replacement
+    big = M.chamfer_l1_meshes([v, v], f, [gt[0], gt[1]], None, 300, generator=torch.Generator().manual_seed(0))
+    small = M.chamfer_l1_meshes(v, f, [gt[0, :50]], None, 300, generator=torch.Generator().manual_seed(0))
+    assert big.shape == (2,) and torch.isfinite(big).all() and torch.isfinite(small).all()
+    cloud = gt[0]
+    assert M._draw_points(cloud, 700, None) is cloud
+    assert len(set(map(tuple, M._draw_points(gt[0], 300, torch.Generator().manual_seed(0)).tolist()))) == 300
+    with pytest.raises(ValueError, match="empty point cloud"):
+        M.chamfer_l1_meshes(v, f, [gt[0, :0]], None, 10)

@@ -315,6 +315,10 @@ def test_evaluate_writes_the_named_metrics_and_references(tiny_root, tmp_path):
                 "pose_accuracy_30deg", "pose_azimuth_offset_deg"):
         assert key in saved and math.isfinite(saved[key]), key
         assert saved[key] == pytest.approx(result[key])
+    for key in ("medoid_chamfer_l1", "medoid_chamfer_l1_icp"):
+        assert math.isfinite(saved[key]) and saved[key] > 0, key
+    train = ShapeNetNMR(tiny_root, categories=["car", "chair"], split="train", image_size=32)
+    assert saved["medoid_object"] in {name for _, _, name in train.objects}
     assert saved["pose_offset_fitted_on"] == "test"  # the tiny data's val split is empty (0.1 x 5 objects)
     assert saved["test_objects"] == 2 and 0 <= saved["mask_iou"] <= 1
     assert 0 < saved["chamfer_l1_icp"] and 0 < saved["spread_chamfer_l1_icp"]
@@ -333,6 +337,58 @@ def test_evaluate_writes_the_named_metrics_and_references(tiny_root, tmp_path):
     direct = metrics.chamfer_l1_meshes(torch.stack(template), model.faces, gt_v, gt_f, 500, align=True,
                                        generator=torch.Generator().manual_seed(2), icp_num_points=200)
     assert saved["template_chamfer_l1_icp"] == pytest.approx(10 * float(direct.mean()), rel=1e-6)
+
+
+def _box(size):
+    corners = torch.tensor([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=torch.float32)
+    faces = torch.tensor([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1], [2, 3, 7], [2, 7, 6],
+                          [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    return corners * torch.tensor(size) / 2, faces
+
+
+def test_medoid_object_is_the_shape_nearest_the_others(tmp_path):
+    # Boxes of growing size: the middle one is nearest on average to the others.
+    import types
+
+    sizes = [(0.4, 0.2, 0.2), (0.9, 0.4, 0.4), (0.6, 0.3, 0.3), (0.5, 0.25, 0.25), (0.75, 0.35, 0.35)]
+    objects = []
+    for k, size in enumerate(sizes):
+        v, f = _box(size)
+        os.makedirs(tmp_path / "cat" / f"o{k}")
+        np.savez(tmp_path / "cat" / f"o{k}" / "mesh.npz", verts=v.numpy(), faces=f.numpy())
+        objects.append((0, "cat", f"o{k}"))
+    data = types.SimpleNamespace(root=str(tmp_path), objects=objects)
+    assert U.medoid_object(data, None, 3000, torch.Generator().manual_seed(0)) == 2
+    # a subset of candidates picks among those drawn
+    drawn = torch.randperm(5, generator=torch.Generator().manual_seed(1)).tolist()[:2]
+    assert U.medoid_object(data, 2, 500, torch.Generator().manual_seed(1)) in drawn
+
+
+def test_evaluate_on_point_clouds_matches_the_meshes(tiny_root, tmp_path):
+    # DVR's ShapeNet-NMR has pointcloud.npz and no mesh: the Chamfer protocol runs on the points, and agrees
+    # with the mesh-sampled number up to sampling noise; the references that need meshes are left out.
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    for path in glob.glob(str(root / "*" / "*" / "mesh.npz")):  # the tiny data has 100 points: write 3000
+        with np.load(path) as npz:
+            v, f = torch.from_numpy(npz["verts"]), torch.from_numpy(npz["faces"])
+        points = invrender.mesh.sample_points(v[None], f, 3000, generator=torch.Generator().manual_seed(5))[0]
+        np.savez(os.path.join(os.path.dirname(path), "pointcloud.npz"), points=points.float().numpy(),
+                 normals=points.float().numpy())
+        os.remove(path)
+    task, cfg = task_config(str(root), eval=dict(TINY_EVAL, num_points=3000, icp_num_points=500))
+    torch.manual_seed(0)
+    model, _ = task.build(cfg, torch.device("cpu"))
+    points = _quiet(task.evaluate, model.eval(), cfg, str(tmp_path / "points"))
+    _, cfg_mesh = task_config(tiny_root, eval=cfg["eval"])
+    meshes = _quiet(task.evaluate, model, cfg_mesh, str(tmp_path / "meshes"))
+    assert points["chamfer_l1"] == pytest.approx(meshes["chamfer_l1"], rel=0.1)
+    assert points["chamfer_l1_icp"] == pytest.approx(meshes["chamfer_l1_icp"], rel=0.25)
+    assert points["template_chamfer_l1"] == pytest.approx(meshes["template_chamfer_l1"], rel=0.1)
+    assert "spread_chamfer_l1" not in points and "medoid_chamfer_l1" not in points
+    assert "spread_chamfer_l1" in meshes and "medoid_chamfer_l1" in meshes
 
 
 class _StubPoses(U.UnicornTask):

@@ -68,7 +68,13 @@ class ShapeNetNMR(Dataset):
       folder, else the image's alpha channel > 127 (an RGB image without a mask folder is an error)
     - ``camera``: dict with ``world_mat`` float32 (3, 4) (world -> camera; the top 3 rows when stored
       as 4x4, whose last row must be [0, 0, 0, 1]) and ``camera_mat`` float32 (4, 4) (DVR's
-      projection to normalised device coordinates in [-1, 1], hence independent of ``image_size``)
+      projection to normalised device coordinates in [-1, 1], hence independent of ``image_size``), and
+      ``rotation`` float32 (3, 3): the object-to-view rotation in invrender's convention (``p_view = R p``,
+      x right, y up, the camera on +z looking at the origin), read from ``world_mat`` by the sign of its
+      z translation: DVR's ShapeNet-NMR files are OpenCV-style (camera looking along +z, y down,
+      ``t_z = +distance``): ``R = diag(1, -1, -1) @ world_mat[:, :3]``; files written by
+      :func:`invrender.synthetic.generate_dataset` are OpenGL-style (``t_z = -distance``): ``R =
+      world_mat[:, :3]``
     - ``category``: int64 scalar, index into ``self.categories``; ``synset``: str; ``object``: str;
       ``view``: int64 scalar (the NNNN of the file)
     - with ``load_pointcloud``: ``pointcloud`` dict of ``points`` / ``normals`` float32 (P, 3) (the
@@ -253,7 +259,9 @@ class ShapeNetNMR(Dataset):
             raise ValueError(f"world_mat_{view} in {path!r} has shape {world.shape}, expected (3, 4) or (4, 4)")
         if cam.shape != (4, 4):
             raise ValueError(f"camera_mat_{view} in {path!r} has shape {cam.shape}, expected (4, 4)")
-        return {"world_mat": torch.from_numpy(np.ascontiguousarray(world)), "camera_mat": torch.from_numpy(cam)}
+        rotation = world[:, :3] if world[2, 3] <= 0 else np.diag([1.0, -1.0, -1.0]).astype(np.float32) @ world[:, :3]
+        return {"world_mat": torch.from_numpy(np.ascontiguousarray(world)), "camera_mat": torch.from_numpy(cam),
+                "rotation": torch.from_numpy(np.ascontiguousarray(rotation))}
 
     @staticmethod
     def _pointcloud(path: str) -> dict:
