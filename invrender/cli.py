@@ -6,7 +6,7 @@
     invrender train <task> [--config FILE] [--run-dir DIR] [--device auto|cpu|cuda] [--resume]
                            [--no-progress] [key=value ...]
     invrender eval <run-dir> [--checkpoint FILE] [--device auto] [--out DIR] [key=value ...]
-    invrender demo [--out DIR] [--steps N] [--device auto|cpu|cuda] [--categories car ...] [key=value ...]
+    invrender demo [--model ucar|unicorn] [--out DIR] [--steps N] [--device auto|cpu|cuda] [--categories car ...] [key=value ...]
 
 ``train`` runs any registered task (``invrender.training.register_task``; ``invrender.models.<task>``
 is imported on demand) with the config file plus ``key=value`` overrides (dotted keys, YAML values).
@@ -92,7 +92,7 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     run_demo(args.out, steps=args.steps, device=args.device, categories=args.categories,
-             overrides=args.overrides, progress=not args.no_progress)
+             overrides=args.overrides, progress=not args.no_progress, model=args.model)
     return 0
 
 
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Train Ucar et al.'s mu-VAE with the azimuth latent and texturizer on the "
                                       "embedded synthetic data, evaluate it on the test split and write a results "
                                       "folder (index.html, turntables, meshes, metrics.json).")
+    demo.add_argument("--model", choices=("ucar", "unicorn"), default="ucar",
+                      help="ucar: Ucar et al.'s voxel autoencoder (default); unicorn: UNICORN's textured meshes")
     demo.add_argument("--out", default="invrender-demo", help="results folder (default: ./invrender-demo)")
     demo.add_argument("--steps", type=_count(1), default=None, help="training steps (default: the demo config's)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda")

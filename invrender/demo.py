@@ -1,5 +1,9 @@
 """``invrender demo``: the main job. Learns 3D shape from single 2D views on a CPU in minutes.
 
+``invrender demo --model unicorn`` trains UNICORN (``invrender.models.unicorn``: textured meshes and poses from
+single 64x64 RGB views) and writes the same kind of folder (:func:`run_demo`; its pictures are described in
+:func:`_unicorn_pictures`). ``--model ucar`` (below):
+
 Trains Ucar et al.'s final model (mu-VAE, azimuth latent, texturizer; ``invrender.models.ucar``) on
 28x28 grayscale views of the embedded synthetic data (generated into the cache on first use, about
 20 s), evaluates it on the test split, and writes a results folder a person can open::
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 
 from . import io
 
-__all__ = ["DEMO_CONFIG", "run_demo"]
+__all__ = ["DEMO_CONFIG", "DEMO_MODELS", "UNICORN_DEMO_CONFIG", "run_demo"]
 
 #: The demo's training config (the Ucar task's defaults underneath). Paper settings except where noted.
 DEMO_CONFIG: Dict[str, Any] = {
@@ -53,19 +57,43 @@ DEMO_CONFIG: Dict[str, Any] = {
     "ckpt_every": 0,                  # one checkpoint, at the end
 }
 
+#: UNICORN's demo config (the task's defaults and the paper's settings underneath): configs/unicorn_synthetic.yaml's
+#: data and model, with a schedule for about 7 minutes of training on a 2-core CPU.
+UNICORN_DEMO_CONFIG: Dict[str, Any] = {
+    "model": {
+        "stage_milestones": [3, 8, 14],  # epochs of 21 steps (paper: 14 / 84 / 154 of 238)
+        "constant_texture_epochs": 3,    # paper: the whole of stage 1
+        "freeze_scale_epochs": 1,        # paper (code): 3 of 14
+        "render_layers": 10,             # paper: 50 (a deformed ellipsoid rarely stacks more within 1e-4)
+        "memory_size": 256,              # paper: 1024, over 336 training views here
+        "lr": 5e-4,                      # paper: 1e-4 over 3 days; 5x for a run of minutes
+    },
+    "data": {"root": None, "categories": ["car"], "image_size": 64},
+    "eval": {"num_points": 100_000, "icp_num_points": 10_000},
+    "batch_size": 16,                    # paper: 32
+    "steps": 450,
+    "log_every": 10,
+    "vis_every": 0,
+    "ckpt_every": 0,
+}
+
+#: The demo's models: ``invrender demo --model NAME``.
+DEMO_MODELS = ("ucar", "unicorn")
+
 _SHOW = 6          # test objects in the turntables and meshes
 _FRAMES = 24       # turntable frames
 _ZOOM = 4          # 28x28 -> 112x112 in the pictures
 
 
-def _zoom(images: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(images.float().clamp(0, 1), scale_factor=_ZOOM, mode="nearest")
+def _zoom(images: torch.Tensor, factor: int = _ZOOM) -> torch.Tensor:
+    return F.interpolate(images.float().clamp(0, 1), scale_factor=factor, mode="nearest")
 
 
 def _loss_svg(history: List[Dict[str, float]], keys: Sequence[str] = ("total", "projection_loss", "texture_loss"),
               width: int = 520, height: int = 220) -> str:
     """An inline SVG of the logged losses (log scale), no plotting library needed."""
-    colors = {"total": "#1f77b4", "projection_loss": "#d62728", "texture_loss": "#2ca02c"}
+    colors = {"total": "#1f77b4", "projection_loss": "#d62728", "texture_loss": "#2ca02c",
+              "reconstruction": "#d62728", "swap": "#2ca02c"}
     rows = [h for h in history if all(k in h for k in keys)]
     if len(rows) < 2:
         return "<p>(too few logged steps for a curve)</p>"
@@ -162,6 +190,79 @@ def _pictures(model, task, config, out_dir: str, threshold: float) -> Dict[str, 
     return files
 
 
+@torch.no_grad()
+def _unicorn_pictures(model, task, config, out_dir: str) -> Dict[str, Any]:
+    """UNICORN's pictures of ``_SHOW`` test objects, one view each (the evaluation's seeded draw):
+
+    * ``reconstructions.png``: a row per input: input | reconstruction | the textured mesh from three other
+      views (+90, +180, +270 degrees about its vertical axis) | its UV texture map;
+    * ``turntable_elev30.gif`` / ``turntable_elev0.gif``: per object (columns) the ground-truth mesh shaded
+      (top), the learned mesh shaded (middle) and the learned textured mesh (bottom), the camera turning a full
+      circle at elevation 30 degrees (the data's) and 0 (never seen). The learned mesh is put in the true object
+      frame by its own pose: ``R_true^T R_pred``, so both turn alike when the predicted pose is right;
+    * ``meshes/test<k>_learned.obj`` (+ ``.mtl`` and the ``.png`` UV texture) and ``.glb``, and
+      ``meshes/test<k>_ground_truth.obj``.
+    """
+    import tempfile
+
+    from .models.unicorn import Pose, ground_truth_mesh, one_view_per_object, select_pose
+    from .ops import rotation_matrix
+    from .renderers import render_shaded
+
+    base = task._base(config, "test")
+    seed = int((config.get("eval") or {}).get("seed", 0))
+    chosen = one_view_per_object(base, torch.Generator().manual_seed(seed))[:_SHOW]
+    items = [base[i] for i in chosen]
+    device = next(model.parameters()).device
+    images = torch.stack([it["image"] for it in items]).to(device)
+    true_rotation = torch.stack([it["camera"]["rotation"] for it in items]).to(device)
+    size = images.shape[-1]
+    zoom = max(1, 128 // size)
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = task.visualize(model, {"image": images}, tmp, 0)["reconstructions"]
+    io.save_image(os.path.join(out_dir, "reconstructions.png"), _zoom(grid[None], zoom)[0])
+
+    prediction = model.predict(images)
+    pose, _ = select_pose(prediction["candidates"])
+    verts = prediction["verts"] @ (true_rotation.transpose(1, 2) @ pose.rotation).transpose(1, 2)  # true frame
+    texture = prediction["texture"]
+    truth = [ground_truth_mesh(base, base._index[i][0]) for i in chosen]
+    n = len(items)
+    files: Dict[str, Any] = {}
+    for elevation in (30, 0):
+        frames = []
+        for k in range(_FRAMES):
+            turn = rotation_matrix(torch.full((n,), 2 * math.pi * k / _FRAMES, device=device),
+                                   torch.full((n,), math.radians(elevation), device=device))
+            gt = torch.cat([render_shaded(v.to(device), f.to(device), turn[j:j + 1], size)[0]
+                            for j, (v, f) in enumerate(truth) if f is not None] or [images[:0]])
+            shaded = render_shaded(verts, model.faces, turn, size)[0]
+            textured = model.render(verts, texture, Pose(turn, torch.zeros(n, 3, device=device)))[0]
+            frames.append(io.image_grid(_zoom(torch.cat([gt, shaded, textured]), zoom), nrow=n, padding=4,
+                                        pad_value=1.0))
+        name = f"turntable_elev{elevation}.gif"
+        io.save_gif(os.path.join(out_dir, name), torch.stack(frames), fps=8)
+        files[f"elev{elevation}"] = name
+
+    meshes = []
+    for k in range(n):
+        entry = {}
+        for ext in ("obj", "glb"):
+            name = f"meshes/test{k}_learned.{ext}"
+            io.save_mesh(os.path.join(out_dir, name), verts[k].cpu(), model.faces.cpu(), uvs=model.uvs.cpu(),
+                         texture=texture[k].clamp(0, 1).cpu())
+            entry[f"learned ({ext.upper()}, textured)"] = name
+        v, f = truth[k]
+        if f is not None:
+            name = f"meshes/test{k}_ground_truth.obj"
+            io.save_mesh(os.path.join(out_dir, name), v, f)
+            entry["ground truth"] = name
+        meshes.append(entry)
+    files["meshes"] = meshes
+    files["reconstructions"] = "reconstructions.png"
+    return files
+
+
 def _html(metrics: Dict[str, Any], files: Dict[str, Any], history, config, info: Dict[str, Any]) -> str:
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
@@ -207,6 +308,64 @@ projected while the camera turns through [-pi, pi). The model saw each object fr
 """
 
 
+def _unicorn_html(metrics: Dict[str, Any], files: Dict[str, Any], history, config, info: Dict[str, Any]) -> str:
+    esc = html.escape
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+                   f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in metrics.items())
+    refs = [("UNICORN (this run)", "chamfer_l1"), ("template: the initial ellipsoid", "template_chamfer_l1"),
+            ("medoid: the most typical training shape", "medoid_chamfer_l1"),
+            ("spread: another test object of the category", "spread_chamfer_l1")]
+    table = "".join(f"<tr><td>{esc(name)}</td><td>{metrics[key]:.3f}</td><td>{metrics[key + '_icp']:.3f}</td></tr>"
+                    for name, key in refs if key in metrics)
+    meshes = "".join(
+        "<li>test object {}: {}</li>".format(
+            k, ", ".join(f'<a href="{esc(v)}">{esc(kind)}</a>' for kind, v in m.items()))
+        for k, m in enumerate(files["meshes"]))
+    cfg = esc(json.dumps(config.get("model", {}), indent=1))
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>invrender demo: UNICORN</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
+img{{image-rendering:pixelated;max-width:100%}} td{{padding:2px 10px}} pre{{background:#f4f4f4;padding:8px}}</style>
+</head><body>
+<h1>invrender demo: textured 3D meshes and poses from single images (UNICORN)</h1>
+<p>Monnier et al. 2022's UNICORN (ResNet-18 encoder, deformed ellipsoid, UV texture, 6 pose candidates,
+alternating pose / 3D steps, swap loss over a memory bank) trained on {info['train_views']} single 64x64 views of
+the synthetic {esc(', '.join(info['categories']))} objects (no 3D, no poses, no multi-view) for {info['steps']}
+steps in {info['train_s']:.0f} s on {esc(info['device'])}, rendering through invrender's layered renderer.
+Evaluated on one view of each of {metrics.get('test_objects')} unseen test objects.</p>
+<h2>Shape: Chamfer-L1 x10 (lower is better)</h2>
+<table><tr><th></th><th>posed</th><th>with ICP</th></tr>{table}</table>
+<p><i>Posed</i>: the mesh placed by its predicted pose against the true object seen by the true camera.
+<i>With ICP</i>: UNICORN's protocol (prediction normalised, then aligned by gradient ICP over rotation,
+translation and anisotropic scale). The three references need no learning: the template the model starts from,
+the category's medoid training shape seen by the true camera (what one good shape for all plus the right poses
+would score), and the mean distance between two different ground-truth objects.</p>
+<h2>All metrics</h2>
+<table>{rows}</table>
+<p>Pose errors are measured after one azimuth offset fitted on the validation views (the model's canonical frame
+is its own); <code>mask_iou</code> is the soft IoU of the rendered and true silhouettes.</p>
+<h2>Training</h2>
+{_loss_svg(history, keys=("total", "reconstruction", "swap"))}
+<h2>Reconstructions</h2>
+<p>Each row: the input; its reconstruction; the textured mesh turned by +90, +180 and +270 degrees; the UV
+texture map.</p>
+<img src="{files['reconstructions']}">
+<h2>Turntables</h2>
+<p>Per test object (columns): the ground truth shaded (top), the learned mesh shaded (middle), the learned
+textured mesh (bottom), turned into the true object frame by the predicted pose (a wrong pose shows as a turned
+object). The model saw each object from one side only.</p>
+<h3>Elevation 30&deg; (the training views' camera elevation)</h3><img src="{files['elev30']}">
+<h3>Elevation 0&deg; (a view the model never saw)</h3><img src="{files['elev0']}">
+<h2>Meshes</h2>
+<p>OBJ (with .mtl and the UV texture .png) and GLB of the learned meshes in the true object frame; OBJ of the
+ground truth:</p>
+<ul>{meshes}</ul>
+<h2>Model config</h2><pre>{cfg}</pre>
+<p>Re-evaluate with <code>invrender eval {esc(info['run_dir'])}</code>.</p>
+</body></html>
+"""
+
+
 def _check_categories(categories) -> None:
     """Categories of the embedded synthetic data (synthetic.CATEGORIES), checked before that data is
     generated (minutes on a first run), naming the closest valid one. Raises ConfigError."""
@@ -225,29 +384,40 @@ def _check_categories(categories) -> None:
 
 def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, device: str = "auto",
              categories: Optional[Sequence[str]] = None, overrides: Sequence[str] = (), progress: bool = True,
-             verbose: bool = True) -> Dict[str, Any]:
+             verbose: bool = True, model: str = "ucar") -> Dict[str, Any]:
     """Train, evaluate and write the results folder; returns the metrics (plus timings).
 
     Args:
         out_dir: results folder (its ``run/`` subfolder is replaced if it holds an earlier demo run).
-        steps: training steps (default :data:`DEMO_CONFIG`'s).
+        steps: training steps (default: the model's demo config, :data:`DEMO_CONFIG` or
+            :data:`UNICORN_DEMO_CONFIG`).
         device: "auto" (CUDA when present), "cpu" or "cuda".
         categories: synthetic categories to train on (default: car).
         overrides: further ``key=value`` config overrides (as ``invrender train``).
         progress: show the training progress bar.
+        model: one of :data:`DEMO_MODELS`: "ucar" (Ucar et al.'s voxel autoencoder) or "unicorn".
     """
     from . import training
-    from .models.ucar import UcarTask
+    from .errors import ConfigError
 
+    if model not in DEMO_MODELS:
+        raise ConfigError(f"unknown demo model {model!r}; valid: {', '.join(DEMO_MODELS)}")
     start = time.perf_counter()
-    task = UcarTask()
-    config = training.merge_config(task.default_config(), DEMO_CONFIG)
+    if model == "unicorn":
+        from .models.unicorn import UnicornTask
+
+        task, demo_config = UnicornTask(), UNICORN_DEMO_CONFIG
+    else:
+        from .models.ucar import UcarTask
+
+        task, demo_config = UcarTask(), DEMO_CONFIG
+    config = training.merge_config(task.default_config(), demo_config)
     if steps is not None:
         config["steps"] = steps
     if categories:
         config["data"]["categories"] = list(categories)
     config = training.apply_overrides(config, overrides, training.config_schema(task))
-    config["task"] = "ucar"
+    config["task"] = model
     if not config["data"].get("root"):  # the embedded default data
         _check_categories(config["data"]["categories"])
     out_dir = os.path.abspath(out_dir)
@@ -265,31 +435,48 @@ def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, devic
     history = trainer.fit()
     train_s = time.perf_counter() - t
 
-    model = training.unwrap(trainer.model).eval()
+    net = training.unwrap(trainer.model).eval()
     t = time.perf_counter()
-    metrics = task.evaluate(model, config, out_dir)
-    files = _pictures(model, task, config, out_dir, metrics.get("voxel_iou_threshold", 0.5))
+    metrics = task.evaluate(net, config, out_dir)
+    if model == "unicorn":
+        files = _unicorn_pictures(net, task, config, out_dir)
+    else:
+        files = _pictures(net, task, config, out_dir, metrics.get("voxel_iou_threshold", 0.5))
     eval_s = time.perf_counter() - t
-    floor = float(config["data"].get("floor", 0.0))
-    views = ("white silhouettes" if floor == 1.0 else
-             f"grayscale views (object pixels lifted to {floor} + {1 - floor:g} x luminance)" if floor else "grayscale views")
-    info = {"train_views": train_views, "categories": config["data"]["categories"], "views": views,
+    info = {"train_views": train_views, "categories": config["data"]["categories"],
             "steps": trainer.step, "train_s": train_s, "device": str(trainer.device), "run_dir": run_dir}
-    metrics = dict(metrics, data_s=round(data_s, 1), train_s=round(train_s, 1), eval_s=round(eval_s, 1),
-                   steps=trainer.step, train_steps_per_s=round(trainer.step / max(train_s, 1e-9), 3))
+    if model == "ucar":
+        floor = float(config["data"].get("floor", 0.0))
+        info["views"] = ("white silhouettes" if floor == 1.0 else
+                         f"grayscale views (object pixels lifted to {floor} + {1 - floor:g} x luminance)" if floor
+                         else "grayscale views")
+    metrics = dict(metrics, model=model, data_s=round(data_s, 1), train_s=round(train_s, 1),
+                   eval_s=round(eval_s, 1), steps=trainer.step,
+                   train_steps_per_s=round(trainer.step / max(train_s, 1e-9), 3))
+    metrics["total_s"] = round(time.perf_counter() - start, 1)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     page = os.path.join(out_dir, "index.html")
     with open(page, "w") as f:
-        f.write(_html(metrics, files, history, config, info))
-    metrics["total_s"] = round(time.perf_counter() - start, 1)
+        f.write((_unicorn_html if model == "unicorn" else _html)(metrics, files, history, config, info))
     if verbose:
-        iou = metrics.get("test_voxel_iou_best_azimuth")
-        print(f"invrender demo: trained the mu-VAE with azimuth latent and texturizer on {info['train_views']} "
-              f"synthetic {'/'.join(info['categories'])} views, {trainer.step} steps in {train_s:.0f} s "
-              f"({metrics['train_steps_per_s']:.2f} steps/s on {trainer.device}); total {metrics['total_s']:.0f} s")
-        if iou is not None:
-            print(f"  test voxel IoU (best azimuth, threshold {metrics['voxel_iou_threshold']}): {iou:.3f}")
-        print(f"  test projection MSE (best azimuth): {metrics['test_projection_mse_best_azimuth']:.4f}")
+        if model == "unicorn":
+            print(f"invrender demo: trained UNICORN on {train_views} synthetic {'/'.join(info['categories'])} views, "
+                  f"{trainer.step} steps in {train_s:.0f} s ({metrics['train_steps_per_s']:.2f} steps/s on "
+                  f"{trainer.device}); total {metrics['total_s']:.0f} s")
+            print(f"  test Chamfer-L1 x10 with ICP: model {metrics['chamfer_l1_icp']:.3f}, template "
+                  f"{metrics['template_chamfer_l1_icp']:.3f}" +
+                  (f", medoid training shape {metrics['medoid_chamfer_l1_icp']:.3f}"
+                   if "medoid_chamfer_l1_icp" in metrics else ""))
+            print(f"  test mask IoU {metrics['mask_iou']:.3f}; pose azimuth median error "
+                  f"{metrics['pose_azimuth_median_deg']:.1f} deg")
+        else:
+            iou = metrics.get("test_voxel_iou_best_azimuth")
+            print(f"invrender demo: trained the mu-VAE with azimuth latent and texturizer on {info['train_views']} "
+                  f"synthetic {'/'.join(info['categories'])} views, {trainer.step} steps in {train_s:.0f} s "
+                  f"({metrics['train_steps_per_s']:.2f} steps/s on {trainer.device}); total {metrics['total_s']:.0f} s")
+            if iou is not None:
+                print(f"  test voxel IoU (best azimuth, threshold {metrics['voxel_iou_threshold']}): {iou:.3f}")
+            print(f"  test projection MSE (best azimuth): {metrics['test_projection_mse_best_azimuth']:.4f}")
         print(f"  results: {page}")
     return metrics
