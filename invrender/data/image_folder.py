@@ -95,9 +95,12 @@ class ImageFolder(Dataset):
     def _square(self, width: int, height: int) -> Optional[Tuple[int, int, int]]:
         if self.resize_mode == "stretch":
             return None
-        box = (0.0, 0.0, float(width), float(height))
-        if self.jitter:
-            box = jittered_box(box, self.jitter_fraction, self.jitter_fraction, self.generator)
+        if not self.jitter:  # an odd margin: one more pixel trimmed (crop) or padded (pad) right / bottom
+            side = min(width, height) if self.resize_mode == "crop" else max(width, height)
+            sign = 1 if self.resize_mode == "crop" else -1
+            return sign * (sign * (width - side) // 2), sign * (sign * (height - side) // 2), side
+        box = jittered_box((0.0, 0.0, float(width), float(height)), self.jitter_fraction, self.jitter_fraction,
+                           self.generator)
         w, h = box[2] - box[0], box[3] - box[1]
         return square_about(box, min(w, h) if self.resize_mode == "crop" else max(w, h))
 
