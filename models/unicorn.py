@@ -1321,7 +1321,8 @@ class UnicornTask:
         image, or ``eval.max_objects`` drawn without replacement with ``eval.seed``):
 
         * ``mask_iou``: soft IoU (:func:`invrender.metrics.mask_iou`), averaged over the images;
-        * ``mask_iou_hard``: the silhouette binarised at 0.5 first (UNICORN's CUB protocol, ``ProxyEvaluator``);
+        * ``mask_iou_hard``: the silhouette binarised at 0.5 first (UNICORN's CUB protocol, ``ProxyEvaluator``,
+          which compares at 256x256 with the rendering upsampled; here at ``data.image_size``);
         * ``template_mask_iou``: the learning-free reference, the soft IoU of the initial template (the
           ellipsoid, unscaled and centred) seen from the best of the K reference viewpoints of each image;
         * ``test_objects``: the number of images; without masks (an image folder without ``data.mask_root``)
