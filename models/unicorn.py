@@ -1090,8 +1090,9 @@ class UnicornModel(nn.Module):
 
 
 class _Views(torch.utils.data.Dataset):
-    """RGB views of a :class:`invrender.data.ShapeNetNMR` as ``{"image" (3, H, W), "mask" (1, H, W), "index"}``,
-    decoded once and kept in memory when ``cache`` (64x64 views are small; PNG decoding is not free)."""
+    """RGB views of a :class:`invrender.data.ShapeNetNMR` (or of a real-image dataset) as ``{"image" (3, H, W),
+    "mask" (1, H, W), "index"}`` (no ``mask`` when the base has none), decoded once and kept in memory when
+    ``cache`` (64x64 views are small; PNG decoding is not free)."""
 
     def __init__(self, base, cache: bool = False):
         self.base = base
@@ -1099,7 +1100,9 @@ class _Views(torch.utils.data.Dataset):
 
     def _load(self, i):
         item = self.base[i]
-        return {"image": item["image"], "mask": item["mask"], "index": torch.tensor(i, dtype=torch.int64)}
+        out = {key: item[key] for key in ("image", "mask") if key in item}
+        out["index"] = torch.tensor(i, dtype=torch.int64)
+        return out
 
     def __len__(self):
         return len(self.base)
@@ -1182,6 +1185,10 @@ def medoid_object(dataset, candidates: Optional[int] = 32, num_points: int = 200
     return pool[int(d.sum(1).argmin())]
 
 
+#: The data :class:`UnicornTask` reads (``data.kind``).
+DATA_KINDS = ("shapenet", "cub", "p3d_car", "image_folder")
+
+
 class UnicornTask:
     """Trains :class:`UnicornModel` with :class:`invrender.training.Trainer`.
 
@@ -1190,6 +1197,14 @@ class UnicornTask:
     ShapeNet-NMR-layout folder (default: the embedded synthetic data), ``data.categories`` the categories (one
     model per category, as in the paper), ``data.image_size`` 64 (the paper's); ``eval`` the test protocol
     (:meth:`evaluate`).
+
+    ``data.kind`` selects the data (:data:`DATA_KINDS`): ``"shapenet"`` (default, above); ``"cub"``
+    (:class:`invrender.data.CUB200` at ``data.root``), ``"p3d_car"`` (:class:`invrender.data.Pascal3DCar`) and
+    ``"image_folder"`` (:class:`invrender.data.ImageFolder` at ``data.root``, masks at ``data.mask_root`` when
+    set, squared by ``data.resize_mode``; every split is the same folder, as UNICORN's CompCars and LSUN have no
+    held-out images). ``data.jitter`` and ``data.random_flip`` augment the training split of real images
+    (UNICORN trains with both); the training views are then decoded at every read, not cached. Real images have
+    no 3D ground truth: :meth:`evaluate` reports mask IoU only (:meth:`evaluate_masks`).
 
     The curriculum counts epochs as the released code does, an epoch being one pass over every (object, view)
     pair of the training split: before each step the model is moved to epoch ``step * batch_size // N``.
@@ -1205,8 +1220,9 @@ class UnicornTask:
     def default_config(self):
         return {
             "model": {},
-            "data": {"root": None, "categories": ["car"], "image_size": 64, "cache": True,
-                     "synthetic": {"objects_per_category": 20, "views": 24, "image_size": 64}},
+            "data": {"kind": "shapenet", "root": None, "categories": ["car"], "image_size": 64, "cache": True,
+                     "synthetic": {"objects_per_category": 20, "views": 24, "image_size": 64},
+                     "mask_root": None, "resize_mode": "pad", "jitter": False, "random_flip": False},
             "eval": {"num_points": 100_000, "icp_num_points": 10_000, "seed": 0, "max_objects": None,
                      "spread_pairs": None, "medoid_candidates": 32},
             "batch_size": 32, "steps": 1000, "vis_every": 250, "ckpt_every": 250, "log_every": 10,
@@ -1225,11 +1241,19 @@ class UnicornTask:
         model = {f.name: hints[f.name] for f in dataclasses.fields(UnicornConfig)
                  if f.name not in ("image_size", "batch_size")}
         synth = synthetic.default_dataset_schema()
-        data = {"root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
-                "cache": bool, "synthetic": synth}
+        data = {"kind": str, "root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
+                "cache": bool, "synthetic": synth, "mask_root": Optional[str], "resize_mode": str, "jitter": bool,
+                "random_flip": bool}
         ev = {"num_points": int, "icp_num_points": Optional[int], "seed": int, "max_objects": Optional[int],
               "spread_pairs": Optional[int], "medoid_candidates": Optional[int]}
         return {"model": model, "data": data, "eval": ev}
+
+    @staticmethod
+    def _kind(config) -> str:
+        kind = config["data"].get("kind") or "shapenet"
+        if kind not in DATA_KINDS:
+            raise ConfigError(f"config key 'data.kind' must be one of {list(DATA_KINDS)}, got {kind!r}")
+        return kind
 
     def _root(self, config):
         from invrender import synthetic
@@ -1237,21 +1261,44 @@ class UnicornTask:
         data = config["data"]
         if data.get("root"):
             return data["root"]
+        if self._kind(config) != "shapenet":
+            raise ConfigError(f"config key 'data.root' must name the dataset folder for data.kind "
+                              f"{self._kind(config)!r} (only ShapeNet has embedded synthetic data)")
         return synthetic.default_dataset(progress=False, **dict(data.get("synthetic") or {}))
 
     def _base(self, config, split):
-        from invrender.data import ShapeNetNMR
+        from invrender.data import CUB200, ImageFolder, Pascal3DCar, ShapeNetNMR
 
-        data = config["data"]
-        return ShapeNetNMR(self._root(config), categories=data.get("categories"), split=split,
-                           image_size=int(data.get("image_size", 64)))
+        data, kind = config["data"], self._kind(config)
+        size = int(data.get("image_size", 64))
+        augment = dict(jitter=bool(data.get("jitter")), random_flip=bool(data.get("random_flip")))
+        if kind == "cub":
+            return CUB200(self._root(config), split=split, image_size=size, **augment)
+        if kind == "p3d_car":
+            return Pascal3DCar(self._root(config), split=split, image_size=size, **augment)
+        if kind == "image_folder":  # no held-out split: augment the training reads only
+            train = split == "train"
+            return ImageFolder(self._root(config), image_size=size, mask_root=data.get("mask_root"),
+                               resize_mode=data.get("resize_mode") or "pad", jitter=augment["jitter"] and train,
+                               random_flip=augment["random_flip"] and train)
+        return ShapeNetNMR(self._root(config), categories=data.get("categories"), split=split, image_size=size)
 
     def _val_base(self, config, test_base):
         """The validation split beside ``test_base`` (same root and categories), or None when it is empty:
-        no category has a non-empty ``softras_val.lst`` / ``val.lst``."""
+        no category has a non-empty ``softras_val.lst`` / ``val.lst``. Real images: CUB's and Pascal3D+'s val
+        ``.mat`` when present; none for image folders (one split)."""
         import os
 
         from invrender.data.shapenet import read_split_list
+
+        kind = self._kind(config)
+        if kind == "image_folder":
+            return None
+        if kind != "shapenet":
+            try:
+                return self._base(config, "val")
+            except FileNotFoundError:
+                return None
 
         for synset in test_base.categories:
             for name in ("softras_val.lst", "val.lst"):
@@ -1264,8 +1311,12 @@ class UnicornTask:
 
     def dataset(self, config, split):
         """RGB views on white ``(3, R, R)`` with their masks (``data.image_size``, 64 by default) of the
-        ShapeNet-NMR-layout folder; the training views are decoded once when ``data.cache``."""
-        return _Views(self._base(config, split), cache=split == "train" and bool(config["data"].get("cache", True)))
+        ShapeNet-NMR-layout folder (or of the real images of ``data.kind``); the training views are decoded once
+        when ``data.cache``, unless they are augmented (``data.jitter``, ``data.random_flip``: drawn per read)."""
+        data = config["data"]
+        augmented = self._kind(config) != "shapenet" and (data.get("jitter") or data.get("random_flip"))
+        cache = split == "train" and bool(data.get("cache", True)) and not augmented
+        return _Views(self._base(config, split), cache=cache)
 
     def model_config(self, config) -> UnicornConfig:
         fields = dict(config.get("model") or {})
@@ -1294,6 +1345,63 @@ class UnicornTask:
         terms["share_3d_steps"] = terms.pop("step").float()
         terms["epoch"] = float(model.current_epoch)
         return terms
+
+    @torch.no_grad()
+    def evaluate_masks(self, model, config, out_dir):
+        """The evaluation of real images (``data.kind`` other than shapenet), which have no 3D ground truth:
+        the rendered silhouette of the most likely pose against the dataset's mask on the test split (every
+        image, or ``eval.max_objects`` drawn without replacement with ``eval.seed``):
+
+        * ``mask_iou``: soft IoU (:func:`invrender.metrics.mask_iou`), averaged over the images;
+        * ``mask_iou_hard``: the silhouette binarised at 0.5 first (UNICORN's CUB protocol, ``ProxyEvaluator``,
+          which compares at 256x256 with the rendering upsampled; here at ``data.image_size``);
+        * ``template_mask_iou``: the learning-free reference, the soft IoU of the initial template (the
+          ellipsoid, unscaled and centred) seen from the best of the K reference viewpoints of each image;
+        * ``test_objects``: the number of images; without masks (an image folder without ``data.mask_root``)
+          only this and the pictures.
+
+        Writes ``reconstructions.png`` (:meth:`visualize` of the first 8 evaluated images) into ``out_dir``."""
+        import os
+
+        from invrender import io, metrics
+
+        ev = dict(self.default_config()["eval"], **(config.get("eval") or {}))
+        base = self._base(config, "test")
+        chosen = list(range(len(base)))
+        if ev["max_objects"] is not None and int(ev["max_objects"]) < len(base):
+            g = torch.Generator().manual_seed(int(ev["seed"]))
+            chosen = sorted(torch.randperm(len(base), generator=g)[:int(ev["max_objects"])].tolist())
+        device = next(model.parameters()).device
+        refs = torch.deg2rad(model.pose_heads.reference_angles)  # (K, 3): the template from each reference view
+        K = len(refs)
+        reference_poses = Pose(invrender.rotation_matrix(*refs.unbind(-1)), torch.zeros_like(refs))
+        template = model.render(model.template_verts[None].expand(K, -1, -1), refs.new_ones(K, 3, 2, 2),
+                                reference_poses).mask  # (K, 1, H, W)
+        ious = {"mask_iou": [], "mask_iou_hard": [], "template_mask_iou": []}
+        preview = None
+        for start in range(0, len(chosen), 32):
+            items = [base[i] for i in chosen[start:start + 32]]
+            images = torch.stack([it["image"] for it in items]).to(device)
+            if preview is None:
+                preview = images[:8]
+            if "mask" in items[0]:
+                masks = torch.stack([it["mask"] for it in items]).to(device)
+                rendered = self.reconstruct(model, images)["mask"]
+                ious["mask_iou"].append(metrics.mask_iou(rendered, masks))
+                ious["mask_iou_hard"].append(metrics.mask_iou(rendered, masks, soft=False))
+                pairs = metrics.mask_iou(template[None].expand(len(masks), -1, -1, -1, -1).flatten(0, 1),
+                                         masks[:, None].expand(-1, K, -1, -1, -1).flatten(0, 1))
+                ious["template_mask_iou"].append(pairs.view(-1, K).max(dim=1).values)
+        out = {"test_objects": len(chosen), "data_kind": self._kind(config)}
+        out.update({k: float(torch.cat(v).mean()) for k, v in ious.items() if v})
+        grid = self.visualize(model, {"image": preview}, out_dir, 0)["reconstructions"]
+        io.save_image(os.path.join(out_dir, "reconstructions.png"), grid)
+        if "mask_iou" in out:
+            print(f"mask IoU on {len(chosen)} test images: model {out['mask_iou']:.4f} "
+                  f"(hard {out['mask_iou_hard']:.4f}), template (ellipsoid) {out['template_mask_iou']:.4f}")
+        else:
+            print(f"no masks: wrote the reconstructions of {len(chosen)} test images")
+        return out
 
     @torch.no_grad()
     def reconstruct(self, model: "UnicornModel", images: Tensor) -> Dict[str, object]:
@@ -1365,6 +1473,8 @@ class UnicornTask:
 
         from invrender import io, metrics
 
+        if self._kind(config) != "shapenet":  # real images: no 3D ground truth
+            return self.evaluate_masks(model, config, out_dir)
         ev = dict(self.default_config()["eval"], **(config.get("eval") or {}))
         seed, num_points, icp_points = int(ev["seed"]), int(ev["num_points"]), ev["icp_num_points"]
         base = self._base(config, "test")

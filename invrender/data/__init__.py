@@ -8,14 +8,22 @@ docstring for the on-disk layout, the item format and the preprocessing.
   point clouds, voxels).
 - :class:`KatoShapeNet`: Kato et al.'s / SoftRas' per-class ``.npz`` renders and voxels.
 - :class:`MNIST`: MNIST / Fashion-MNIST IDX files (Ucar 2019).
-- :class:`ImageFolder`: any folder tree of images (IG-GAN's CelebA, CompCars, LSUN exports).
+- :class:`ImageFolder`: any folder tree of images (IG-GAN's CelebA, UNICORN's CompCars and LSUN exports),
+  optionally with masks in a mirrored tree.
+- :class:`CUB200`: CUB-200-2011 birds in CMR's ``.mat`` annotations (UNICORN, UMR, CMR), square crops
+  around the box with masks and keypoints.
+- :class:`Pascal3DCar`: Pascal3D+ cars in UCMR's ``.mat`` annotations (UNICORN), square crops with masks.
 - :class:`GrayscaleViews`: single grayscale views (object on black) for the voxel models.
 """
 
+from ._cmr import read_cmr_annotations
+from .cub import CUB200
 from .image_folder import ImageFolder
 from .kato import KatoShapeNet
 from .mnist import MNIST, read_idx
+from .pascal3d import Pascal3DCar
 from .shapenet import ShapeNetNMR, read_metadata, read_split_list
 from .views import GrayscaleViews
 
-__all__ = ["GrayscaleViews", "ImageFolder", "KatoShapeNet", "MNIST", "ShapeNetNMR", "read_idx", "read_metadata", "read_split_list"]
+__all__ = ["CUB200", "GrayscaleViews", "ImageFolder", "KatoShapeNet", "MNIST", "Pascal3DCar", "ShapeNetNMR",
+           "read_cmr_annotations", "read_idx", "read_metadata", "read_split_list"]
