@@ -701,3 +701,37 @@ def test_exports():
     for fn in (invrender.LayeredRenderer.forward, invrender.face_pixel_centroids, mesh.icosphere, mesh.spherical_uvs,
                PerspectiveCamera.project, WeakPerspectiveCamera.project, quaternion_to_matrix):
         assert "Args:" in fn.__doc__ and "Returns:" in fn.__doc__
+
+
+def test_renderer_trims_unused_layers_without_changing_anything(monkeypatch):
+    # K = 50 is a cap: the renderer composites only the layers some pixel fills; image, mask and every gradient
+    # must be those of all 50 layers (empty layers composite as alpha 0 with a zero gradient).
+    import invrender.renderers as R
+
+    torch.manual_seed(0)
+    verts, faces = mesh.icosphere(2, dtype=torch.float64)
+    verts = (verts * torch.tensor([0.4, 0.3, 0.25], dtype=torch.float64) + 0.02 * torch.randn_like(verts))[None]
+    verts = verts.expand(2, -1, -1).clone().requires_grad_(True)
+    texture = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    rotation = random_rotation(2, dtype=torch.float64).requires_grad_(True)
+    translation = torch.tensor([[0.05, -0.03, 0.1], [0.0, 0.02, -0.1]], dtype=torch.float64, requires_grad=True)
+    uvs = mesh.spherical_uvs(verts[0].detach(), faces)
+    renderer = invrender.LayeredRenderer(PerspectiveCamera.from_focal_length(3.732), 24, layers=50, sigma=1e-3,
+                                         background=1.0)
+    seen = []
+    trim = R._trim_layers
+    monkeypatch.setattr(R, "_trim_layers", lambda f: seen.append(trim(f).face_idx.shape[-1]) or trim(f))
+
+    def run():
+        out = renderer(verts, faces, uvs, texture, rotation=rotation, translation=translation)
+        weights = torch.rand(out.image.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        grads = torch.autograd.grad((out.image * weights).sum() + out.mask.sum(), (verts, texture, rotation, translation))
+        return out, grads
+
+    trimmed, trimmed_grads = run()
+    assert 1 <= seen[-1] < 50  # layers were cut
+    monkeypatch.setattr(R, "_trim_layers", lambda f: f)
+    full, full_grads = run()
+    assert torch.equal(trimmed.image, full.image) and torch.equal(trimmed.mask, full.mask)
+    for a, b in zip(trimmed_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
