@@ -2,7 +2,7 @@
 
 ``invrender demo --model unicorn`` trains UNICORN (``invrender.models.unicorn``: textured meshes and poses from
 single 64x64 RGB views) and writes the same kind of folder (:func:`run_demo`; its pictures are described in
-:func:`_unicorn_pictures`). ``--model ucar`` (below):
+:meth:`invrender.models.unicorn.UnicornTask.write_pictures`). ``--model ucar`` (below):
 
 Trains Ucar et al.'s final model (mu-VAE, azimuth latent, texturizer; ``invrender.models.ucar``) on
 28x28 grayscale views of the embedded synthetic data (generated into the cache on first use, about
@@ -190,79 +190,6 @@ def _pictures(model, task, config, out_dir: str, threshold: float) -> Dict[str, 
     return files
 
 
-@torch.no_grad()
-def _unicorn_pictures(model, task, config, out_dir: str) -> Dict[str, Any]:
-    """UNICORN's pictures of ``_SHOW`` test objects, one view each (the evaluation's seeded draw):
-
-    * ``reconstructions.png``: a row per input: input | reconstruction | the textured mesh from three other
-      views (+90, +180, +270 degrees about its vertical axis) | its UV texture map;
-    * ``turntable_elev30.gif`` / ``turntable_elev0.gif``: per object (columns) the ground-truth mesh shaded
-      (top), the learned mesh shaded (middle) and the learned textured mesh (bottom), the camera turning a full
-      circle at elevation 30 degrees (the data's) and 0 (never seen). The learned mesh is put in the true object
-      frame by its own pose: ``R_true^T R_pred``, so both turn alike when the predicted pose is right;
-    * ``meshes/test<k>_learned.obj`` (+ ``.mtl`` and the ``.png`` UV texture) and ``.glb``, and
-      ``meshes/test<k>_ground_truth.obj``.
-    """
-    import tempfile
-
-    from .models.unicorn import Pose, ground_truth_mesh, one_view_per_object, select_pose
-    from .ops import rotation_matrix
-    from .renderers import render_shaded
-
-    base = task._base(config, "test")
-    seed = int((config.get("eval") or {}).get("seed", 0))
-    chosen = one_view_per_object(base, torch.Generator().manual_seed(seed))[:_SHOW]
-    items = [base[i] for i in chosen]
-    device = next(model.parameters()).device
-    images = torch.stack([it["image"] for it in items]).to(device)
-    true_rotation = torch.stack([it["camera"]["rotation"] for it in items]).to(device)
-    size = images.shape[-1]
-    zoom = max(1, 128 // size)
-    with tempfile.TemporaryDirectory() as tmp:
-        grid = task.visualize(model, {"image": images}, tmp, 0)["reconstructions"]
-    io.save_image(os.path.join(out_dir, "reconstructions.png"), _zoom(grid[None], zoom)[0])
-
-    prediction = model.predict(images)
-    pose, _ = select_pose(prediction["candidates"])
-    verts = prediction["verts"] @ (true_rotation.transpose(1, 2) @ pose.rotation).transpose(1, 2)  # true frame
-    texture = prediction["texture"]
-    truth = [ground_truth_mesh(base, base._index[i][0]) for i in chosen]
-    n = len(items)
-    files: Dict[str, Any] = {}
-    for elevation in (30, 0):
-        frames = []
-        for k in range(_FRAMES):
-            turn = rotation_matrix(torch.full((n,), 2 * math.pi * k / _FRAMES, device=device),
-                                   torch.full((n,), math.radians(elevation), device=device))
-            gt = torch.cat([render_shaded(v.to(device), f.to(device), turn[j:j + 1], size)[0]
-                            for j, (v, f) in enumerate(truth) if f is not None] or [images[:0]])
-            shaded = render_shaded(verts, model.faces, turn, size)[0]
-            textured = model.render(verts, texture, Pose(turn, torch.zeros(n, 3, device=device)))[0]
-            frames.append(io.image_grid(_zoom(torch.cat([gt, shaded, textured]), zoom), nrow=n, padding=4,
-                                        pad_value=1.0))
-        name = f"turntable_elev{elevation}.gif"
-        io.save_gif(os.path.join(out_dir, name), torch.stack(frames), fps=8)
-        files[f"elev{elevation}"] = name
-
-    meshes = []
-    for k in range(n):
-        entry = {}
-        for ext in ("obj", "glb"):
-            name = f"meshes/test{k}_learned.{ext}"
-            io.save_mesh(os.path.join(out_dir, name), verts[k].cpu(), model.faces.cpu(), uvs=model.uvs.cpu(),
-                         texture=texture[k].clamp(0, 1).cpu())
-            entry[f"learned ({ext.upper()}, textured)"] = name
-        v, f = truth[k]
-        if f is not None:
-            name = f"meshes/test{k}_ground_truth.obj"
-            io.save_mesh(os.path.join(out_dir, name), v, f)
-            entry["ground truth"] = name
-        meshes.append(entry)
-    files["meshes"] = meshes
-    files["reconstructions"] = "reconstructions.png"
-    return files
-
-
 def _html(metrics: Dict[str, Any], files: Dict[str, Any], history, config, info: Dict[str, Any]) -> str:
     esc = html.escape
     rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
@@ -439,7 +366,7 @@ def run_demo(out_dir: str = "invrender-demo", steps: Optional[int] = None, devic
     t = time.perf_counter()
     metrics = task.evaluate(net, config, out_dir)
     if model == "unicorn":
-        files = _unicorn_pictures(net, task, config, out_dir)
+        files = metrics.pop("files")  # UnicornTask.evaluate wrote them (write_pictures)
     else:
         files = _pictures(net, task, config, out_dir, metrics.get("voxel_iou_threshold", 0.5))
     eval_s = time.perf_counter() - t

@@ -1434,6 +1434,83 @@ class UnicornTask:
         return {"reconstructions": io.image_grid(rows.flatten(0, 1).clamp(0, 1).cpu(), nrow=rows.shape[1])}
 
     @torch.no_grad()
+    def write_pictures(self, model, config, out_dir: str, show: int = 6, frames: int = 24) -> Dict[str, object]:
+        """UNICORN's pictures of ``show`` test objects, one view each (the evaluation's seeded draw), into
+        ``out_dir``; returns the written files' names (relative to ``out_dir``):
+
+        * ``reconstructions.png``: a row per input: input | reconstruction | the textured mesh from three other
+          views (+90, +180, +270 degrees about its vertical axis) | its UV texture map;
+        * ``turntable_elev30.gif`` / ``turntable_elev0.gif``: per object (columns) the ground-truth mesh shaded
+          (top), the learned mesh shaded (middle) and the learned textured mesh (bottom), the camera turning a full
+          circle at elevation 30 degrees (the data's) and 0 (never seen). The learned mesh is put in the true object
+          frame by its own pose: ``R_true^T R_pred``, so both turn alike when the predicted pose is right;
+        * ``meshes/test<k>_learned.obj`` (+ ``.mtl`` and the ``.png`` UV texture) and ``.glb``, and
+          ``meshes/test<k>_ground_truth.obj``.
+        """
+        import os
+        import tempfile
+
+        from invrender import io
+        from invrender.ops import rotation_matrix
+        from invrender.renderers import render_shaded
+
+        base = self._base(config, "test")
+        seed = int((config.get("eval") or {}).get("seed", 0))
+        chosen = one_view_per_object(base, torch.Generator().manual_seed(seed))[:show]
+        items = [base[i] for i in chosen]
+        device = next(model.parameters()).device
+        images = torch.stack([it["image"] for it in items]).to(device)
+        true_rotation = torch.stack([it["camera"]["rotation"] for it in items]).to(device)
+        size = images.shape[-1]
+        zoom = max(1, 128 // size)
+
+        def zoomed(x):  # pictures of about 128 pixels a side, pixels kept sharp
+            return F.interpolate(x.float().clamp(0, 1), scale_factor=zoom, mode="nearest")
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = self.visualize(model, {"image": images}, tmp, 0)["reconstructions"]
+        io.save_image(os.path.join(out_dir, "reconstructions.png"), zoomed(grid[None])[0])
+
+        prediction = model.predict(images)
+        pose, _ = select_pose(prediction["candidates"])
+        verts = prediction["verts"] @ (true_rotation.transpose(1, 2) @ pose.rotation).transpose(1, 2)  # true frame
+        texture = prediction["texture"]
+        truth = [ground_truth_mesh(base, base._index[i][0]) for i in chosen]
+        n = len(items)
+        files: Dict[str, object] = {}
+        for elevation in (30, 0):
+            shots = []
+            for k in range(frames):
+                turn = rotation_matrix(torch.full((n,), 2 * math.pi * k / frames, device=device),
+                                       torch.full((n,), math.radians(elevation), device=device))
+                gt = torch.cat([render_shaded(v.to(device), f.to(device), turn[j:j + 1], size)[0]
+                                for j, (v, f) in enumerate(truth) if f is not None] or [images[:0]])
+                shaded = render_shaded(verts, model.faces, turn, size)[0]
+                textured = model.render(verts, texture, Pose(turn, torch.zeros(n, 3, device=device)))[0]
+                shots.append(io.image_grid(zoomed(torch.cat([gt, shaded, textured])), nrow=n, padding=4,
+                                            pad_value=1.0))
+            name = f"turntable_elev{elevation}.gif"
+            io.save_gif(os.path.join(out_dir, name), torch.stack(shots), fps=8)
+            files[f"elev{elevation}"] = name
+
+        meshes = []
+        for k in range(n):
+            entry = {}
+            for ext in ("obj", "glb"):
+                name = f"meshes/test{k}_learned.{ext}"
+                io.save_mesh(os.path.join(out_dir, name), verts[k].cpu(), model.faces.cpu(), uvs=model.uvs.cpu(),
+                             texture=texture[k].clamp(0, 1).cpu())
+                entry[f"learned ({ext.upper()}, textured)"] = name
+            v, f = truth[k]
+            if f is not None:
+                name = f"meshes/test{k}_ground_truth.obj"
+                io.save_mesh(os.path.join(out_dir, name), v, f)
+                entry["ground truth"] = name
+            meshes.append(entry)
+        files["meshes"] = meshes
+        files["reconstructions"] = "reconstructions.png"
+        return files
+
+    @torch.no_grad()
     def evaluate(self, model, config, out_dir):
         """UNICORN's ShapeNet protocol (section 4.1; reference notes) on the test split, one view per test
         object drawn with ``eval.seed`` (:func:`one_view_per_object`).
@@ -1466,12 +1543,18 @@ class UnicornTask:
           ground-truth test shapes in their common object frame (the error of answering with another
           instance of the category).
 
-        Every sampling uses its own generator seeded from ``eval.seed`` (views: seed, model: seed + 1,
-        template: seed + 2, spread: seed + 3), so references are reproducible on their own.
-        """
-        import os
+        Ground truth is each object's ``mesh.npz``, or its ``pointcloud.npz`` when there is none (DVR's
+        ShapeNet-NMR: 100k points, drawn down to ``eval.num_points``; the medoid and spread references need
+        meshes and are left out then); true cameras are the items' ``camera["rotation"]`` (``world_mat`` in
+        invrender's convention).
 
-        from invrender import io, metrics
+        Every sampling uses its own generator seeded from ``eval.seed`` (views: seed, model: seed + 1,
+        template: seed + 2, spread: seed + 3, medoid: seed + 4), so references are reproducible on their own.
+
+        The pictures of :meth:`write_pictures` go to ``out_dir``; ``files`` lists them.
+        """
+
+        from invrender import metrics
 
         if self._kind(config) != "shapenet":  # real images: no 3D ground truth
             return self.evaluate_masks(model, config, out_dir)
@@ -1555,8 +1638,7 @@ class UnicornTask:
         out["pose_offset_fitted_on"], out["pose_offset_objects"] = fitted_on, fit_views
         out["category"] = ",".join(base.category_names)
 
-        preview = self.visualize(model, {"image": images[:8]}, out_dir, 0)["reconstructions"]
-        io.save_image(os.path.join(out_dir, "reconstructions.png"), preview)
+        out["files"] = self.write_pictures(model, config, out_dir)
         _print_beside(out)
         return out
 
