@@ -190,19 +190,31 @@ def _pictures(model, task, config, out_dir: str, threshold: float) -> Dict[str, 
     return files
 
 
-def _html(metrics: Dict[str, Any], files: Dict[str, Any], history, config, info: Dict[str, Any]) -> str:
+_STYLE = """<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}
+img{image-rendering:pixelated;max-width:100%} td{padding:2px 10px} pre{background:#f4f4f4;padding:8px}</style>"""
+
+
+def _metric_rows(metrics: Dict[str, Any]) -> str:
     esc = html.escape
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+    return "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
                    f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in metrics.items())
-    meshes = "".join(
+
+
+def _mesh_items(files: Dict[str, Any]) -> str:
+    esc = html.escape
+    return "".join(
         "<li>test object {}: {}</li>".format(
             k, ", ".join(f'<a href="{esc(v)}">{esc(kind.replace("_", " "))}</a>' for kind, v in m.items()))
         for k, m in enumerate(files["meshes"]))
+
+
+def _html(metrics: Dict[str, Any], files: Dict[str, Any], history, config, info: Dict[str, Any]) -> str:
+    esc = html.escape
+    rows, meshes = _metric_rows(metrics), _mesh_items(files)
     cfg = esc(json.dumps(config.get("model", {}), indent=1))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>invrender demo</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
-img{{image-rendering:pixelated;max-width:100%}} td{{padding:2px 10px}} pre{{background:#f4f4f4;padding:8px}}</style>
+{_STYLE}
 </head><body>
 <h1>invrender demo: 3D shape from single 2D views</h1>
 <p>Ucar et al. 2019's final model (mu-VAE, azimuth latent, texturizer) trained on {info['train_views']}
@@ -237,22 +249,16 @@ projected while the camera turns through [-pi, pi). The model saw each object fr
 
 def _unicorn_html(metrics: Dict[str, Any], files: Dict[str, Any], history, config, info: Dict[str, Any]) -> str:
     esc = html.escape
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
-                   f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in metrics.items())
+    rows, meshes = _metric_rows(metrics), _mesh_items(files)
     refs = [("UNICORN (this run)", "chamfer_l1"), ("template: the initial ellipsoid", "template_chamfer_l1"),
             ("medoid: the most typical training shape", "medoid_chamfer_l1"),
             ("spread: another test object of the category", "spread_chamfer_l1")]
     table = "".join(f"<tr><td>{esc(name)}</td><td>{metrics[key]:.3f}</td><td>{metrics[key + '_icp']:.3f}</td></tr>"
                     for name, key in refs if key in metrics)
-    meshes = "".join(
-        "<li>test object {}: {}</li>".format(
-            k, ", ".join(f'<a href="{esc(v)}">{esc(kind)}</a>' for kind, v in m.items()))
-        for k, m in enumerate(files["meshes"]))
     cfg = esc(json.dumps(config.get("model", {}), indent=1))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>invrender demo: UNICORN</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
-img{{image-rendering:pixelated;max-width:100%}} td{{padding:2px 10px}} pre{{background:#f4f4f4;padding:8px}}</style>
+{_STYLE}
 </head><body>
 <h1>invrender demo: textured 3D meshes and poses from single images (UNICORN)</h1>
 <p>Monnier et al. 2022's UNICORN (ResNet-18 encoder, deformed ellipsoid, UV texture, 6 pose candidates,

@@ -729,7 +729,7 @@ def test_renderer_trims_unused_layers_without_changing_anything(monkeypatch):
         return out, grads
 
     trimmed, trimmed_grads = run()
-    assert 1 <= seen[-1] < 50  # layers were cut
+    assert 1 <= seen[-1] < 50  # layers were cut (a perturbed sphere fills far fewer than 50), so the check below compares two paths
     monkeypatch.setattr(R, "_trim_layers", lambda f: f)
     full, full_grads = run()
     assert torch.equal(trimmed.image, full.image) and torch.equal(trimmed.mask, full.mask)
