@@ -43,12 +43,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import invrender  # noqa: E402
 from benchmarks.harness import RESULTS_DIR, _sync, device_name, device_slug, git_commit, time_samples  # noqa: E402
 from invrender.models import unicorn as U  # noqa: E402
+from invrender.allocator import retain_freed_memory  # noqa: E402
 from invrender.models.networks import PerceptualLoss, ResNet18  # noqa: E402
 
 # The official implementation (monniert/unicorn on a CPU build of PyTorch3D, ShapeNet chair config, every code
 # live) on the 2-core machine of issue 15, and the issue's goal (10x faster per iteration).
 OFFICIAL = {"pose_step_s": 99.7, "step3d_s": 36.6, "iteration_s": 68.0}
 GOAL_ITERATION_S = 6.8
+# The issue's yardstick of that machine's speed: VGG16 to relu3_3, forward+backward of 192 images of 64x64.
+ISSUE_VGG_S = 5.4
+
+
+def calibrate(device, repeats=3):
+    """This machine's time for the issue's yardstick (VGG16 to relu3_3 forward+backward, 192 x 64^2, random
+    weights), so that the official figures, measured elsewhere, can be scaled to this machine."""
+    perceptual = PerceptualLoss(weights="random").to(device)
+    x = torch.rand(192, 3, 64, 64, device=device, requires_grad=True)
+    seconds, _ = timed(lambda: perceptual.features(x, grad=True).sum().backward(), device, 1, repeats)
+    return seconds
 
 
 def timed(fn, device, warmup, repeats):
@@ -232,12 +244,28 @@ def run(args, device):
     print(f"unicorn_train_step  ({meta['device']}, torch {meta['torch']}, {meta['threads']} threads, "
           f"load average {load_start[0]:.2f})  {params}", flush=True)
 
+    # Two allocator settings, one after the other in this process (the setting is process-wide and the
+    # freed-memory one cannot be measured first): glibc's defaults, then invrender.allocator.retain_freed_memory
+    # as `invrender train` runs. Within each, the steps alternate (pose, 3d per round).
+    vgg_s = calibrate(device, 1 if args.quick else 3) if device.type == "cpu" else None
+    # The official code's times scaled to this machine by the yardstick (a CPU-only comparison).
+    scale = vgg_s / ISSUE_VGG_S if vgg_s else None
+    if scale:
+        print(f"  yardstick: VGG16 relu3_3 fwd+bwd of 192 x 64^2 takes {vgg_s:.2f} s here, {ISSUE_VGG_S} s on the "
+              f"issue's machine: the official figures scale by {scale:.2f}", flush=True)
     m, p, o, im = build(s, device)
-    steps = {"current": (step_fn(m, im, o, p, "pose"), step_fn(m, im, o, p, "3d"))}
-    # Interleaved (pose, 3d, for every variant, per repeat) so that the machine's load hits all alike.
-    samples = {name: {"pose": [], "3d": []} for name in steps}
-    for r in range(warmup + repeats):
-        for name, (pose, step3d) in steps.items():
+    variants = [("glibc-malloc-defaults", False), ("current", True)]
+    if args.allocator != "both":
+        variants = [v for v in variants if v[1] == (args.allocator == "retain")]
+    samples = {}
+    for name, retain in variants:
+        if retain:
+            retained = retain_freed_memory(True)
+            if not retained:
+                print("  (this C library is not glibc: freed memory is not retained)")
+        samples[name] = {"pose": [], "3d": []}
+        pose, step3d = step_fn(m, im, o, p, "pose"), step_fn(m, im, o, p, "3d")
+        for r in range(warmup + repeats):
             for kind, fn in (("pose", pose), ("3d", step3d)):
                 _sync(device)
                 start = time.perf_counter()
@@ -245,10 +273,8 @@ def run(args, device):
                 _sync(device)
                 if r >= warmup:
                     samples[name][kind].append(time.perf_counter() - start)
-        print(f"  round {r + 1}/{warmup + repeats}" + ("" if r >= warmup else " (warm-up)") + ": "
-              + ", ".join(f"{n} pose {samples[n]['pose'][-1]:.2f} s 3d {samples[n]['3d'][-1]:.2f} s"
-                          for n in samples if r >= warmup), flush=True)
-    del steps
+            print(f"  {name} round {r + 1}/{warmup + repeats}" + (" (warm-up)" if r < warmup else
+                  f": pose {samples[name]['pose'][-1]:.2f} s 3d {samples[name]['3d'][-1]:.2f} s"), flush=True)
 
     rows = []
     for name in samples:
@@ -258,22 +284,26 @@ def run(args, device):
                          pose_step_s=pose_s, step3d_s=step3d_s, iteration_s=iteration_s,
                          samples=samples[name], official=OFFICIAL,
                          speedup_vs_official=OFFICIAL["iteration_s"] / iteration_s,
+                         yardstick_vgg_s=vgg_s, official_scale=scale,
+                         speedup_vs_official_scaled=(OFFICIAL["iteration_s"] * scale / iteration_s
+                                                     if scale else None),
                          goal_iteration_s=GOAL_ITERATION_S, goal_ratio=iteration_s / GOAL_ITERATION_S))
 
     print(f"\n{'variant':26s} {'pose step s':>12s} {'3d step s':>10s} {'iteration s':>12s} {'x official':>11s} "
-          f"{'/ goal 6.8 s':>13s}")
+          f"{'/ goal 6.8 s':>13s} {'x official (scaled)':>20s}")
     print(f"{'official':26s} {OFFICIAL['pose_step_s']:12.2f} {OFFICIAL['step3d_s']:10.2f} "
           f"{OFFICIAL['iteration_s']:12.2f}")
     for row in rows:
         print(f"{row['params']['variant']:26s} {row['pose_step_s']:12.2f} {row['step3d_s']:10.2f} "
-              f"{row['iteration_s']:12.2f} {row['speedup_vs_official']:11.1f} {row['goal_ratio']:13.2f}")
+              f"{row['iteration_s']:12.2f} {row['speedup_vs_official']:11.1f} {row['goal_ratio']:13.2f} "
+              + (f"{row['speedup_vs_official_scaled']:20.1f}" if row["speedup_vs_official_scaled"] else ""))
 
     if not args.no_breakdown:
         print("\nbreakdown (each component forward+backward alone, median):")
-        rows[0]["breakdown"] = breakdown(model, perceptual, optimizers, images, device, warmup,
+        rows[-1]["breakdown"] = breakdown(model, perceptual, optimizers, images, device, warmup,
                                          max(1, repeats - 1) if not args.quick else 1)
     if not args.no_profile:
-        rows[0]["profile"] = profile_steps(model, perceptual, optimizers, images, args.top)
+        rows[-1]["profile"] = profile_steps(model, perceptual, optimizers, images, args.top)
     load_end = os.getloadavg()
     for row in rows:
         row["load_average"] = {"start": load_start, "end": load_end}
@@ -299,6 +329,8 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2, the issue's machine)")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-component timings")
     p.add_argument("--no-profile", action="store_true", help="skip torch.profiler's operator tables")
+    p.add_argument("--allocator", choices=("both", "default", "retain"), default="both",
+                   help="glibc's malloc defaults, freed memory retained (as the CLI runs), or both in turn")
     p.add_argument("--top", type=int, default=15, help="operators in each profile table")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -37,13 +37,15 @@ AMBIENT = 0.3
 def render_shaded(verts: Tensor, faces: Tensor, rotation: Tensor, image_size: int = 64,
                   translation: Optional[Tensor] = None, albedo=(0.7, 0.7, 0.7), supersample: int = 2,
                   background: Optional[Tensor] = None, distance: float = 2.732,
-                  focal_length: float = 3.732) -> Tuple[Tensor, Tensor]:
+                  focal_length: float = 3.732, orthographic: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """Shaded pictures of meshes (not differentiable): hard z-buffer (:func:`rasterize`, one layer, no
     blur), Lambertian shading with the face normal (two-sided) under :data:`LIGHTS` plus :data:`AMBIENT`,
     rendered at ``supersample`` times the size and averaged (antialiasing).
 
     The camera is ShapeNet-NMR's (and the synthetic data's): a pinhole at ``distance`` on the view +z
-    axis looking at the origin, ``focal_length`` in NDC units; ``p_view = R p + t``.
+    axis looking at the origin, ``focal_length`` in NDC units; ``p_view = R p + t``. With
+    ``orthographic = e`` it is an orthographic camera along -z instead, the image spanning view
+    ``[-e, e]^2`` (the voxel renderers' camera: ``e = 1`` is a grid's own extent).
 
     Args:
         verts: ``(V, 3)`` or ``(B, V, 3)`` object-space vertices; faces: ``(F, 3)`` int64.
@@ -72,7 +74,12 @@ def render_shaded(verts: Tensor, faces: Tensor, rotation: Tensor, image_size: in
     if translation is not None:
         pv = pv + translation.double().reshape(B, 1, 3)
     depth = distance - pv[..., 2]
-    ndc = torch.stack([focal_length * pv[..., 0] / depth, focal_length * pv[..., 1] / depth, depth], -1).float()
+    if orthographic is not None:
+        if not (isinstance(orthographic, Real) and orthographic > 0):
+            raise ValueError(f"{op}: argument 'orthographic' must be None or a positive half-extent, got {orthographic!r}")
+        ndc = torch.stack([pv[..., 0] / orthographic, pv[..., 1] / orthographic, depth], -1).float()
+    else:
+        ndc = torch.stack([focal_length * pv[..., 0] / depth, focal_length * pv[..., 1] / depth, depth], -1).float()
     frag = rasterize(ndc, faces, S, layers=1, sigma=0.0)
     fi = frag.face_idx[..., 0]  # (B, S, S)
     covered = fi >= 0

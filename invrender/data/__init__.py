@@ -14,6 +14,7 @@ docstring for the on-disk layout, the item format and the preprocessing.
   around the box with masks and keypoints.
 - :class:`Pascal3DCar`: Pascal3D+ cars in UCMR's ``.mat`` annotations (UNICORN), square crops with masks.
 - :class:`GrayscaleViews`: single grayscale views (object on black) for the voxel models.
+- :class:`ShadedViews`: IG-GAN's grey shaded renders of the synthetic categories in the paper's regimes.
 """
 
 from ._cmr import read_cmr_annotations
@@ -23,7 +24,8 @@ from .kato import KatoShapeNet
 from .mnist import MNIST, read_idx
 from .pascal3d import Pascal3DCar
 from .shapenet import ShapeNetNMR, read_metadata, read_split_list
+from .shaded import ShadedViews
 from .views import GrayscaleViews
 
-__all__ = ["CUB200", "GrayscaleViews", "ImageFolder", "KatoShapeNet", "MNIST", "Pascal3DCar", "ShapeNetNMR",
+__all__ = ["CUB200", "GrayscaleViews", "ImageFolder", "KatoShapeNet", "MNIST", "Pascal3DCar", "ShadedViews", "ShapeNetNMR",
            "read_cmr_annotations", "read_idx", "read_metadata", "read_split_list"]
