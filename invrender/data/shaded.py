@@ -11,7 +11,7 @@ orthographic camera whose image spans view ``[-extent, extent]^2``: the frame of
 """
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
