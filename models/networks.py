@@ -7,6 +7,7 @@ with **torchvision's parameter and buffer names**, so a torchvision state dict l
   (He et al. 2016; the encoder of UNICORN and UMR, trained from scratch there).
 - :class:`VGG16Features` — torchvision's ``features`` indices (``features.0`` ... ``features.28``) up to a named
   ReLU (Simonyan & Zisserman 2015, configuration D).
+- :class:`DCGANDiscriminator` — DCGAN's image critic with spectral normalisation (IG-GAN and its baselines).
 - :class:`PerceptualLoss` — UNICORN's perceptual term (monnier2022 section 3.2; monniert/unicorn:src/model/loss.py):
   ImageNet normalisation, frozen VGG16 to ``relu3_3``, features unit-normalised along channels, per-image mean
   squared difference. Off (a zero, with one warning) when no VGG16 weights file is given; nothing is downloaded.
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import MissingInputError
 
-__all__ = ["BasicBlock", "PerceptualLoss", "ResNet18", "VGG16Features", "VGG16_LAYERS"]
+__all__ = ["BasicBlock", "DCGANDiscriminator", "PerceptualLoss", "ResNet18", "VGG16Features", "VGG16_LAYERS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -210,6 +211,54 @@ _VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, 
 
 #: Index in torchvision's ``vgg16().features`` of each named ReLU.
 VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN's discriminator (Radford et al. 2016) with spectral normalisation (Miyato et al. 2018), as IG-GAN's
+    (Lunz et al. 2020, supplement B.1) and its baselines' image critics.
+
+    ``log2(image_size / 4)`` strided 4x4 convolutions (stride 2, padding 1) halve the image down to 4x4 while the
+    channels double from ``channels`` (capped at ``8 * channels``), each followed by LeakyReLU(0.2); a last 4x4
+    convolution without padding gives one logit per image. With ``spectral_norm`` (the paper's setting) every
+    convolution is spectrally normalised and there is no batch normalisation (DCGAN's BatchNorm after every
+    convolution but the first otherwise).
+
+    Args:
+        image_size: side of the square inputs, a power of two >= 8.
+        in_channels: image channels (1 for IG-GAN's grey renders).
+        channels: width of the first convolution (DCGAN: 64).
+        spectral_norm: spectral normalisation instead of batch normalisation.
+
+    Shapes: ``(B, in_channels, S, S) -> (B,)`` logits.
+    """
+
+    def __init__(self, image_size: int = 128, in_channels: int = 1, channels: int = 64, spectral_norm: bool = True):
+        super().__init__()
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8 or \
+                image_size & (image_size - 1):
+            raise ValueError(f"DCGANDiscriminator: argument 'image_size' must be a power of two >= 8, got {image_size!r}")
+        for name, value in (("in_channels", in_channels), ("channels", channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DCGANDiscriminator: argument '{name}' must be a positive int, got {value!r}")
+        self.image_size, self.in_channels = image_size, in_channels
+        sn = nn.utils.spectral_norm if spectral_norm else (lambda m: m)
+        layers, c_in, c_out, size = [], in_channels, channels, image_size
+        first = True
+        while size > 4:
+            layers.append(sn(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=spectral_norm or first)))
+            if not spectral_norm and not first:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            c_in, c_out, size, first = c_out, min(2 * c_out, 8 * channels), size // 2, False
+        layers.append(sn(nn.Conv2d(c_in, 1, 4, 1, 0)))
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_images(images, "images", "DCGANDiscriminator", self.in_channels, self.image_size)
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"DCGANDiscriminator: argument 'images' must be {self.image_size}x{self.image_size}, "
+                             f"got {tuple(images.shape[-2:])}")
+        return self.main(images).reshape(-1)
 
 
 def _vgg16_min_size(last: str) -> int:

@@ -20,7 +20,7 @@ from ..ops import rotation_matrix
 from ..renderers import render_shaded
 from ..synthetic import CATEGORIES, make_object
 
-__all__ = ["ShadedViews", "REGIMES", "VIEWPOINTS"]
+__all__ = ["ShadedViews", "REGIMES", "VIEWPOINTS", "sample_viewpoints"]
 
 #: The paper's data regimes (supplement B.2-B.3, Table 1): ``views`` a fixed set of ``objects x
 #: views_per_object`` images (500 images: 500 objects x 1; "one per model": every object x 1; the bathtubs'
@@ -36,6 +36,20 @@ VIEWPOINTS = {
 }
 
 _TEST_SEED_OFFSET = 1_000_000  # held-out objects: seeds disjoint from the training objects'
+
+
+def sample_viewpoints(n: int, azimuth_range: Tuple[float, float], elevation_range: Tuple[float, float],
+                      generator: Optional[torch.Generator] = None,
+                      dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``n`` viewpoints ``(azimuth (n,), elevation (n,))`` in radians: azimuth uniform in ``azimuth_range``,
+    elevation area-uniform on the sphere's band ``elevation_range`` (``sin(elevation)`` uniform); ranges in
+    degrees. IG-GAN's generator draws its views from the distribution its data was rendered with."""
+    u = torch.rand(2, n, generator=generator, dtype=torch.float64)
+    az_lo, az_hi = (math.radians(a) for a in azimuth_range)
+    s_lo, s_hi = (math.sin(math.radians(e)) for e in elevation_range)
+    azimuth = az_lo + (az_hi - az_lo) * u[0]
+    elevation = torch.asin((s_lo + (s_hi - s_lo) * u[1]).clamp(-1.0, 1.0))
+    return azimuth.to(dtype), elevation.to(dtype)
 
 
 def _pair(value, name: str) -> Tuple[float, float]:
@@ -136,13 +150,8 @@ class ShadedViews(Dataset):
             k = index // self.views_per_object
         else:
             k = int(torch.randint(self.objects, (), generator=g))
-        u = torch.rand(2, generator=g, dtype=torch.float64)
-        az_lo, az_hi = self.azimuth_range
-        # Elevation uniform over the sphere's band (area-uniform): sin(el) uniform in [sin lo, sin hi].
-        s_lo, s_hi = (math.sin(math.radians(e)) for e in self.elevation_range)
-        azimuth = math.radians(az_lo + (az_hi - az_lo) * float(u[0]))
-        elevation = math.asin(s_lo + (s_hi - s_lo) * float(u[1]))
-        return k, azimuth, elevation
+        azimuth, elevation = sample_viewpoints(1, self.azimuth_range, self.elevation_range, g)
+        return k, float(azimuth), float(elevation)
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         if not -len(self) <= index < len(self):

@@ -1,0 +1,481 @@
+"""Inverse Graphics GAN of Lunz et al. 2020 (IG-GAN) and the baselines it is compared with.
+
+IG-GAN learns a generator of 3D voxel shapes from unannotated 2D images (supplement B.1):
+
+* a 3D convolutional generator (Wu et al. 2016) maps ``z`` to an occupancy grid ``x`` of ``N^3`` (64 in the
+  paper) in [0, 1]; a viewpoint drawn from the data's distribution embeds it by a rigid transform in a grid of
+  ``(2N)^3`` (:func:`invrender.rotate_voxels` with ``size=2N``: never clipped);
+* an **off-the-shelf, non-differentiable renderer** (OpenGL in the paper) renders ``x`` binarised at a global
+  threshold drawn uniformly in [0, 1]: :func:`invrender.renderers.render_voxel_surface` (the surface of the
+  occupied voxels, hard z-buffer, the grey Lambertian shading of the training images);
+* a **neural renderer** (RenderNet, Nguyen-Phuoc et al. 2018, with 2 residual blocks in 3D and 4 in 2D)
+  learns to imitate it on the generator's samples — L2 to the off-the-shelf render plus the **discriminator
+  output matching** (DOM) loss weighted by 100 — so that gradients reach the generator through it;
+* a DCGAN discriminator with spectral normalisation at ``(2N)^2`` sees the data and the off-the-shelf renders;
+* generator, discriminator and neural renderer update 1:1:1 (learning rates 2e-4, 2e-4, 2e-5).
+
+Baselines under the same generator, discriminator and schedule (``variant``): ``visual_hull`` (PrGAN,
+:func:`invrender.project_voxels`), ``absorption`` (PlatonicGAN's absorption-only ray marching,
+:func:`invrender.raymarch` without emission) and ``dcgan2d`` (a 2D DCGAN generator, no 3D at all).
+
+The paper states the architectures by reference and little else; what the released code of the cited
+papers fixes is marked "(Wu 2016)", "(DCGAN)", "(RenderNet)"; choices of this implementation "(ours)".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import invrender
+from invrender.errors import ConfigError
+
+from .networks import DCGANDiscriminator
+
+__all__ = [
+    "VARIANTS",
+    "Generator2D",
+    "Generator3D",
+    "IgganConfig",
+    "IgganModel",
+    "RenderNet",
+    "discriminator_losses",
+    "dom_loss",
+    "generator_loss",
+    "random_boxes",
+]
+
+#: ``variant`` -> how generated shapes become images: the neural renderer trained on the off-the-shelf one
+#: (IG-GAN), the visual hull (PrGAN), absorption-only ray marching (PlatonicGAN), or no 3D (2D DCGAN).
+VARIANTS = ("iggan", "visual_hull", "absorption", "dcgan2d")
+#: Task names of ``invrender train``, one per variant.
+TASKS = {"iggan": "iggan", "visual_hull_gan": "visual_hull", "absorption_gan": "absorption", "dcgan2d": "dcgan2d"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class IgganConfig:
+    """Hyper-parameters (supplement B.1 unless marked). ``image_size`` is ``2 * grid_size`` (the embedding)."""
+
+    variant: str = "iggan"
+    grid_size: int = 64                   # B.1: 64^3 voxels (32 for CPUs: a config away)
+    latent_dim: int = 200                 # (Wu 2016)
+    generator_channels: int = 512         # (Wu 2016): 512-256-128-64 from 4^3 up
+    discriminator_channels: int = 64      # (DCGAN)
+    spectral_norm: bool = True            # B.1
+    renderer_channels: int = 32           # (ours) RenderNet's width after the projection unit is 8x this
+    renderer_blocks_3d: int = 2           # B.1
+    renderer_blocks_2d: int = 4           # B.1
+    lr_generator: float = 2e-4            # B.1
+    lr_discriminator: float = 2e-4        # B.1
+    lr_renderer: float = 2e-5             # B.1
+    betas: Tuple[float, float] = (0.5, 0.999)  # (DCGAN)
+    dom_weight: float = 100.0             # B.1: lambda of the DOM loss over the L2 loss
+    azimuth_range: Tuple[float, float] = (0.0, 360.0)    # B.2: the data's viewpoints (degrees)
+    elevation_range: Tuple[float, float] = (15.0, 60.0)  # B.2: couches and bathtubs (chairs: -30..60)
+    extent: float = 2.0                   # view window [-2, 2]^2: a [-1, 1]^3 grid embedded in one twice its size
+    visual_hull_tau: float = 1.0          # PrGAN: 1 - exp(-tau sum)
+    threshold_range: Tuple[float, float] = (0.0, 1.0)  # B.1: global binarisation threshold ~ U[0, 1]
+
+    def __post_init__(self):
+        def fail(name, expected, value):
+            raise ConfigError(f"iggan: model.{name} must be {expected}, got {value!r}")
+
+        if self.variant not in VARIANTS:
+            fail("variant", f"one of {VARIANTS}", self.variant)
+        g = self.grid_size
+        if isinstance(g, bool) or not isinstance(g, int) or g < 8 or g & (g - 1):
+            fail("grid_size", "a power of two >= 8", g)
+        for name in ("latent_dim", "generator_channels", "discriminator_channels", "renderer_channels"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                fail(name, "a positive int", v)
+        if self.generator_channels < 2 ** (int(math.log2(g)) - 2):
+            fail("generator_channels", f"at least {2 ** (int(math.log2(g)) - 2)} (halved at each of the "
+                 f"{int(math.log2(g)) - 2} upsamplings)", self.generator_channels)
+        for name in ("renderer_blocks_3d", "renderer_blocks_2d"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                fail(name, "an int >= 0", v)
+        for name in ("lr_generator", "lr_discriminator", "lr_renderer", "extent", "visual_hull_tau"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                fail(name, "a positive number", v)
+        if isinstance(self.dom_weight, bool) or not isinstance(self.dom_weight, (int, float)) or \
+                not (math.isfinite(self.dom_weight) and self.dom_weight >= 0):
+            fail("dom_weight", "a number >= 0 (0: no DOM loss, the ablation)", self.dom_weight)
+        for name, lo, hi in (("betas", 0.0, 1.0), ("azimuth_range", -720.0, 720.0), ("elevation_range", -90.0, 90.0),
+                             ("threshold_range", 0.0, 1.0)):
+            v = getattr(self, name)
+            if (not isinstance(v, (tuple, list)) or len(v) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                    or not (lo <= v[0] <= v[1] <= hi) or (name == "betas" and v[1] >= 1.0)):
+                fail(name, f"a pair (a, b) with {lo} <= a <= b <= {hi}", v)
+            setattr(self, name, tuple(float(x) for x in v))
+
+    @property
+    def image_size(self) -> int:
+        return 2 * self.grid_size
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks
+
+
+def _upsamplings(size: int) -> int:
+    return int(math.log2(size)) - 2  # from 4 to size
+
+
+class Generator3D(nn.Module):
+    """3D-GAN generator (Wu et al. 2016): ``z (B, latent_dim)`` -> occupancy ``(B, 1, N, N, N)`` in [0, 1].
+
+    A 4x4x4 transposed convolution from ``z`` to ``channels`` feature maps, then ``log2(N / 4)`` transposed
+    convolutions (kernel 4, stride 2, padding 1) halving the channels (512-256-128-64 for N = 64) with
+    BatchNorm + ReLU, the last one to one channel and a sigmoid (Wu 2016).
+    """
+
+    def __init__(self, grid_size: int = 64, latent_dim: int = 200, channels: int = 512):
+        super().__init__()
+        self.grid_size, self.latent_dim = grid_size, latent_dim
+        n = _upsamplings(grid_size)
+        layers = [nn.ConvTranspose3d(latent_dim, channels, 4, 1, 0, bias=False), nn.BatchNorm3d(channels), nn.ReLU(True)]
+        c = channels
+        for i in range(n):
+            last = i == n - 1
+            out = 1 if last else c // 2
+            layers.append(nn.ConvTranspose3d(c, out, 4, 2, 1, bias=last))
+            if not last:
+                layers += [nn.BatchNorm3d(out), nn.ReLU(True)]
+            c = out
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"Generator3D: argument 'z' must be (B, {self.latent_dim}), got {tuple(z.shape)}")
+        return torch.sigmoid(self.main(z[:, :, None, None, None]))
+
+
+class Generator2D(nn.Module):
+    """DCGAN's generator (Radford et al. 2016): ``z (B, latent_dim)`` -> grey images ``(B, 1, S, S)`` in [0, 1]
+    (a sigmoid where DCGAN has tanh: our images are in [0, 1]). The 2D baseline of IG-GAN's Table 1."""
+
+    def __init__(self, image_size: int = 128, latent_dim: int = 200, channels: int = 64):
+        super().__init__()
+        self.image_size, self.latent_dim = image_size, latent_dim
+        n = _upsamplings(image_size)
+        top = channels * 2 ** min(n - 1, 3)
+        layers = [nn.ConvTranspose2d(latent_dim, top, 4, 1, 0, bias=False), nn.BatchNorm2d(top), nn.ReLU(True)]
+        c = top
+        for i in range(n):
+            last = i == n - 1
+            out = 1 if last else max(c // 2, channels)
+            layers.append(nn.ConvTranspose2d(c, out, 4, 2, 1, bias=last))
+            if not last:
+                layers += [nn.BatchNorm2d(out), nn.ReLU(True)]
+            c = out
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"Generator2D: argument 'z' must be (B, {self.latent_dim}), got {tuple(z.shape)}")
+        return torch.sigmoid(self.main(z[:, :, None, None]))
+
+
+class _Residual(nn.Module):
+    """``x + conv(relu(bn(conv(relu(bn(x))))))`` in 2D or 3D (pre-activation residual block, RenderNet)."""
+
+    def __init__(self, channels: int, dims: int):
+        super().__init__()
+        conv, bn = (nn.Conv3d, nn.BatchNorm3d) if dims == 3 else (nn.Conv2d, nn.BatchNorm2d)
+        self.body = nn.Sequential(bn(channels), nn.ReLU(True), conv(channels, channels, 3, 1, 1, bias=False),
+                                  bn(channels), nn.ReLU(True), conv(channels, channels, 3, 1, 1, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class RenderNet(nn.Module):
+    """RenderNet (Nguyen-Phuoc et al. 2018) as IG-GAN uses it: a view-aligned grid ``(B, 1, M, M, M)`` (the
+    generator's sample embedded and turned, depth along dim 2 front to back) -> image ``(B, 1, M, M)`` in [0, 1].
+
+    Two strided 3D convolutions (M -> M/4, channels ``c/2`` then ``c``), ``blocks_3d`` residual blocks in 3D,
+    the **projection unit** (the depth axis folded into the channels, ``(c, M/4, M/4, M/4) -> (c M/4, M/4,
+    M/4)``, and a 1x1 convolution to ``8c`` channels with LeakyReLU, RenderNet), ``blocks_2d`` residual blocks in
+    2D, two transposed convolutions back to M x M and a 3x3 convolution to one channel with a sigmoid.
+    B.1: 2 residual blocks in 3D and 4 in 2D.
+    """
+
+    def __init__(self, grid_size: int = 128, channels: int = 32, blocks_3d: int = 2, blocks_2d: int = 4):
+        super().__init__()
+        if grid_size % 4:
+            raise ValueError(f"RenderNet: argument 'grid_size' must be a multiple of 4, got {grid_size}")
+        self.grid_size = grid_size
+        c, d = channels, grid_size // 4
+        self.encode = nn.Sequential(
+            nn.Conv3d(1, c // 2 or 1, 4, 2, 1), nn.LeakyReLU(0.2, True),
+            nn.Conv3d(c // 2 or 1, c, 4, 2, 1), nn.LeakyReLU(0.2, True),
+            *[_Residual(c, 3) for _ in range(blocks_3d)])
+        self.project = nn.Sequential(nn.Conv2d(c * d, 8 * c, 1), nn.LeakyReLU(0.2, True))
+        self.decode = nn.Sequential(
+            *[_Residual(8 * c, 2) for _ in range(blocks_2d)],
+            nn.ConvTranspose2d(8 * c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.ReLU(True),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(True),
+            nn.Conv2d(c, 1, 3, 1, 1))
+
+    def forward(self, grid: Tensor) -> Tensor:
+        M = self.grid_size
+        if grid.dim() != 5 or tuple(grid.shape[1:]) != (1, M, M, M):
+            raise ValueError(f"RenderNet: argument 'grid' must be (B, 1, {M}, {M}, {M}), got {tuple(grid.shape)}")
+        h = self.encode(grid)                                   # (B, c, D', H', W')
+        B, c, D, H, W = h.shape
+        h = self.project(h.reshape(B, c * D, H, W))             # projection unit: depth into channels
+        return torch.sigmoid(self.decode(h))
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+
+
+def discriminator_losses(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """The discriminator's binary cross-entropy: real -> 1, fake -> 0 (DCGAN), averaged over the batch."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_loss(fake_logits: Tensor) -> Tensor:
+    """The non-saturating generator loss ``-log D(G(z))`` (DCGAN), averaged over the batch."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def dom_loss(neural_logits: Tensor, offtheshelf_logits: Tensor) -> Tensor:
+    """Discriminator output matching: ``mean (D(R(x)) - D(f(x_d)))^2`` between the discriminator's outputs on
+    the neural render ``R(x)`` of the continuous sample and on the off-the-shelf render ``f(x_d)`` of its
+    binarisation; the latter is a target (no gradient). Trains the neural renderer to render what the
+    discriminator judges, not the blur an L2 fit averages over thresholds to (supplement B.5, Figure 4)."""
+    return (neural_logits - offtheshelf_logits.detach()).pow(2).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# Shapes for pre-training the neural renderer
+
+
+def random_boxes(batch: int, grid_size: int, boxes: Tuple[int, int] = (1, 4), generator: Optional[torch.Generator] = None,
+                 device=None) -> Tensor:
+    """Grids ``(batch, 1, N, N, N)`` of 1 to 3 random axis-aligned boxes each, with soft values in [0, 1] (so that
+    binarisation thresholds matter): the "random cubes" the neural renderer is pre-trained on (Table 3)."""
+    N = grid_size
+    coords = (torch.arange(N, dtype=torch.float32) + 0.5) / N * 2 - 1  # voxel centres in [-1, 1]
+    out = torch.zeros(batch, 1, N, N, N)
+    for b in range(batch):
+        count = int(torch.randint(boxes[0], boxes[1], (), generator=generator))
+        for _ in range(count):
+            centre = (torch.rand(3, generator=generator) - 0.5) * 1.0
+            half = 0.1 + 0.4 * torch.rand(3, generator=generator)
+            inside = [((coords - centre[i]).abs() <= half[i]).float() for i in range(3)]  # d, h, w axes
+            value = 0.3 + 0.7 * torch.rand((), generator=generator)
+            box = inside[0][:, None, None] * inside[1][None, :, None] * inside[2][None, None, :]
+            out[b, 0] = torch.maximum(out[b, 0], value * box)
+    return out.to(device) if device is not None else out
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+
+
+class IgganModel(nn.Module):
+    """IG-GAN or one of its baselines (``config.variant``): generator, discriminator and, for IG-GAN, the
+    neural renderer; :meth:`train_step` does one 1:1:1 update."""
+
+    def __init__(self, config: Optional[IgganConfig] = None):
+        super().__init__()
+        c = self.config = config or IgganConfig()
+        S = c.image_size
+        if c.variant == "dcgan2d":
+            self.generator = Generator2D(S, c.latent_dim, max(c.generator_channels // 8, 8))
+        else:
+            self.generator = Generator3D(c.grid_size, c.latent_dim, c.generator_channels)
+        self.discriminator = DCGANDiscriminator(S, 1, c.discriminator_channels, c.spectral_norm)
+        self.renderer = (RenderNet(S, c.renderer_channels, c.renderer_blocks_3d, c.renderer_blocks_2d)
+                         if c.variant == "iggan" else None)
+
+    # -- sampling ------------------------------------------------------------------------------------
+
+    def sample_latents(self, batch: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        device = next(self.parameters()).device
+        return torch.randn(batch, self.config.latent_dim, generator=generator).to(device)
+
+    def sample_rotations(self, batch: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Object-to-view rotations ``(batch, 3, 3)`` from the data's viewpoint distribution."""
+        from invrender.data.shaded import sample_viewpoints
+
+        c = self.config
+        azimuth, elevation = sample_viewpoints(batch, c.azimuth_range, c.elevation_range, generator, torch.float32)
+        return invrender.rotation_matrix(azimuth, elevation).to(next(self.parameters()).device)
+
+    def sample_thresholds(self, batch: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        lo, hi = self.config.threshold_range
+        return lo + (hi - lo) * torch.rand(batch, generator=generator)
+
+    # -- rendering -------------------------------------------------------------------------------------
+
+    def embed(self, voxels: Tensor, rotation: Tensor) -> Tensor:
+        """The rigid embedding: ``(B, 1, N, N, N)`` turned by ``rotation`` into ``(B, 1, 2N, 2N, 2N)``."""
+        return invrender.rotate_voxels(voxels, rotation, size=2 * self.config.grid_size)
+
+    def render_offtheshelf(self, voxels: Tensor, rotation: Tensor, thresholds) -> Tensor:
+        """The non-differentiable renderer: ``voxels > thresholds`` as shaded voxel surfaces, ``(B, 1, 2N, 2N)``."""
+        from invrender.renderers import render_voxel_surface
+
+        c = self.config
+        with torch.no_grad():
+            image, _ = render_voxel_surface(voxels.detach(), rotation, thresholds, image_size=c.image_size,
+                                            extent=c.extent)
+        return image.to(voxels.dtype)
+
+    def render(self, voxels: Tensor, rotation: Tensor) -> Tensor:
+        """The variant's differentiable image of generated grids, ``(B, 1, 2N, 2N)``: the neural renderer
+        (IG-GAN), the visual hull, or absorption-only ray marching, all of the embedded grid."""
+        c = self.config
+        if c.variant == "iggan":
+            return self.renderer(self.embed(voxels, rotation))
+        pad = c.grid_size // 2
+        padded = F.pad(voxels, (pad,) * 6)  # [-1, 1]^3 in [-2, 2]^3, the same spacing (fused rotation below)
+        if c.variant == "visual_hull":
+            return invrender.project_voxels(padded, rotation, tau=c.visual_hull_tau)
+        if c.variant == "absorption":
+            return invrender.raymarch(padded, rotation=rotation).image
+        raise ValueError(f"IgganModel.render: the {c.variant} variant renders no voxels")
+
+    @torch.no_grad()
+    def generate(self, batch: int, generator: Optional[torch.Generator] = None, threshold: float = 0.5,
+                 rotation: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Samples for evaluation and pictures: ``voxels`` (3D variants), ``rotation`` and ``image`` ``(B, 1, S,
+        S)``: the off-the-shelf render at ``threshold`` for the 3D variants (every variant's shapes seen the
+        same way), the generated image for the 2D DCGAN."""
+        z = self.sample_latents(batch, generator)
+        rotation = self.sample_rotations(batch, generator) if rotation is None else rotation
+        if self.config.variant == "dcgan2d":
+            return {"image": self.generator(z), "rotation": rotation}
+        voxels = self.generator(z)
+        return {"voxels": voxels, "rotation": rotation,
+                "image": self.render_offtheshelf(voxels, rotation, torch.full((batch,), float(threshold)))}
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        c = self.config
+        opts = {"generator": torch.optim.Adam(self.generator.parameters(), lr=c.lr_generator, betas=c.betas),
+                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr_discriminator,
+                                                  betas=c.betas)}
+        if self.renderer is not None:
+            opts["renderer"] = torch.optim.Adam(self.renderer.parameters(), lr=c.lr_renderer, betas=c.betas)
+        return opts
+
+    def _module_of(self, name: str) -> nn.Module:
+        return {"generator": self.generator, "discriminator": self.discriminator, "renderer": self.renderer}[name]
+
+    def _update(self, name: str, loss: Tensor, optimizers, reduce_gradients=None) -> None:
+        """Backward ``loss`` into module ``name``'s parameters only, and step its optimizer."""
+        params = [p for p in self._module_of(name).parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g if g is not None else torch.zeros_like(p)
+        if reduce_gradients is not None:
+            reduce_gradients(params)
+        optimizers[name].step()
+        for p in params:
+            p.grad = None
+
+    def renderer_step(self, voxels: Tensor, rotation: Tensor, thresholds: Tensor, target: Tensor,
+                      optimizers, with_dom: bool = True, reduce_gradients=None) -> Dict[str, Tensor]:
+        """One neural-renderer update: L2 to the off-the-shelf ``target`` plus ``dom_weight`` times the DOM loss
+        (when ``with_dom`` and the weight is positive)."""
+        c = self.config
+        neural = self.renderer(self.embed(voxels.detach(), rotation))
+        l2 = (neural - target).pow(2).mean()
+        loss, out = l2, {"renderer_l2": l2.detach()}
+        if with_dom and c.dom_weight > 0:
+            dom = dom_loss(self.discriminator(neural), self.discriminator(target))
+            loss = loss + c.dom_weight * dom
+            out["renderer_dom"] = dom.detach()
+        self._update("renderer", loss, optimizers, reduce_gradients)
+        out["renderer_loss"] = loss.detach()
+        return out
+
+    def train_step(self, real: Tensor, optimizers: Dict[str, torch.optim.Optimizer],
+                   generator: Optional[torch.Generator] = None, reduce_gradients=None) -> Dict[str, Tensor]:
+        """One 1:1:1 iteration (B.1) on real images ``(B, 1, S, S)``:
+
+        1. discriminator: real vs the fakes' renders (IG-GAN: the off-the-shelf renders of the binarised samples,
+           Table 2's "OpenGL" setting; baselines: their own differentiable renders);
+        2. IG-GAN only, neural renderer: :meth:`renderer_step` on the same samples and renders;
+        3. generator: ``-log D`` of its samples' differentiable renders (IG-GAN: through the neural renderer).
+        """
+        c = self.config
+        B = real.shape[0]
+        z = self.sample_latents(B, generator)
+        out: Dict[str, Tensor] = {}
+        if c.variant == "dcgan2d":
+            fake = self.generator(z)
+            out["discriminator_loss"] = d_loss = discriminator_losses(self.discriminator(real),
+                                                                     self.discriminator(fake.detach()))
+            self._update("discriminator", d_loss, optimizers, reduce_gradients)
+            g_loss = generator_loss(self.discriminator(fake))
+        else:
+            rotation = self.sample_rotations(B, generator)
+            voxels = self.generator(z)
+            if c.variant == "iggan":
+                thresholds = self.sample_thresholds(B, generator)
+                shown = self.render_offtheshelf(voxels, rotation, thresholds)
+            else:
+                shown = self.render(voxels.detach(), rotation)
+            out["discriminator_loss"] = d_loss = discriminator_losses(self.discriminator(real),
+                                                                     self.discriminator(shown))
+            self._update("discriminator", d_loss, optimizers, reduce_gradients)
+            if c.variant == "iggan":
+                out.update(self.renderer_step(voxels, rotation, thresholds, shown, optimizers,
+                                              reduce_gradients=reduce_gradients))
+            g_loss = generator_loss(self.discriminator(self.render(voxels, rotation)))
+            out["occupancy_mean"] = voxels.detach().mean()
+        self._update("generator", g_loss, optimizers, reduce_gradients)
+        out["generator_loss"] = g_loss.detach()
+        out["total"] = (out["discriminator_loss"] + out["generator_loss"]).detach()
+        return out
+
+    def pretrain_renderer(self, steps: int, batch_size: int, optimizers, shapes: str = "boxes",
+                          generator: Optional[torch.Generator] = None, progress: bool = False,
+                          shape_fn=None) -> List[float]:
+        """Pre-trains the neural renderer by L2 on ``steps`` batches of random boxes (``shapes="boxes"``, Table 3's
+        "Random") or of grids from ``shape_fn(batch) -> (B, 1, N, N, N)`` (another category), random views and
+        thresholds; no DOM (the discriminator is untrained). Returns the losses."""
+        from tqdm.auto import tqdm
+
+        if self.renderer is None:
+            raise ValueError("IgganModel.pretrain_renderer: only the iggan variant has a neural renderer")
+        device = next(self.parameters()).device
+        losses = []
+        for _ in tqdm(range(steps), desc="pre-training the neural renderer", disable=not progress):
+            if shape_fn is not None:
+                voxels = shape_fn(batch_size).to(device)
+            elif shapes == "boxes":
+                voxels = random_boxes(batch_size, self.config.grid_size, generator=generator, device=device)
+            else:
+                raise ValueError(f"IgganModel.pretrain_renderer: argument 'shapes' must be 'boxes' or a shape_fn, "
+                                 f"got {shapes!r}")
+            rotation = self.sample_rotations(batch_size, generator)
+            thresholds = self.sample_thresholds(batch_size, generator)
+            target = self.render_offtheshelf(voxels, rotation, thresholds)
+            out = self.renderer_step(voxels, rotation, thresholds, target, optimizers, with_dom=False)
+            losses.append(float(out["renderer_loss"]))
+        return losses
