@@ -703,7 +703,7 @@ _QUAD_AXES = ((0, (1, 2), ((0, 0), (0, 1), (1, 1), (1, 0))),
               (1, (0, 2), ((0, 0), (1, 0), (1, 1), (0, 1))),
               (2, (0, 1), ((0, 0), (0, 1), (1, 1), (1, 0))))
 #: Object-space outward normal of a face along each axis (d, h, w) whose occupied cell has the lower index.
-QUAD_NORMALS = ((0.0, 0.0, -1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0))
+_QUAD_NORMALS = ((0.0, 0.0, -1.0), (0.0, -1.0, 0.0), (1.0, 0.0, 0.0))
 
 
 def _surface_faces(occ: Tensor) -> Tensor:

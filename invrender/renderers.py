@@ -25,7 +25,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from .cameras import PerspectiveCamera, WeakPerspectiveCamera
-from .mesh import QUAD_NORMALS, _surface_faces, _surface_mesh
+from .mesh import _QUAD_NORMALS, _surface_faces, _surface_mesh
 from .ops.composite import CompositeResult, composite_layers, layer_alpha
 from .ops.raster import Fragments, _image_size, interpolate, rasterize
 
@@ -109,7 +109,9 @@ def render_voxel_surface(voxels: Tensor, rotation: Tensor, threshold: Union[floa
     ``[-extent, extent]^2`` (``extent = 2``: the frame of the grid over ``[-1, 1]^3`` embedded in one twice its
     size, ``invrender.rotate_voxels(voxels, R, size=2 N)``). ``render_shaded(*voxel_surface(voxels[b, 0] >
     threshold), rotation[b:b+1], image_size, supersample=supersample, background=black, orthographic=extent)``
-    gives the same image. The whole batch is rasterized in one call (meshes padded to the largest).
+    gives the same image, but for pixels centred on a silhouette edge where a back face ties in depth with the front
+    face (back faces of the closed surface are dropped before rasterizing). The whole batch is rasterized in one
+    call (meshes padded to the largest); no loop over the batch or the pixels.
 
     Args:
         voxels: ``(B, 1, D, H, W)`` or ``(B, D, H, W)`` occupancies (float, or bool) in invrender's grid layout.
@@ -164,7 +166,7 @@ def render_voxel_surface(voxels: Tensor, rotation: Tensor, threshold: Union[floa
     # The surface is closed, so its back faces are never the nearest (but for depth ties on silhouette edges): drop
     # them before rasterizing, half the faces. ``facing[b, a]``: view-space normal z of the faces along axis a with
     # sign +1 (their sign -1 twins face the other way); (nearly) edge-on faces are kept.
-    facing = rotation.double()[:, 2] @ torch.tensor(QUAD_NORMALS, dtype=torch.float64, device=device).T  # (B, 3)
+    facing = rotation.double()[:, 2] @ torch.tensor(_QUAD_NORMALS, dtype=torch.float64, device=device).T  # (B, 3)
     lowest, highest = (facing > 1e-6).to(signs.dtype) - 1, 1 - (facing < -1e-6).to(signs.dtype)
     signs = signs.clamp(min=lowest[:, :, None, None, None], max=highest[:, :, None, None, None])
     verts, faces, vertex_counts, face_counts, vb, fb = _surface_mesh(signs, torch.float32)
@@ -188,8 +190,16 @@ def render_voxel_surface(voxels: Tensor, rotation: Tensor, threshold: Union[floa
 
 
 def sample_thresholds(batch: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
-    """IG-GAN's binarisation thresholds for :func:`render_voxel_surface`: ``(batch,)`` float32 uniform in
-    [0, 1), one per sample (Lunz et al. 2020, supplement B.1)."""
+    """IG-GAN's binarisation thresholds for :func:`render_voxel_surface` (Lunz et al. 2020, supplement B.1).
+
+    Args:
+        batch: the number of samples.
+        generator: optional ``torch.Generator`` (on ``device``) for reproducible draws.
+        device: device of the result (default: torch's default device).
+
+    Returns:
+        ``(batch,)`` float32 thresholds uniform in [0, 1), one per sample.
+    """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
         raise ValueError(f"sample_thresholds: argument 'batch' must be a non-negative int, got {batch!r}")
     return torch.rand(batch, generator=generator, device=device)

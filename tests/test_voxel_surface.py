@@ -384,6 +384,14 @@ def test_sample_thresholds():
         sample_thresholds(-1)
 
 
+def test_exports_and_docstrings():
+    for module, name in ((invrender.mesh, "voxel_surface"), (invrender.renderers, "render_voxel_surface"),
+                         (invrender.renderers, "sample_thresholds")):
+        assert name in module.__all__
+        doc = getattr(module, name).__doc__
+        assert "Args:" in doc and "Returns:" in doc
+
+
 @pytest.mark.cuda
 def test_cuda_matches_cpu():
     vox = _blobby(3, 12, seed=8)
