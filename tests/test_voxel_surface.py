@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as Fn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import invrender
 from invrender.data import ShadedViews
@@ -146,6 +148,56 @@ def test_batches_empty_grids_and_random_grids():
     verts, faces = voxel_surface(torch.zeros(0, 4, 4, dtype=torch.bool))
     assert verts.shape == (0, 3) and faces.shape == (0, 3)
     assert voxel_surface(torch.zeros(0, 4, 4, 4, dtype=torch.bool)) == []
+
+
+def _oracle_squares(occ):
+    """The surface's squares by loops over the voxels: a set of (outward axis-aligned normal, centre) with the
+    centre in grid units (doubled, so integer) - independent of the vectorised code."""
+    D, H, W = occ.shape
+    squares = set()
+    for d in range(D):
+        for h in range(H):
+            for w in range(W):
+                if not occ[d, h, w]:
+                    continue
+                for k, (dd, dh, dw) in enumerate(((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))):
+                    n = (d + dd, h + dh, w + dw)
+                    if not (0 <= n[0] < D and 0 <= n[1] < H and 0 <= n[2] < W) or not occ[n]:
+                        normal = (dw, -dh, -dd)  # +w is +x, +h is -y, +d is -z
+                        squares.add((normal, (2 * d + 1 + dd, 2 * h + 1 + dh, 2 * w + 1 + dw)))
+    return squares
+
+
+@settings(max_examples=30, deadline=None)
+@given(D=st.integers(1, 5), H=st.integers(1, 5), W=st.integers(1, 5), p=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
+def test_faces_match_a_loop_over_the_voxels(D, H, W, p, seed):
+    occ = torch.rand(D, H, W, generator=torch.Generator().manual_seed(seed)) < p
+    verts, faces = voxel_surface(occ, dtype=torch.float64)
+    expected = _oracle_squares(occ.numpy())
+    assert faces.shape[0] == 2 * len(expected)
+    if not expected:
+        assert verts.shape == (0, 3)
+        return
+    n = face_normals(verts, faces)
+    tri = verts[faces]  # (F, 3, 3)
+    # Each quad's two triangles: the second shares the first's corner 0 and 2 (its corners 0 and 1).
+    assert torch.equal(faces[1::2, :2], faces[0::2, [0, 2]])
+    torch.testing.assert_close(n[0::2], n[1::2])
+    corners = torch.cat([tri[0::2], tri[1::2, 2:]], 1)  # (Q, 4, 3)
+    centre = corners.mean(1)
+    # Back to doubled grid units: w2 = (x + 1) W, h2 = (1 - y) H, d2 = (1 - z) D.
+    grid = torch.stack([(1 - centre[:, 2]) * D, (1 - centre[:, 1]) * H, (centre[:, 0] + 1) * W], 1)
+    got = {(tuple(int(round(c)) for c in nn.tolist()), tuple(int(round(c)) for c in g.tolist()))
+           for nn, g in zip(n[0::2], grid)}
+    assert got == expected
+    areas = face_areas(verts, faces).reshape(-1, 2).sum(1)
+    side = {(1, 0, 0): 4 / (D * H), (0, 1, 0): 4 / (D * W), (0, 0, 1): 4 / (H * W)}
+    expected_area = torch.tensor([side[tuple(abs(int(round(c))) for c in nn.tolist())] for nn in n[0::2]],
+                                 dtype=torch.float64)
+    torch.testing.assert_close(areas, expected_area)
+    assert torch.unique(verts, dim=0).shape[0] == verts.shape[0]
+    assert float(verts.abs().max()) <= 1
+    assert _tm(verts, faces).volume == pytest.approx(int(occ.sum()) * 8 / (D * H * W))
 
 
 def test_voxel_surface_rejects_bad_arguments():
