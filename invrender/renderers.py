@@ -5,6 +5,9 @@
   background. No lighting.
 - :func:`render_shaded`: a hard z-buffer render with Lambertian shading (two directional lights plus
   ambient) for pictures a person looks at: the synthetic data's renders, turntables of learned meshes.
+- :func:`render_voxel_surface`: IG-GAN's "off-the-shelf" (non-differentiable) voxel renderer (Lunz et al. 2020,
+  supplement B.1): the surface of the voxels above a threshold, shaded as :func:`render_shaded` shades meshes;
+  :func:`sample_thresholds` draws the paper's thresholds.
 - :func:`face_pixel_centroids`: per face, the weighted NDC centroid of the pixels it covers (UMR's
   texture-cycle loss, Li et al. 2020).
 
@@ -22,20 +25,23 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from .cameras import PerspectiveCamera, WeakPerspectiveCamera
+from .mesh import _QUAD_NORMALS, _surface_faces, _surface_mesh
 from .ops.composite import CompositeResult, composite_layers, layer_alpha
 from .ops.raster import Fragments, _image_size, interpolate, rasterize
 
-__all__ = ["LayeredRenderer", "face_pixel_centroids", "render_shaded"]
+__all__ = ["LayeredRenderer", "face_pixel_centroids", "render_shaded", "render_voxel_surface", "sample_thresholds"]
 
 
 #: Lights of :func:`render_shaded`: (direction in view space x, y, z, intensity), and the ambient term.
 LIGHTS = ((0.4, 0.8, 0.6, 0.6), (-0.7, 0.3, 0.4, 0.35))
 AMBIENT = 0.3
+#: Grey albedo of :func:`render_shaded` (default) and :func:`render_voxel_surface`.
+GREY = 0.7
 
 
 @torch.no_grad()
 def render_shaded(verts: Tensor, faces: Tensor, rotation: Tensor, image_size: int = 64,
-                  translation: Optional[Tensor] = None, albedo=(0.7, 0.7, 0.7), supersample: int = 2,
+                  translation: Optional[Tensor] = None, albedo=(GREY, GREY, GREY), supersample: int = 2,
                   background: Optional[Tensor] = None, distance: float = 2.732,
                   focal_length: float = 3.732, orthographic: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """Shaded pictures of meshes (not differentiable): hard z-buffer (:func:`rasterize`, one layer, no
@@ -73,38 +79,163 @@ def render_shaded(verts: Tensor, faces: Tensor, rotation: Tensor, image_size: in
     pv = v @ rotation.double().transpose(1, 2)  # view space (B, V, 3)
     if translation is not None:
         pv = pv + translation.double().reshape(B, 1, 3)
-    depth = distance - pv[..., 2]
-    if orthographic is not None:
-        if not (isinstance(orthographic, Real) and orthographic > 0):
-            raise ValueError(f"{op}: argument 'orthographic' must be None or a positive half-extent, got {orthographic!r}")
-        ndc = torch.stack([pv[..., 0] / orthographic, pv[..., 1] / orthographic, depth], -1).float()
-    else:
-        ndc = torch.stack([focal_length * pv[..., 0] / depth, focal_length * pv[..., 1] / depth, depth], -1).float()
-    frag = rasterize(ndc, faces, S, layers=1, sigma=0.0)
-    fi = frag.face_idx[..., 0]  # (B, S, S)
-    covered = fi >= 0
-    b_idx = torch.arange(B, device=fi.device)[:, None, None].expand(B, S, S)[covered]
-    f_idx = fi[covered]
+    if orthographic is not None and not (isinstance(orthographic, Real) and orthographic > 0):
+        raise ValueError(f"{op}: argument 'orthographic' must be None or a positive half-extent, got {orthographic!r}")
+    frag, covered, normals = _zbuffer(pv, faces, S, distance, focal_length, orthographic)
+    f_idx = frag.face_idx[..., 0][covered]
     if callable(albedo):
         p_obj = interpolate(frag, v.float(), faces)[..., 0, :][covered]  # (N, 3)
         color = albedo(f_idx, p_obj)
     else:
-        color = torch.tensor([float(c) for c in albedo], device=fi.device).expand(len(f_idx), 3)
-    tri = pv.float()[:, faces]  # (B, F, 3, 3)
-    n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
-    n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    n = torch.where(n[..., 2:3] < 0, -n, n)[b_idx, f_idx]  # face the camera
-    light = torch.full_like(n[:, 0], AMBIENT)
-    for lx, ly, lz, intensity in LIGHTS:
-        d = torch.tensor([lx, ly, lz], device=n.device)
-        light = light + intensity * (n @ (d / d.norm())).clamp(min=0)
-    rgb = torch.zeros(B, S, S, 3, device=fi.device)
-    rgb[covered] = (color.float() * light[:, None]).clamp(0, 1)
+        color = torch.tensor([float(c) for c in albedo], device=covered.device).expand(len(f_idx), 3)
+    rgb = torch.zeros(B, S, S, 3, device=covered.device)
+    rgb[covered] = _lambert(color.float(), normals)
     mask = covered.float()[:, None]
-    bg = torch.ones(B, 3, S, S, device=fi.device) if background is None else Fn.interpolate(
+    bg = torch.ones(B, 3, S, S, device=covered.device) if background is None else Fn.interpolate(
         background.float(), size=(S, S), mode="bilinear", align_corners=False)
     image = rgb.permute(0, 3, 1, 2) * mask + bg * (1 - mask)
     return Fn.avg_pool2d(image, supersample), Fn.avg_pool2d(mask, supersample)
+
+
+@torch.no_grad()
+def render_voxel_surface(voxels: Tensor, rotation: Tensor, threshold: Union[float, Tensor] = 0.5, image_size: int = 64,
+                         extent: float = 2.0, supersample: int = 1, normals: bool = False) -> Tuple[Tensor, Tensor]:
+    """IG-GAN's "off-the-shelf" renderer (Lunz et al. 2020, supplement B.1; OpenGL in the paper), not
+    differentiable: each grid is binarised at its threshold (``voxels > threshold``), turned into the surface of
+    its occupied voxels (:func:`invrender.mesh.voxel_surface`: one cube per voxel, the faces between occupied and
+    empty cells) and rendered as :func:`render_shaded` renders the training images
+    (:class:`invrender.data.ShadedViews`): hard z-buffer, grey albedo :data:`GREY`, Lambertian under
+    :data:`LIGHTS` plus :data:`AMBIENT`, black background, an orthographic camera along -z whose image spans view
+    ``[-extent, extent]^2`` (``extent = 2``: the frame of the grid over ``[-1, 1]^3`` embedded in one twice its
+    size, ``invrender.rotate_voxels(voxels, R, size=2 N)``). ``render_shaded(*voxel_surface(voxels[b, 0] >
+    threshold), rotation[b:b+1], image_size, supersample=supersample, background=black, orthographic=extent)``
+    gives the same image, but for pixels centred on a silhouette edge where a back face ties in depth with the front
+    face (back faces of the closed surface are dropped before rasterizing). The whole batch is rasterized in one
+    call (meshes padded to the largest); no loop over the batch or the pixels.
+
+    Args:
+        voxels: ``(B, 1, D, H, W)`` or ``(B, D, H, W)`` occupancies (float, or bool) in invrender's grid layout.
+        rotation: ``(B, 3, 3)`` object-to-view rotations.
+        threshold: a number, or ``(B,)`` per-sample thresholds (IG-GAN: uniform in [0, 1], see
+            :func:`sample_thresholds`); a voxel is occupied when its value is strictly above.
+        image_size: ``S``.
+        extent: half-width of the view window.
+        supersample: render at ``supersample * S`` and average (antialiasing); 1: one sample per pixel centre.
+        normals: return normal maps instead of shaded images: view-space unit normals of the visible faces
+            (toward the camera) as colours ``(n + 1) / 2``, black background (averaged when supersampled).
+
+    Returns:
+        ``image (B, 1, S, S)`` grey in [0, 1] (``(B, 3, S, S)`` normal maps with ``normals=True``) and
+        ``mask (B, 1, S, S)`` (coverage fraction), float32, on the device of ``voxels``.
+    """
+    op = "render_voxel_surface"
+    if not isinstance(voxels, Tensor):
+        raise TypeError(f"{op}: argument 'voxels' must be a tensor (B, 1, D, H, W) or (B, D, H, W), "
+                        f"got {type(voxels).__name__}")
+    if voxels.dim() == 5 and voxels.shape[1] == 1:
+        voxels = voxels[:, 0]
+    if voxels.dim() != 4:
+        raise ValueError(f"{op}: argument 'voxels' must have shape (B, 1, D, H, W) or (B, D, H, W), "
+                         f"got {tuple(voxels.shape)}")
+    if voxels.dtype == torch.bool:
+        voxels = voxels.float()
+    if not voxels.is_floating_point():
+        raise TypeError(f"{op}: argument 'voxels' must be a float or bool tensor, got {voxels.dtype}")
+    B, device = voxels.shape[0], voxels.device
+    if not isinstance(rotation, Tensor) or tuple(rotation.shape) != (B, 3, 3):
+        raise ValueError(f"{op}: argument 'rotation' must be a (B, 3, 3) tensor with B = {B}, got "
+                         f"{tuple(rotation.shape) if isinstance(rotation, Tensor) else type(rotation).__name__}")
+    if rotation.device != device:
+        raise ValueError(f"{op}: argument 'rotation' is on {rotation.device} but 'voxels' is on {device}")
+    if isinstance(threshold, Tensor):
+        if threshold.dim() > 1 or threshold.numel() not in (1, B) or (threshold.dim() == 1 and threshold.shape[0] != B):
+            raise ValueError(f"{op}: argument 'threshold' must be a number or a (B,) tensor with B = {B}, "
+                             f"got shape {tuple(threshold.shape)}")
+        if not bool(torch.isfinite(threshold).all()):
+            raise ValueError(f"{op}: argument 'threshold' must be finite")
+        threshold = threshold.to(device=device, dtype=voxels.dtype).reshape(-1, 1, 1, 1)
+    elif isinstance(threshold, bool) or not isinstance(threshold, Real) or not math.isfinite(threshold):
+        raise ValueError(f"{op}: argument 'threshold' must be a finite number or a (B,) tensor, got {threshold!r}")
+    for name, value in (("image_size", image_size), ("supersample", supersample)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{op}: argument '{name}' must be a positive int, got {value!r}")
+    if isinstance(extent, bool) or not isinstance(extent, Real) or not (math.isfinite(extent) and extent > 0):
+        raise ValueError(f"{op}: argument 'extent' must be a positive number, got {extent!r}")
+    S = image_size * supersample
+    signs = _surface_faces(voxels > threshold)  # compared in the voxels' dtype, as ``voxels > threshold`` is
+    # The surface is closed, so its back faces are never the nearest (but for depth ties on silhouette edges): drop
+    # them before rasterizing, half the faces. ``facing[b, a]``: view-space normal z of the faces along axis a with
+    # sign +1 (their sign -1 twins face the other way); (nearly) edge-on faces are kept.
+    facing = rotation.double()[:, 2] @ torch.tensor(_QUAD_NORMALS, dtype=torch.float64, device=device).T  # (B, 3)
+    lowest, highest = (facing > 1e-6).to(signs.dtype) - 1, 1 - (facing < -1e-6).to(signs.dtype)
+    signs = signs.clamp(min=lowest[:, :, None, None, None], max=highest[:, :, None, None, None])
+    verts, faces, vertex_counts, face_counts, vb, fb = _surface_mesh(signs, torch.float32)
+    # One padded batch for one rasterize call: vertex slots past a mesh's own are unused, face rows are -1.
+    V, F = int(vertex_counts.max()) if B else 0, int(face_counts.max()) if B else 0
+    v = verts.new_ones(B, V, 3)
+    v[vb, torch.arange(len(vb), device=device) - (vertex_counts.cumsum(0) - vertex_counts)[vb]] = verts
+    f = faces.new_full((B, F, 3), -1)
+    f[fb, torch.arange(len(fb), device=device) - (face_counts.cumsum(0) - face_counts)[fb]] = faces
+    pv = v.double() @ rotation.double().transpose(1, 2)
+    _, covered, n = _zbuffer(pv, f, S, distance=2.732, focal_length=None, orthographic=float(extent))  # render_shaded's
+    mask = covered.float()[:, None]
+    if normals:
+        image = torch.zeros(B, S, S, 3, device=device)
+        image[covered] = (n + 1) / 2
+    else:
+        image = torch.zeros(B, S, S, 1, device=device)
+        image[covered] = _lambert(torch.full((len(n), 1), GREY, device=device), n)
+    image = image.permute(0, 3, 1, 2)
+    return Fn.avg_pool2d(image, supersample), Fn.avg_pool2d(mask, supersample)
+
+
+def sample_thresholds(batch: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """IG-GAN's binarisation thresholds for :func:`render_voxel_surface` (Lunz et al. 2020, supplement B.1).
+
+    Args:
+        batch: the number of samples.
+        generator: optional ``torch.Generator`` (on ``device``) for reproducible draws.
+        device: device of the result (default: torch's default device).
+
+    Returns:
+        ``(batch,)`` float32 thresholds uniform in [0, 1), one per sample.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+        raise ValueError(f"sample_thresholds: argument 'batch' must be a non-negative int, got {batch!r}")
+    return torch.rand(batch, generator=generator, device=device)
+
+
+def _zbuffer(pv: Tensor, faces: Tensor, size: int, distance: float, focal_length: Optional[float],
+             orthographic: Optional[float]) -> Tuple[Fragments, Tensor, Tensor]:
+    """The hard z-buffer of :func:`render_shaded` and :func:`render_voxel_surface`: view-space meshes ``pv (B, V, 3)``
+    float64 with faces ``(F, 3)`` shared or ``(B, F, 3)`` (rows of -1 are padding), rasterized (one layer, no blur)
+    at ``size``. Returns the fragments, the covered pixels ``(B, S, S)`` bool and, in their ``nonzero`` order, the
+    covering faces' unit view-space normals ``(N, 3)`` float32, turned toward the camera (two-sided)."""
+    depth = distance - pv[..., 2]
+    if orthographic is not None:
+        ndc = torch.stack([pv[..., 0] / orthographic, pv[..., 1] / orthographic, depth], -1).float()
+    else:
+        ndc = torch.stack([focal_length * pv[..., 0] / depth, focal_length * pv[..., 1] / depth, depth], -1).float()
+    frag = rasterize(ndc, faces, size, layers=1, sigma=0.0)
+    fi = frag.face_idx[..., 0]  # (B, S, S)
+    covered = fi >= 0
+    B = fi.shape[0]
+    b_idx = torch.arange(B, device=fi.device)[:, None, None].expand(B, size, size)[covered]
+    f_idx = fi[covered]
+    tri = pv.float()[b_idx[:, None], faces[f_idx] if faces.dim() == 2 else faces[b_idx, f_idx]]  # (N, 3, 3)
+    n = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return frag, covered, torch.where(n[:, 2:3] < 0, -n, n)  # face the camera
+
+
+def _lambert(color: Tensor, normals: Tensor) -> Tensor:
+    """Lambertian shading ``(N, C)`` in [0, 1] of albedos ``color (N, C)`` with view-space unit ``normals (N, 3)``
+    under :data:`LIGHTS` plus :data:`AMBIENT`."""
+    light = torch.full_like(normals[:, 0], AMBIENT)
+    for lx, ly, lz, intensity in LIGHTS:
+        d = torch.tensor([lx, ly, lz], device=normals.device)
+        light = light + intensity * (normals @ (d / d.norm())).clamp(min=0)
+    return (color * light[:, None]).clamp(0, 1)
 
 
 def _check_background_arg(background, op: str):

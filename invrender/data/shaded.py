@@ -3,7 +3,7 @@ synthetic categories' ground-truth meshes from random viewpoints, in the paper's
 
 The renders come from :func:`invrender.renderers.render_shaded` (a hard z-buffer with two fixed lights
 and ambient, grey albedo), the renderer that IG-GAN's "off-the-shelf" voxel renderer
-(:func:`invrender.models.iggan.render_voxel_surface`) also uses, over a black background, through an
+(:func:`invrender.renderers.render_voxel_surface`) also uses, over a black background, through an
 orthographic camera whose image spans view ``[-extent, extent]^2``: the frame of a voxel grid over
 ``[-1, 1]^3`` embedded in a grid twice its size (``invrender.rotate_voxels(..., size=2 N)``, IG-GAN's
 64^3 in 128^3). Objects are :func:`invrender.synthetic.make_object` meshes scaled to ``object_scale``
