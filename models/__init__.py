@@ -6,12 +6,15 @@ Each model composes the renderers of ``invrender``; none re-implements rendering
   AAE, mu-VAE; constant, random or latent azimuth; texturizer).
 - :mod:`invrender.models.unicorn`: UNICORN of Monnier et al. 2022 (building blocks: deformation field,
   texture generator, pose candidates, progressive conditioning, swap memory bank, alternating steps).
+- :mod:`invrender.models.iggan`: IG-GAN of Lunz et al. 2020 (voxel GAN through an off-the-shelf renderer and
+  a neural renderer trained on it) and its visual-hull, absorption-only and 2D DCGAN baselines.
 - :mod:`invrender.models.networks`: the networks several models share (ResNet-18, VGG16 features,
   UNICORN's perceptual loss), with torchvision's parameter names.
 """
 
-from . import networks, ucar, unicorn
+from . import iggan, networks, ucar, unicorn
+from .iggan import IgganConfig, IgganModel
 from .ucar import UcarConfig, UcarModel
 from .unicorn import UnicornConfig, UnicornModel
 
-__all__ = ["UcarConfig", "UcarModel", "UnicornConfig", "UnicornModel", "networks", "ucar", "unicorn"]
+__all__ = ["IgganConfig", "IgganModel", "UcarConfig", "UcarModel", "UnicornConfig", "UnicornModel", "iggan", "networks", "ucar", "unicorn"]

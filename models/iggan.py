@@ -29,7 +29,7 @@ import math
 import os
 import typing
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -479,3 +479,272 @@ class IgganModel(nn.Module):
             out = self.renderer_step(voxels, rotation, thresholds, target, optimizers, with_dom=False)
             losses.append(float(out["renderer_loss"]))
         return losses
+
+
+# ------------------------------------------------------------------------------------------------
+# Training task (``invrender train iggan|visual_hull_gan|absorption_gan|dcgan2d --config configs/iggan/...``)
+
+
+class _Cached(torch.utils.data.Dataset):
+    """A fixed set of renders, rendered once and kept in memory (the "views" regime)."""
+
+    def __init__(self, base):
+        self.base, self._items = base, {}
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if i not in self._items:
+            self._items[i] = {k: v for k, v in self.base[i].items() if k in ("image", "label", "object")}
+        return self._items[i]
+
+
+def _seconds(fn):
+    import time
+
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+class IgganTask:
+    """Trains :class:`IgganModel` (``variant`` fixed by the task name) on grey renders of the synthetic data.
+
+    Config (defaults in :meth:`default_config`): ``model`` holds :class:`IgganConfig` fields (``variant`` comes
+    from the task; the viewpoint ranges default to ``data.viewpoints``'); ``data`` the arguments of
+    :class:`invrender.data.ShadedViews` (``categories``, ``objects``, ``regime``, ``views_per_object``,
+    ``length``, ``viewpoints``, ``seed``; the image size is ``2 * model.grid_size``), or ``data.kind: folder``
+    with ``data.root`` for an :class:`invrender.data.ImageFolder` of natural images (the Chanterelle setting;
+    converted to grey, resized); ``pretrain`` the neural renderer's pre-training before step 0 (``steps``,
+    ``shapes``: ``boxes`` or a synthetic category, ``batch_size``); ``eval`` the FID protocol.
+
+    Data parallel: the three optimizers step inside one training step, so the model is not wrapped
+    (``wrap_ddp = False``) and each optimizer's gradients are averaged over the processes before its step.
+    """
+
+    wrap_ddp = False
+
+    def __init__(self, variant: str = "iggan"):
+        if variant not in VARIANTS:
+            raise ValueError(f"IgganTask: argument 'variant' must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
+
+    def default_config(self):
+        return {
+            # CPU size (ours): 32^3 in 64^3, 64^2 images, narrower networks; configs/iggan/<category>.yaml: the paper's
+            "model": {"grid_size": 32, "generator_channels": 128, "renderer_channels": 8, "discriminator_channels": 32},
+            "data": {"kind": "shaded", "categories": ["chair"], "objects": 500, "regime": "views",
+                     "views_per_object": 1, "length": None, "viewpoints": "chairs", "seed": 0, "root": None},
+            "pretrain": {"steps": 200 if self.variant == "iggan" else 0, "shapes": "boxes", "batch_size": 16},
+            "eval": {"num_samples": 500, "threshold": 0.5, "seed": 0, "fid_image_size": 64},
+            "batch_size": 16, "steps": 2000, "vis_every": 250, "ckpt_every": 500, "log_every": 20,
+        }
+
+    def config_schema(self):
+        hints = typing.get_type_hints(IgganConfig)
+        model = {f.name: hints[f.name] for f in dataclasses.fields(IgganConfig) if f.name != "variant"}
+        model["azimuth_range"] = model["elevation_range"] = model["betas"] = model["threshold_range"] = List[float]
+        data = {"kind": str, "categories": typing.Union[str, List[str]], "objects": int, "regime": str,
+                "views_per_object": int, "length": Optional[int], "viewpoints": typing.Union[str, List[List[float]]],
+                "seed": int, "root": Optional[str]}
+        return {"model": model, "data": data,
+                "pretrain": {"steps": int, "shapes": str, "batch_size": int},
+                "eval": {"num_samples": int, "threshold": float, "seed": int, "fid_image_size": int}}
+
+    def _viewpoints(self, config):
+        from invrender.data.shaded import VIEWPOINTS
+
+        vp = config["data"].get("viewpoints", "default")
+        if isinstance(vp, str):
+            if vp not in VIEWPOINTS:
+                raise ConfigError(f"{self.variant}: data.viewpoints must be one of {sorted(VIEWPOINTS)} or "
+                                  f"[[az_lo, az_hi], [el_lo, el_hi]], got {vp!r}")
+            return VIEWPOINTS[vp]
+        return tuple(tuple(r) for r in vp)
+
+    def model_config(self, config) -> IgganConfig:
+        fields = dict(config.get("model") or {})
+        (az, el) = self._viewpoints(config)
+        fields.setdefault("azimuth_range", az)
+        fields.setdefault("elevation_range", el)
+        fields["variant"] = self.variant
+        for key in ("betas", "azimuth_range", "elevation_range", "threshold_range"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return IgganConfig(**fields)
+
+    def shaded(self, config, split: str, **overrides):
+        """The :class:`invrender.data.ShadedViews` of the config (``split`` train, or test: held-out objects)."""
+        from invrender.data import ShadedViews
+
+        data = config["data"]
+        kw = dict(categories=data.get("categories", ["chair"]), objects=int(data.get("objects", 500)),
+                  regime=data.get("regime", "views"), views_per_object=int(data.get("views_per_object", 1)),
+                  length=data.get("length"), viewpoints=self._viewpoints(config),
+                  image_size=self.model_config(config).image_size, split=split, seed=int(data.get("seed", 0)))
+        kw.update(overrides)
+        try:
+            return ShadedViews(**kw)
+        except ValueError as e:
+            raise ConfigError(f"{self.variant}: data: {e}") from None
+
+    def dataset(self, config, split):
+        data = config["data"]
+        kind = data.get("kind", "shaded")
+        size = self.model_config(config).image_size
+        if kind == "folder":
+            from invrender.data import GrayscaleViews, ImageFolder
+
+            if not data.get("root"):
+                raise ConfigError(f"{self.variant}: data.root is required with data.kind=folder")
+            return GrayscaleViews(ImageFolder(data["root"], image_size=size), image_size=size)
+        if kind != "shaded":
+            raise ConfigError(f"{self.variant}: data.kind must be 'shaded' or 'folder', got {kind!r}")
+        views = self.shaded(config, "train" if split == "train" else "test")
+        return _Cached(views) if views.regime == "views" and split == "train" else views
+
+    def build(self, config, device):
+        self._config = config  # train_step pre-trains the neural renderer at step 0 by config["pretrain"]
+        model = IgganModel(self.model_config(config)).to(device)
+        return model, model.configure_optimizers()
+
+    def _pretrain_shapes(self, config, model, shapes: str):
+        """``shape_fn(batch)`` of voxelized meshes of the synthetic category ``shapes`` (Table 3's "another
+        category"), or None for random boxes."""
+        if shapes == "boxes":
+            return None
+        from invrender import mesh as mesh_ops
+
+        views = self.shaded(config, "train", categories=[shapes], objects=50)
+        N = model.config.grid_size
+        grids = torch.stack([mesh_ops.voxelize(*views.mesh(k), resolution=N).float() for k in range(views.objects)])
+        g = torch.Generator().manual_seed(int(config.get("seed", 0)) + 1)
+
+        def shape_fn(batch):
+            return grids[torch.randint(len(grids), (batch,), generator=g)][:, None]
+        return shape_fn
+
+    def train_step(self, model, batch, optimizers, step):
+        from invrender.training import average_gradients, broadcast_buffers, unwrap
+
+        model = unwrap(model)
+        out = {}
+        pre = getattr(self, "_config", None)
+        if step == 0 and pre is not None and model.renderer is not None and int(pre["pretrain"].get("steps", 0)) > 0:
+            p = pre["pretrain"]
+            losses = model.pretrain_renderer(int(p["steps"]), int(p.get("batch_size", 16)), optimizers,
+                                             shape_fn=self._pretrain_shapes(pre, model, p.get("shapes", "boxes")),
+                                             progress=True)
+            out["pretrain_renderer_loss"] = losses[-1]
+        out.update(model.train_step(batch["image"], optimizers, reduce_gradients=average_gradients))
+        broadcast_buffers(model)
+        return out
+
+    def visualize(self, model, batch, out_dir, step):
+        """Training images, samples rendered by the off-the-shelf renderer (threshold 0.5) and as normal maps,
+        the variant's differentiable render of the same samples (the neural renderer for IG-GAN), and the first
+        sample's marching-cubes mesh (``sample0.obj``)."""
+        from invrender import io
+        from invrender.renderers import render_voxel_surface
+
+        n = batch["image"].shape[0]
+        g = torch.Generator().manual_seed(step)
+        s = model.generate(n, g)
+        out = {"data": batch["image"], "samples": s["image"]}
+        if "voxels" in s:
+            c = model.config
+            out["samples_normals"], _ = render_voxel_surface(s["voxels"], s["rotation"], 0.5, c.image_size, c.extent,
+                                                             normals=True)
+            out["samples_" + ("neural_render" if c.variant == "iggan" else c.variant)] = model.render(
+                s["voxels"], s["rotation"]).clamp(0, 1)
+            meshes = io.marching_cubes(s["voxels"][:1, 0].cpu().float(), level=0.5)
+            if meshes and meshes[0][1].shape[0] > 0:
+                io.save_mesh(os.path.join(out_dir, "sample0.obj"), *meshes[0])
+        return out
+
+    def _mean_shape(self, config, grid_size: int, count: int = 50) -> Tensor:
+        """The mean occupancy of ``count`` training objects voxelized in the generator's grid (each seen in
+        its canonical frame), ``(1, 1, N, N, N)``: a learning-free generator of one shape."""
+        from invrender import mesh as mesh_ops
+
+        views = self.shaded(config, "train")
+        count = min(count, views.objects)
+        grids = [mesh_ops.voxelize(*views.mesh(k), resolution=grid_size).float() for k in range(count)]
+        return torch.stack(grids).mean(0)[None, None]
+
+    @torch.no_grad()
+    def evaluate(self, model, config, out_dir):
+        """FID (:mod:`invrender.fid`: a classifier trained on renders of the synthetic categories, Fréchet
+        distance of its pooled features) of ``eval.num_samples`` samples against as many held-out renders of the
+        training category (``split="test"``: objects never trained on), the 3D variants' samples rendered by the
+        off-the-shelf renderer at ``eval.threshold`` from the data's viewpoint distribution.
+
+        Learning-free references under the same protocol, printed beside the model:
+
+        * ``reference_fid_data``: training renders (the data itself) against the held-out renders, the floor
+          any model can reach at this sample size;
+        * ``reference_fid_mean_shape``: the mean training shape (its occupancy, binarised at ``eval.threshold``)
+          rendered from random views — one fixed shape, the "template" of this protocol;
+        * ``reference_fid_boxes``: random boxes (the renderer's pre-training shapes) — shapes of no category.
+
+        Writes ``samples.png`` (off-the-shelf renders), ``samples_normals.png`` and ``samples.pt`` (the images).
+        """
+        from invrender import io
+        from invrender.fid import fid_score, load_fid_classifier
+        from invrender.renderers import render_voxel_surface
+        from invrender.synthetic import CATEGORIES
+
+        c = model.config
+        ev = config.get("eval") or {}
+        n, thr, seed = int(ev.get("num_samples", 500)), float(ev.get("threshold", 0.5)), int(ev.get("seed", 0))
+        categories = config["data"].get("categories", ["chair"])
+        categories = [categories] if isinstance(categories, str) else list(categories)
+        if config["data"].get("kind", "shaded") != "shaded" or any(k not in CATEGORIES for k in categories):
+            raise ConfigError(f"{self.variant}: evaluation needs data.kind=shaded (FID against held-out renders)")
+        classifier = load_fid_classifier(int(ev.get("fid_image_size", 64)), progress=True)
+        held_out = self.shaded(config, "test", regime="unlimited", length=n, seed=seed + 1)
+        reference = torch.stack([held_out[i]["image"] for i in range(n)])
+
+        def fid(images):
+            return float(fid_score(images.cpu().float(), reference=reference, classifier=classifier))
+
+        g = torch.Generator().manual_seed(seed)
+        batches, normals = [], []
+        for start in range(0, n, 50):
+            s = model.generate(min(50, n - start), g, threshold=thr)
+            batches.append(s["image"].cpu())
+            if "voxels" in s and start == 0:
+                normals.append(render_voxel_surface(s["voxels"], s["rotation"], thr, c.image_size, c.extent,
+                                                    normals=True)[0].cpu())
+        samples = torch.cat(batches)
+        metrics: Dict[str, object] = {"variant": c.variant, "category": ",".join(categories), "num_samples": n,
+                                      "threshold": thr, "fid": fid(samples)}
+        data_views = self.shaded(config, "train", regime="unlimited", length=n, seed=seed + 2)
+        metrics["reference_fid_data"] = fid(torch.stack([data_views[i]["image"] for i in range(n)]))
+        rot_g = torch.Generator().manual_seed(seed + 3)
+        mean_shape = self._mean_shape(config, c.grid_size)
+        rotations = model.sample_rotations(n, rot_g).cpu()
+        metrics["reference_fid_mean_shape"] = fid(render_voxel_surface(
+            mean_shape.expand(n, -1, -1, -1, -1), rotations, thr, c.image_size, c.extent)[0])
+        boxes = random_boxes(n, c.grid_size, generator=torch.Generator().manual_seed(seed + 4))
+        metrics["reference_fid_boxes"] = fid(render_voxel_surface(boxes, rotations, thr, c.image_size, c.extent)[0])
+        metrics["classifier_test_accuracy"] = getattr(classifier, "info", {}).get("test_accuracy")
+        os.makedirs(out_dir, exist_ok=True)
+        io.save_image(os.path.join(out_dir, "samples.png"), io.image_grid(samples[:64], nrow=8))
+        if normals:
+            io.save_image(os.path.join(out_dir, "samples_normals.png"), io.image_grid(normals[0][:32], nrow=8))
+        torch.save(samples, os.path.join(out_dir, "samples.pt"))
+        print(f"FID {metrics['fid']:.1f}  (references: data {metrics['reference_fid_data']:.1f}, mean shape "
+              f"{metrics['reference_fid_mean_shape']:.1f}, random boxes {metrics['reference_fid_boxes']:.1f})")
+        return metrics
+
+
+def _register():
+    from invrender.training import register_task
+
+    for name, variant in TASKS.items():
+        register_task(name, lambda v=variant: IgganTask(v))
+
+
+_register()
