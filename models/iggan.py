@@ -454,18 +454,19 @@ class IgganModel(nn.Module):
         return out
 
     def pretrain_renderer(self, steps: int, batch_size: int, optimizers, shapes: str = "boxes",
-                          generator: Optional[torch.Generator] = None, progress: bool = False,
+                          generator: Optional[torch.Generator] = None, progress: Optional[bool] = False,
                           shape_fn=None) -> List[float]:
         """Pre-trains the neural renderer by L2 on ``steps`` batches of random boxes (``shapes="boxes"``, Table 3's
         "Random") or of grids from ``shape_fn(batch) -> (B, 1, N, N, N)`` (another category), random views and
-        thresholds; no DOM (the discriminator is untrained). Returns the losses."""
+        thresholds; no DOM (the discriminator is untrained). ``progress``: a progress bar (None: only on a
+        terminal). Returns the losses."""
         from tqdm.auto import tqdm
 
         if self.renderer is None:
             raise ValueError("IgganModel.pretrain_renderer: only the iggan variant has a neural renderer")
         device = next(self.parameters()).device
         losses = []
-        for _ in tqdm(range(steps), desc="pre-training the neural renderer", disable=not progress):
+        for _ in tqdm(range(steps), desc="pre-training the neural renderer", disable=None if progress is None else not progress):
             if shape_fn is not None:
                 voxels = shape_fn(batch_size).to(device)
             elif shapes == "boxes":
@@ -635,7 +636,7 @@ class IgganTask:
             p = pre["pretrain"]
             losses = model.pretrain_renderer(int(p["steps"]), int(p.get("batch_size", 16)), optimizers,
                                              shape_fn=self._pretrain_shapes(pre, model, p.get("shapes", "boxes")),
-                                             progress=True)
+                                             progress=None)
             out["pretrain_renderer_loss"] = losses[-1]
         out.update(model.train_step(batch["image"], optimizers, reduce_gradients=average_gradients))
         broadcast_buffers(model)
