@@ -326,3 +326,17 @@ def test_visualize_writes_samples_normals_and_a_mesh(tmp_path):
         out = task.visualize(model.eval(), batch, str(tmp_path), 0)
     assert {"data", "samples", "samples_normals", "samples_neural_render"} <= set(out)
     assert out["samples"].shape == (2, 1, 16, 16) and out["samples_normals"].shape == (2, 3, 16, 16)
+
+
+def test_image_folder_data_for_natural_images(tmp_path):
+    # The Chanterelle setting: a folder of photographs, turned grey and resized to the model's image size.
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray((torch.rand(40, 30, 3) * 255).byte().numpy()).save(tmp_path / f"im{i}.png")
+    task, cfg = tiny_config(data={"kind": "folder", "root": str(tmp_path)})
+    data = task.dataset(cfg, "train")
+    assert len(data) == 3 and data[0]["image"].shape == (1, 16, 16)
+    task, cfg = tiny_config(data={"kind": "folder"})
+    with pytest.raises(ConfigError, match="data.root"):
+        task.dataset(cfg, "train")
