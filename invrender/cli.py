@@ -3,6 +3,8 @@
     invrender data synth --root DIR [--objects 10] [--views 24] [--size 64] [--seed 0]
                          [--categories car chair ...] [--elevation 30 | --elevation-range -10 30]
                          [--points 10000] [--voxels 32] [--background white|random]
+    invrender data shaded --root DIR [--categories chair ...] [--objects 500] [--regime views|unlimited]
+                          [--views 1] [--length N] [--viewpoints default|chairs|lvp] [--size 64] [--split train|test]
     invrender train <task> [--config FILE] [--run-dir DIR] [--device auto|cpu|cuda] [--resume]
                            [--no-progress] [key=value ...]
     invrender eval <run-dir> [--checkpoint FILE] [--device auto] [--out DIR] [key=value ...]
@@ -18,6 +20,7 @@ unavailable device; :class:`invrender.errors.UsageError`) is reported as one lin
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -51,6 +54,35 @@ def _synth(args) -> int:
                      voxel_resolution=args.voxels, background=args.background, progress=not args.quiet)
     n = len(categories) * args.objects
     print(f"wrote {n} objects x {args.views} views to {args.root} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _shaded(args) -> int:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from . import io
+    from .data import ShadedViews
+
+    try:
+        views = ShadedViews(args.categories, args.objects, regime=args.regime, views_per_object=args.views,
+                            length=args.length, viewpoints=args.viewpoints, image_size=args.size, split=args.split,
+                            seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    os.makedirs(args.root, exist_ok=True)
+    index = []
+    for i in tqdm(range(len(views)), desc="rendering", disable=args.quiet):
+        item = views[i]
+        name = f"{i:06d}.png"
+        io.save_image(os.path.join(args.root, name), item["image"])
+        index.append({"file": name, "category": item["category"], "object": int(item["object"]),
+                      "azimuth_deg": round(math.degrees(float(item["azimuth"])), 4),
+                      "elevation_deg": round(math.degrees(float(item["elevation"])), 4)})
+    with open(os.path.join(args.root, "views.json"), "w") as f:
+        json.dump(index, f, indent=1)
+    print(f"wrote {len(views)} grey renders ({args.size}x{args.size}) and views.json to {args.root}")
     return 0
 
 
@@ -114,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--background", choices=("white", "random"), default="white")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_synth)
+    shaded = data.add_parser("shaded", help="export IG-GAN's grey renders (invrender.data.ShadedViews) as PNGs")
+    shaded.add_argument("--root", required=True, help="output directory (PNGs and views.json)")
+    shaded.add_argument("--categories", nargs="+", default=["chair"])
+    shaded.add_argument("--objects", type=_count(1), default=500)
+    shaded.add_argument("--regime", choices=("views", "unlimited"), default="views")
+    shaded.add_argument("--views", type=_count(1), default=1, help="views per object (regime views)")
+    shaded.add_argument("--length", type=_count(1), default=None, help="images (regime unlimited)")
+    shaded.add_argument("--viewpoints", choices=("default", "chairs", "lvp"), default="default")
+    shaded.add_argument("--size", type=_count(1), default=64)
+    shaded.add_argument("--split", choices=("train", "test"), default="train")
+    shaded.add_argument("--seed", type=int, default=0)
+    shaded.add_argument("--quiet", action="store_true", help="no progress bar")
+    shaded.set_defaults(func=_shaded)
 
     train = sub.add_parser("train", help="train a model (a registered task)",
                            description="Train a registered task. Extra arguments key=value override the config.")

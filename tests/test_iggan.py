@@ -340,3 +340,28 @@ def test_image_folder_data_for_natural_images(tmp_path):
     task, cfg = tiny_config(data={"kind": "folder"})
     with pytest.raises(ConfigError, match="data.root"):
         task.dataset(cfg, "train")
+
+
+def test_cli_exports_shaded_views_and_trains_then_evaluates_through_the_cli(tmp_path, capsys, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from invrender.cli import main
+
+    assert main(["data", "shaded", "--root", str(tmp_path / "png"), "--objects", "2", "--views", "2", "--size", "16",
+                 "--categories", "sofa", "--quiet"]) == 0
+    index = json.load(open(tmp_path / "png" / "views.json"))
+    assert len(index) == 4 and {v["category"] for v in index} == {"sofa"}
+    image = torch.tensor(list(Image.open(tmp_path / "png" / index[3]["file"]).getdata()), dtype=torch.float32)
+    expected = invrender.data.ShadedViews("sofa", 2, views_per_object=2, image_size=16)[3]["image"].reshape(-1)
+    assert torch.allclose(image.reshape(expected.shape[0], -1)[:, 0] / 255, expected, atol=1 / 255)
+    assert main(["data", "shaded", "--root", str(tmp_path / "x"), "--categories", "spoon", "--quiet"]) == 2
+    assert "categories" in capsys.readouterr().err
+    run = tmp_path / "run"
+    overrides = [f"model.{k}={v}" for k, v in TINY_MODEL.items()] + ["data.objects=4", "pretrain.steps=1",
+                                                                     "steps=2", "vis_every=2", "batch_size=2"]
+    assert main(["train", "visual_hull_gan", "--config", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                                      "iggan", "sofa_cpu.yaml"),
+                 "--run-dir", str(run), "--no-progress", *overrides]) == 0
+    assert (run / "samples" / "step_00000002" / "samples_visual_hull.png").exists()
