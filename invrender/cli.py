@@ -198,12 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fid = sub.add_parser("fid", help="FID of IG-GAN samples (a render classifier trained here, cached)").add_subparsers(
         dest="fid_command", required=True)
-    fid_train = fid.add_parser("train", help="train and cache the FID classifier (~3 min at 64px on one CPU thread)",
+    fid_train = fid.add_parser("train", help="train and cache the FID classifier (~1.5 min at 64px on one CPU thread)",
                                description="Train the render classifier whose features FID uses, on grey renders "
                                            "of the synthetic categories; print its held-out test accuracy and "
                                            "cache it ($INVRENDER_CACHE or ~/.cache/invrender, in fid/).")
     fid_train.add_argument("--size", type=_count(16), default=64, help="image size (default 64)")
-    fid_train.add_argument("--steps", type=_count(1), default=None, help="Adam steps (default 300)")
+    fid_train.add_argument("--steps", type=_count(1), default=None, help="Adam steps (default 200)")
     fid_train.add_argument("--objects", type=_count(1), default=None, help="training objects (default 600)")
     fid_train.add_argument("--batch-size", type=_count(1), default=None, help="images per step (default 64)")
     fid_train.add_argument("--force", action="store_true", help="retrain even if a usable classifier is cached")
@@ -234,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error("unrecognized arguments: " + " ".join(bad or extra))
         args.overrides = list(args.overrides) + extra
-    if args.command in ("train", "eval", "demo"):
+    if args.command in ("train", "eval", "demo", "fid"):
         from .allocator import retain_for_cli
 
         retain_for_cli()  # freed CPU blocks stay in the heap: no page faults every step (invrender.allocator)

@@ -196,6 +196,20 @@ def test_tiny_training_lowers_the_loss():
     assert model.image_size == 32 and not model.training
 
 
+def test_training_is_deterministic_and_leaves_the_global_rng_alone():
+    def train():
+        return fid.train_fid_classifier(32, steps=2, seed=3, progress=False, **dict(TINY, test_images=6))[0]
+
+    torch.manual_seed(5)
+    m1 = train()
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    torch.testing.assert_close(after, torch.rand(3), rtol=0, atol=0)
+    m2 = train()
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(v1, v2, rtol=0, atol=0, msg=k)
+
+
 def test_training_arguments_are_checked():
     with pytest.raises(ConfigError, match="'steps'"):
         fid.train_fid_classifier(32, steps=0, progress=False)
