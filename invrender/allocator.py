@@ -9,7 +9,7 @@ issue 15 this page-faulting was more than half of the UNICORN pose step (the ren
 
 :func:`retain_freed_memory` asks glibc (``mallopt``) to serve large blocks from the heap and never to trim
 it, so a freed block is reused by the next step without page faults. The price: the process's resident
-memory stays at its peak rather than falling between steps. ``invrender train``, ``eval`` and ``demo``
+memory stays at its peak rather than falling between steps. ``invrender train``, ``eval``, ``demo`` and ``fid``
 call it (on a GPU run it only concerns the host side); set ``INVRENDER_RETAIN_FREED_MEMORY=0`` to keep glibc's
 defaults. It does nothing (and returns False) where the C library is not glibc.
 """

@@ -9,6 +9,12 @@
                            [--no-progress] [key=value ...]
     invrender eval <run-dir> [--checkpoint FILE] [--device auto] [--out DIR] [key=value ...]
     invrender demo [--model ucar|unicorn] [--out DIR] [--steps N] [--device auto|cpu|cuda] [--categories car ...] [key=value ...]
+    invrender fid train [--size 64] [--steps N] [--objects N] [--batch-size N] [--force] [--quiet]
+    invrender fid score --samples FILE.pt|DIR_OF_PNGS --category chair [--size 64] [--viewpoints default]
+                        [--reference-images 2000] [--quiet]
+
+``fid`` trains and caches the classifier of IG-GAN's FID (:mod:`invrender.fid`) and scores samples against a
+category's held-out renders.
 
 ``train`` runs any registered task (``invrender.training.register_task``; ``invrender.models.<task>``
 is imported on demand) with the config file plus ``key=value`` overrides (dotted keys, YAML values).
@@ -128,6 +134,43 @@ def _demo(args) -> int:
     return 0
 
 
+def _fid_train(args) -> int:
+    from . import fid
+    from .errors import MissingInputError
+
+    path = fid.classifier_path(args.size)
+    training = {k: v for k, v in (("steps", args.steps), ("objects", args.objects), ("batch_size", args.batch_size))
+                if v is not None}
+    if not args.force:
+        try:
+            model, info = fid.load_fid_classifier(args.size, train_if_missing=False)
+        except MissingInputError:
+            pass
+        else:
+            wanted = dict(fid.DEFAULT_TRAINING, **training)
+            if all(info["config"].get(k) == wanted[k] for k in ("steps", "objects", "batch_size")):
+                print(f"FID classifier {args.size}px already cached: {fid.describe_classifier(info)}\n{path}\n"
+                      "(--force retrains it)")
+                return 0
+    model, info = fid.load_fid_classifier(args.size, progress=not args.quiet, force=True, **training)
+    print(f"FID classifier {args.size}px: {fid.describe_classifier(info)}\n{path}")
+    return 0
+
+
+def _fid_score(args) -> int:
+    from . import fid
+
+    images = fid.load_samples(args.samples)
+    model, info = fid.load_fid_classifier(args.size, progress=not args.quiet)
+    score = fid.fid_score(images, category=args.category, classifier=model, image_size=args.size,
+                          viewpoints=args.viewpoints, reference_images=args.reference_images,
+                          progress=not args.quiet)
+    print(f"FID {score:.4f}  ({images.shape[0]} samples of {images.shape[-1]}px vs {args.reference_images} held-out "
+          f"'{args.category}' renders at {args.size}px, viewpoints '{args.viewpoints}'; classifier "
+          f"{100 * float(info['test_accuracy']):.1f}% test accuracy)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invrender", description="invrender command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +237,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (as for train)")
     demo.set_defaults(func=_demo)
+
+    from .data.shaded import VIEWPOINTS
+    from .synthetic import CATEGORIES
+
+    fid = sub.add_parser("fid", help="FID of IG-GAN samples (a render classifier trained here, cached)").add_subparsers(
+        dest="fid_command", required=True)
+    fid_train = fid.add_parser("train", help="train and cache the FID classifier (~1.5 min at 64px on one CPU thread)",
+                               description="Train the render classifier whose features FID uses, on grey renders "
+                                           "of the synthetic categories; print its held-out test accuracy and "
+                                           "cache it ($INVRENDER_CACHE or ~/.cache/invrender, in fid/).")
+    fid_train.add_argument("--size", type=_count(16), default=64, help="image size (default 64)")
+    fid_train.add_argument("--steps", type=_count(1), default=None, help="Adam steps (default 200)")
+    fid_train.add_argument("--objects", type=_count(1), default=None, help="training objects (default 600)")
+    fid_train.add_argument("--batch-size", type=_count(1), default=None, help="images per step (default 64)")
+    fid_train.add_argument("--force", action="store_true", help="retrain even if a usable classifier is cached")
+    fid_train.add_argument("--quiet", action="store_true", help="no progress bar")
+    fid_train.set_defaults(func=_fid_train)
+    fid_score = fid.add_parser("score", help="FID of samples against a category's held-out renders",
+                               description="Print the FID of grey samples against held-out renders of a category, "
+                                           "with the cached classifier (trained first if missing).")
+    fid_score.add_argument("--samples", required=True,
+                           help="a .pt file with an (N, 1, S, S) or (N, S, S) tensor in [0, 1] (or a dict with "
+                                "'images'), or a folder of .png files")
+    fid_score.add_argument("--category", required=True, choices=CATEGORIES)
+    fid_score.add_argument("--size", type=_count(16), default=64, help="classifier image size (default 64)")
+    fid_score.add_argument("--viewpoints", choices=sorted(VIEWPOINTS), default="default",
+                           help="viewpoints of the reference renders (default: IG-GAN's 'default')")
+    fid_score.add_argument("--reference-images", type=_count(2), default=2000, help="reference renders (default 2000)")
+    fid_score.add_argument("--quiet", action="store_true", help="no progress bar")
+    fid_score.set_defaults(func=_fid_score)
     return parser
 
 
@@ -206,7 +279,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.error("unrecognized arguments: " + " ".join(bad or extra))
         args.overrides = list(args.overrides) + extra
-    if args.command in ("train", "eval", "demo"):
+    if args.command in ("train", "eval", "demo", "fid"):
         from .allocator import retain_for_cli
 
         retain_for_cli()  # freed CPU blocks stay in the heap: no page faults every step (invrender.allocator)

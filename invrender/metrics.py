@@ -15,11 +15,17 @@ Protocols (see the papers' evaluation sections):
   :func:`icp_align` before the Chamfer distance.
 - **Voxel IoU** (SoftRas): binary occupancies at 32^3 (:func:`voxel_iou`).
 - **Mask IoU** (UMR): soft IoU ``sum(p g) / sum(p + g - p g)`` (:func:`mask_iou`).
+- **FID** (IG-GAN, Lunz et al. 2020, section 5): the Fréchet distance between Gaussians fitted to classifier
+  features of two image sets (:func:`frechet_distance`, :func:`feature_statistics`,
+  :func:`fid_from_features`). Unlike the metrics above it compares two *sets* and returns one float; the
+  classifier and reference renders are in :mod:`invrender.fid`.
 """
 
 import math
+import warnings
 from typing import Callable, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,6 +36,9 @@ __all__ = [
     "ICPTransform",
     "chamfer_l1",
     "chamfer_l1_meshes",
+    "feature_statistics",
+    "fid_from_features",
+    "frechet_distance",
     "icp_align",
     "mask_iou",
     "normalize_points",
@@ -592,3 +601,126 @@ def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5, max
     sxy = blur(pred * target) - mu_x * mu_y
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x.square() + mu_y.square() + c1) * (sxx + syy + c2))
     return s.flatten(1).mean(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fréchet distance (FID)
+
+
+def _float64_array(value, name: str, op: str, ndim: int, what: str) -> np.ndarray:
+    """``value`` (numpy array or tensor) as a finite float64 numpy array of ``ndim`` dimensions."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().double().numpy()
+    elif isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            raise TypeError(f"{op}: argument '{name}' must be a real-valued array {what}, got dtype {value.dtype}")
+        value = value.astype(np.float64, copy=False)
+    else:
+        raise TypeError(f"{op}: argument '{name}' must be a numpy array or tensor {what}, got {type(value).__name__}")
+    if value.ndim != ndim:
+        raise ValueError(f"{op}: argument '{name}' must be {what}, got shape {tuple(value.shape)}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{op}: argument '{name}' has non-finite values (NaN or inf)")
+    return value
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Fréchet distance between the Gaussians ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (Heusel et al. 2017's FID).
+
+    ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))``, computed as the reference FID
+    code (``bioinf-jku/TTUR``, ``mseitzer/pytorch-fid``) does: in float64, the matrix square root by
+    ``scipy.linalg.sqrtm``; when the product is singular (the root is not finite) ``eps * I`` is added to both
+    covariances and the root taken again; tiny imaginary parts of the root (numerical noise) are discarded,
+    large ones raise ``ValueError``. With fewer samples than feature dimensions the covariances are singular and
+    the value is biased upward; compare FIDs computed with the same sample counts.
+
+    Args:
+        mu1, mu2: ``(D,)`` means (numpy arrays or tensors, any real dtype; converted to float64).
+        sigma1, sigma2: ``(D, D)`` covariance matrices (symmetric positive semi-definite).
+        eps: the diagonal offset of the retry (pytorch-fid: 1e-6).
+
+    Returns:
+        The distance, a Python float (>= 0 up to rounding).
+    """
+    op = "frechet_distance"
+    mu1 = _float64_array(mu1, "mu1", op, 1, "(D,)")
+    mu2 = _float64_array(mu2, "mu2", op, 1, "(D,)")
+    D = mu1.shape[0]
+    if mu2.shape != (D,):
+        raise ValueError(f"{op}: argument 'mu2' must have the shape of 'mu1' ({D},), got {tuple(mu2.shape)}")
+    sigma1 = _float64_array(sigma1, "sigma1", op, 2, f"({D}, {D}) (the feature size of 'mu1')")
+    sigma2 = _float64_array(sigma2, "sigma2", op, 2, f"({D}, {D}) (the feature size of 'mu1')")
+    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
+        if sigma.shape != (D, D):
+            raise ValueError(f"{op}: argument '{name}' must be ({D}, {D}) (the feature size of 'mu1'), "
+                             f"got {tuple(sigma.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"{op}: argument 'eps' must be a positive number, got {eps!r}")
+    if D == 0:
+        return 0.0
+
+    from scipy import linalg
+
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        # A singular product is expected (fewer samples than features); it is handled below, as pytorch-fid's
+        # sqrtm(..., disp=False) does, rather than reported.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(D) * eps
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        # pytorch-fid tolerates 1e-3 absolute on the diagonal; (ours) relative to the diagonal's scale, so
+        # features of any magnitude are treated alike.
+        imag = np.abs(np.diagonal(covmean).imag).max()
+        scale = max(1.0, np.abs(np.diagonal(covmean).real).max())
+        if imag > 1e-3 * scale:
+            raise ValueError(f"{op}: the square root of sigma1 @ sigma2 has a large imaginary part ({imag:.3g}); "
+                             "are 'sigma1' and 'sigma2' covariance matrices (symmetric positive semi-definite)?")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def feature_statistics(features) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a set of feature vectors, FID's Gaussian fit.
+
+    Args:
+        features: ``(N, D)`` features (numpy array or tensor), one row per image, ``N >= 2``.
+
+    Returns:
+        ``(mu (D,), sigma (D, D))`` float64 numpy arrays: the mean and the unbiased sample covariance
+        (``numpy.cov(features, rowvar=False)``, normalised by ``N - 1``, as the reference FID code).
+    """
+    op = "feature_statistics"
+    x = _float64_array(features, "features", op, 2, "(N, D)")
+    if x.shape[0] < 2:
+        raise ValueError(f"{op}: argument 'features' must hold at least 2 rows (a covariance needs 2 samples), "
+                         f"got shape {tuple(x.shape)}")
+    mu = x.mean(0)
+    centred = x - mu
+    sigma = centred.T @ centred / (x.shape[0] - 1)
+    return mu, sigma
+
+
+def fid_from_features(features1, features2, eps: float = 1e-6) -> float:
+    """FID between two sets of features: :func:`frechet_distance` of their :func:`feature_statistics`.
+
+    Args:
+        features1: ``(N1, D)`` features of the first image set (``N1 >= 2``).
+        features2: ``(N2, D)`` features of the second set, the same ``D``.
+        eps: as in :func:`frechet_distance`.
+
+    Returns:
+        The FID, a Python float.
+    """
+    op = "fid_from_features"
+    a = _float64_array(features1, "features1", op, 2, "(N, D)")
+    b = _float64_array(features2, "features2", op, 2, "(N, D)")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{op}: arguments 'features1' and 'features2' must have the same feature size D, "
+                         f"got {a.shape[1]} and {b.shape[1]}")
+    for name, x in (("features1", a), ("features2", b)):
+        if x.shape[0] < 2:
+            raise ValueError(f"{op}: argument '{name}' must hold at least 2 rows, got shape {tuple(x.shape)}")
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b), eps=eps)

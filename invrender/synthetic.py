@@ -429,14 +429,21 @@ def default_dataset_schema() -> dict:
     return schema
 
 
-def default_dataset(cache_dir: Optional[str] = None, **kwargs) -> str:
-    """The embedded default data: generated on first use into ``cache_dir`` (default
-    ``$INVRENDER_CACHE`` or ``~/.cache/invrender``)/``synthetic-v1`` and reused afterwards. Returns
-    its root."""
+def cache_root(cache_dir: Optional[str] = None) -> str:
+    """invrender's cache directory: ``cache_dir`` if given, else ``$INVRENDER_CACHE``, else ``~/.cache/invrender``
+    (the default dataset's and :mod:`invrender.fid`'s files live under it)."""
     import os
 
-    base = cache_dir or os.environ.get("INVRENDER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "invrender")
-    root = os.path.join(base, "synthetic-v1")
+    return cache_dir or os.environ.get("INVRENDER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "invrender")
+
+
+def default_dataset(cache_dir: Optional[str] = None, **kwargs) -> str:
+    """The embedded default data: generated on first use into ``cache_dir`` (default
+    ``$INVRENDER_CACHE`` or ``~/.cache/invrender``; :func:`cache_root`)/``synthetic-v1`` and reused
+    afterwards. Returns its root."""
+    import os
+
+    root = os.path.join(cache_root(cache_dir), "synthetic-v1")
     done = os.path.join(root, ".complete")
     if not os.path.exists(done):
         print(f"invrender: generating the default synthetic dataset into {root} (once; later runs reuse it)")

@@ -506,3 +506,71 @@ def _named_tensors(module: nn.Module, prefix: str) -> Iterable:
         yield name, tensor.detach()
     for name, tensor in module.named_buffers(prefix=prefix[:-1]):
         yield name, tensor
+
+
+# ================================================================================================
+# RenderClassifier: the feature network of invrender.fid (IG-GAN's FID, issue 16)
+# ------------------------------------------------------------------------------------------------
+# Kept in its own section at the end of the file; only __all__ below is extended from here.
+# ================================================================================================
+
+class RenderClassifier(nn.Module):
+    """A small CNN that classifies grey renders of the synthetic categories; its pooled features are FID's.
+
+    IG-GAN (Lunz et al. 2020, section 5) computes FID with an Inception network retrained to classify renders of
+    ShapeNet classes; this is our cheap stand-in for 32^2 - 128^2 grey renders (ours): a stem and four
+    stages, each a stride-2 3x3 convolution and a 3x3 convolution, every convolution followed by BatchNorm and
+    ReLU (widths ``width, 2 width, 4 width, feature_dim``); global average pooling to ``feature_dim`` features;
+    a linear classifier. Any image size >= 16 works (the pooling is global); it is trained at one size
+    (:func:`invrender.fid.train_fid_classifier`).
+
+    Args:
+        num_classes: output classes (6: :data:`invrender.synthetic.CATEGORIES`).
+        in_channels: image channels (1: grey renders).
+        width: channels of the first stage.
+        feature_dim: size of the pooled features (FID's ``D``).
+
+    Names: ``stem``, ``stages.<i>`` (``nn.Sequential`` of conv/bn/relu), ``fc``.
+    """
+
+    def __init__(self, num_classes: int = 6, in_channels: int = 1, width: int = 32, feature_dim: int = 256):
+        super().__init__()
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width),
+                            ("feature_dim", feature_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RenderClassifier: argument '{name}' must be a positive int, got {value!r}")
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.width, self.feature_dim = width, feature_dim
+
+        def conv_bn_relu(cin: int, cout: int, stride: int) -> list:
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.stem = nn.Sequential(*conv_bn_relu(in_channels, width, 1))
+        channels = (width, 2 * width, 4 * width, feature_dim)
+        stages, previous = [], width
+        for c in channels:
+            stages.append(nn.Sequential(*conv_bn_relu(previous, c, 2), *conv_bn_relu(c, c, 1)))
+            previous = c
+        self.stages = nn.ModuleList(stages)
+        self.fc = nn.Linear(feature_dim, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    #: Smallest image side: four stride-2 stages leave at least one pixel.
+    min_size = 16
+
+    def features(self, x: Tensor) -> Tensor:
+        """``(N, in_channels, H, W)`` images (grey renders in [0, 1]) -> ``(N, feature_dim)`` pooled features."""
+        _check_images(x, "x", "RenderClassifier", self.in_channels, self.min_size)
+        h = self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+        return h.mean((2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in_channels, H, W)`` images -> ``(N, num_classes)`` logits."""
+        return self.fc(self.features(x))
+
+
+__all__ += ["RenderClassifier"]
