@@ -135,6 +135,16 @@ def train_fid_classifier(image_size: int = 64, objects: Optional[int] = None, st
         ``test_accuracy``, ``steps``, ``seconds`` (training and testing), ``final_loss`` (mean of the last 10
         steps), ``losses`` (every step's loss) and ``config`` (everything needed to rebuild and to retrain it).
     """
+    with torch.enable_grad():  # also when called under no_grad (e.g. from an evaluation that trains it on first use)
+        return _train_fid_classifier(image_size, objects, steps, batch_size, seed, progress, device, **overrides)
+
+
+def _train_fid_classifier(image_size: int = 64, objects: Optional[int] = None, steps: Optional[int] = None,
+                         batch_size: Optional[int] = None, seed: int = 0, progress: bool = True,
+                         device: Union[str, torch.device] = "cpu",
+                         **overrides) -> Tuple[nn.Module, Dict[str, object]]:
+
+    """The implementation of :func:`train_fid_classifier` (gradients enabled by the caller)."""
     from .data import ShadedViews
     from .models.networks import RenderClassifier
 

@@ -376,3 +376,24 @@ def test_cli_exports_shaded_views_and_trains_then_evaluates_through_the_cli(tmp_
                                                                       "iggan", "sofa_cpu.yaml"),
                  "--run-dir", str(run), "--no-progress", *overrides]) == 0
     assert (run / "samples" / "step_00000002" / "samples_visual_hull.png").exists()
+
+
+def test_evaluate_reports_fid_beside_the_learning_free_references(tmp_path, monkeypatch):
+    import invrender.fid as fid
+
+    original = fid.load_fid_classifier
+
+    def small(image_size=64, **kwargs):  # a briefly trained classifier in a temporary cache (the real one: 87 s)
+        return original(16, cache_dir=str(tmp_path / "fid"), progress=False, steps=30, objects=24, batch_size=32)
+
+    monkeypatch.setattr(fid, "load_fid_classifier", small)
+    task, cfg = tiny_config("iggan", eval={"num_samples": 12})
+    model, _ = task.build(cfg, torch.device("cpu"))
+    metrics = _quiet(task.evaluate, model.eval(), cfg, str(tmp_path / "eval"))
+    for key in ("fid", "reference_fid_data", "reference_fid_mean_shape", "reference_fid_boxes"):
+        assert math.isfinite(metrics[key]) and metrics[key] >= 0, key
+    # The data itself is the floor: an untrained generator's samples are farther from the held-out renders.
+    assert metrics["reference_fid_data"] < metrics["fid"]
+    assert 0 <= metrics["classifier_test_accuracy"] <= 1
+    assert (tmp_path / "eval" / "samples.png").exists() and (tmp_path / "eval" / "samples_normals.png").exists()
+    assert torch.load(tmp_path / "eval" / "samples.pt").shape == (12, 1, 16, 16)
