@@ -395,5 +395,9 @@ def test_evaluate_reports_fid_beside_the_learning_free_references(tmp_path, monk
     # The data itself is the floor: an untrained generator's samples are farther from the held-out renders.
     assert metrics["reference_fid_data"] < metrics["fid"]
     assert 0 <= metrics["classifier_test_accuracy"] <= 1
+    assert set(metrics["fid_by_threshold"]) == {"0.1", "0.3", "0.5"}
+    assert metrics["fid_by_threshold"]["0.5"] == metrics["fid"]  # the same samples, seen at the default threshold
+    assert metrics["fid_best_threshold"] == min(metrics["fid_by_threshold"].values())
+    assert metrics["reference_fid_mean_shape_best_threshold"] <= metrics["reference_fid_mean_shape"]
     assert (tmp_path / "eval" / "samples.png").exists() and (tmp_path / "eval" / "samples_normals.png").exists()
     assert torch.load(tmp_path / "eval" / "samples.pt").shape == (12, 1, 16, 16)

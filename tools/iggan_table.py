@@ -24,8 +24,10 @@ def rows(root):
         seconds = sum(h.get("time/step_s", 0.0) * cfg.get("log_every", 1) for h in log)
         out.append({"run": os.path.basename(run), "task": cfg["task"], "category": m["category"], "steps": m["step"],
                     "dom": (cfg.get("model") or {}).get("dom_weight", 100.0) if cfg["task"] == "iggan" else "",
-                    "minutes": seconds / 60, **{k: m[k] for k in ("fid", "reference_fid_data",
-                                                                   "reference_fid_mean_shape", "reference_fid_boxes")}})
+                    "minutes": seconds / 60, "best": m.get("fid_best_threshold"),
+                    "mean_best": m.get("reference_fid_mean_shape_best_threshold"),
+                    **{k: m[k] for k in ("fid", "reference_fid_data", "reference_fid_mean_shape",
+                                         "reference_fid_boxes")}})
     return out
 
 
@@ -34,12 +36,16 @@ def main():
     p.add_argument("root", nargs="?", default="runs/iggan")
     args = p.parse_args()
     table = rows(args.root)
-    print("| run | task | category | steps | DOM weight | train min (approx.) | FID | data (floor) | mean shape | random boxes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | task | category | steps | DOM weight | train min (approx.) | FID (t=0.5) | FID (best t) | "
+          "data (floor) | mean shape (t=0.5) | mean shape (best t) | random boxes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def f(x):
+        return "-" if x is None else f"{x:.1f}"
     for r in sorted(table, key=lambda r: (r["category"], r["steps"], r["task"])):
         print(f"| {r['run']} | {r['task']} | {r['category']} | {r['steps']} | {r['dom']} | {r['minutes']:.0f} | "
-              f"{r['fid']:.1f} | {r['reference_fid_data']:.1f} | {r['reference_fid_mean_shape']:.1f} | "
-              f"{r['reference_fid_boxes']:.1f} |")
+              f"{f(r['fid'])} | {f(r['best'])} | {f(r['reference_fid_data'])} | {f(r['reference_fid_mean_shape'])} | "
+              f"{f(r['mean_best'])} | {f(r['reference_fid_boxes'])} |")
 
 
 if __name__ == "__main__":
