@@ -11,7 +11,6 @@ Results are appended as JSON lines (op ``iggan_train_step``) to ``benchmarks/res
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.harness import RESULTS_DIR, device_name, device_slug, git_commit, time_samples  # noqa: E402
+from benchmarks.harness import device_name, git_commit, record_rows, time_samples  # noqa: E402
 from invrender.models import iggan as G  # noqa: E402
 
 CPU_SIZE = dict(grid_size=32, generator_channels=128, renderer_channels=8, discriminator_channels=32)
@@ -79,12 +78,7 @@ def main():
         print(f"  {variant:12s} step {row['step_s']:.3f} s" + "".join(
             f"\n      {k:40s} {v:.3f} s" for k, v in row.get("breakdown_s", {}).items()), flush=True)
     if not args.no_record:
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        path = os.path.join(RESULTS_DIR, device_slug(device) + ".jsonl")
-        with open(path, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        print(f"appended {len(rows)} results to {os.path.relpath(path)}")
+        record_rows(rows, device)
 
 
 if __name__ == "__main__":

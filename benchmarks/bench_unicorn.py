@@ -30,7 +30,6 @@ Results are appended as JSON lines (op ``unicorn_train_step``) to ``benchmarks/r
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -41,7 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import invrender  # noqa: E402
-from benchmarks.harness import RESULTS_DIR, _sync, device_name, device_slug, git_commit, time_samples  # noqa: E402
+from benchmarks.harness import _sync, device_name, git_commit, record_rows, time_samples  # noqa: E402
 from invrender.models import unicorn as U  # noqa: E402
 from invrender.allocator import retain_freed_memory  # noqa: E402
 from invrender.models.networks import PerceptualLoss, ResNet18  # noqa: E402
@@ -310,12 +309,7 @@ def run(args, device):
     print(f"load average: start {load_start[0]:.2f}, end {load_end[0]:.2f} (1 min)")
 
     if not args.no_record:
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        path = os.path.join(RESULTS_DIR, device_slug(device) + ".jsonl")
-        with open(path, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        print(f"appended {len(rows)} results to {os.path.relpath(path)}")
+        record_rows(rows, device)
     return rows
 
 

@@ -10,7 +10,6 @@ Issue 16: time per call at B = 8 for 32^3 -> 64^2 and 64^3 -> 128^2 (IG-GAN's si
 """
 
 import datetime
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ import torch.nn.functional as Fn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import invrender  # noqa: E402
-from benchmarks.harness import (RESULTS_DIR, device_name, device_slug, git_commit, parse_args,  # noqa: E402
+from benchmarks.harness import (device_name, git_commit, parse_args, record_rows,  # noqa: E402
                                 print_row, time_fn)
 from invrender.mesh import voxel_surface  # noqa: E402
 from invrender.renderers import render_shaded, render_voxel_surface, sample_thresholds  # noqa: E402
@@ -80,12 +79,7 @@ def main():
                 print_row(row)
                 print(f"{'':38s} batched vs per-mesh: {results['per-mesh']['forward_ms'] / results['invrender']['forward_ms']:.2f}x")
         if rows and not args.no_record:
-            os.makedirs(RESULTS_DIR, exist_ok=True)
-            path = os.path.join(RESULTS_DIR, device_slug(device) + ".jsonl")
-            with open(path, "a") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
-            print(f"appended {len(rows)} results to {os.path.relpath(path)}")
+            record_rows(rows, device)
 
 
 if __name__ == "__main__":

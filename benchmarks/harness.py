@@ -197,13 +197,19 @@ def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int
         print_row(row)
         del inputs
     if record:
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        path = os.path.join(RESULTS_DIR, device_slug(device) + ".jsonl")
-        with open(path, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        print(f"appended {len(rows)} results to {os.path.relpath(path)}")
+        record_rows(rows, device)
     return rows
+
+
+def record_rows(rows: List[dict], device: torch.device) -> str:
+    """Append result rows as JSON lines to ``benchmarks/results/<device>.jsonl``; returns the path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, device_slug(device) + ".jsonl")
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"appended {len(rows)} results to {os.path.relpath(path)}")
+    return path
 
 
 def _fmt_bytes(n):

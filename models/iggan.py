@@ -137,6 +137,24 @@ def _upsamplings(size: int) -> int:
     return int(math.log2(size)) - 2  # from 4 to size
 
 
+def _upconv_stack(dims: int, latent_dim: int, top: int, size: int, floor: int = 1) -> nn.Sequential:
+    """DCGAN-style generator body in 2D or 3D: a 4^dims transposed convolution from the latent to ``top``
+    channels, then transposed convolutions (kernel 4, stride 2, padding 1) halving the channels (not below
+    ``floor``) up to ``size``, BatchNorm + ReLU between, the last to one channel."""
+    conv, bn = (nn.ConvTranspose3d, nn.BatchNorm3d) if dims == 3 else (nn.ConvTranspose2d, nn.BatchNorm2d)
+    n = _upsamplings(size)
+    layers = [conv(latent_dim, top, 4, 1, 0, bias=False), bn(top), nn.ReLU(True)]
+    c = top
+    for i in range(n):
+        last = i == n - 1
+        out = 1 if last else max(c // 2, floor)
+        layers.append(conv(c, out, 4, 2, 1, bias=last))
+        if not last:
+            layers += [bn(out), nn.ReLU(True)]
+        c = out
+    return nn.Sequential(*layers)
+
+
 class Generator3D(nn.Module):
     """3D-GAN generator (Wu et al. 2016): ``z (B, latent_dim)`` -> occupancy ``(B, 1, N, N, N)`` in [0, 1].
 
@@ -148,17 +166,7 @@ class Generator3D(nn.Module):
     def __init__(self, grid_size: int = 64, latent_dim: int = 200, channels: int = 512):
         super().__init__()
         self.grid_size, self.latent_dim = grid_size, latent_dim
-        n = _upsamplings(grid_size)
-        layers = [nn.ConvTranspose3d(latent_dim, channels, 4, 1, 0, bias=False), nn.BatchNorm3d(channels), nn.ReLU(True)]
-        c = channels
-        for i in range(n):
-            last = i == n - 1
-            out = 1 if last else c // 2
-            layers.append(nn.ConvTranspose3d(c, out, 4, 2, 1, bias=last))
-            if not last:
-                layers += [nn.BatchNorm3d(out), nn.ReLU(True)]
-            c = out
-        self.main = nn.Sequential(*layers)
+        self.main = _upconv_stack(3, latent_dim, channels, grid_size)
 
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
@@ -173,18 +181,8 @@ class Generator2D(nn.Module):
     def __init__(self, image_size: int = 128, latent_dim: int = 200, channels: int = 64):
         super().__init__()
         self.image_size, self.latent_dim = image_size, latent_dim
-        n = _upsamplings(image_size)
-        top = channels * 2 ** min(n - 1, 3)
-        layers = [nn.ConvTranspose2d(latent_dim, top, 4, 1, 0, bias=False), nn.BatchNorm2d(top), nn.ReLU(True)]
-        c = top
-        for i in range(n):
-            last = i == n - 1
-            out = 1 if last else max(c // 2, channels)
-            layers.append(nn.ConvTranspose2d(c, out, 4, 2, 1, bias=last))
-            if not last:
-                layers += [nn.BatchNorm2d(out), nn.ReLU(True)]
-            c = out
-        self.main = nn.Sequential(*layers)
+        top = channels * 2 ** min(_upsamplings(image_size) - 1, 3)
+        self.main = _upconv_stack(2, latent_dim, top, image_size, floor=channels)
 
     def forward(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
@@ -508,14 +506,6 @@ class _Cached(torch.utils.data.Dataset):
         if i not in self._items:
             self._items[i] = {k: v for k, v in self.base[i].items() if k in ("image", "label", "object")}
         return self._items[i]
-
-
-def _seconds(fn):
-    import time
-
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 class IgganTask:

@@ -10,11 +10,21 @@ import pytest
 from invrender import allocator
 
 
-def _run(code: str, env=None) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+def _run(code: str, env=None, *args: str) -> str:
+    """Runs ``code`` in a fresh interpreter (the allocator setting is process-wide); its stdout."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
                          env=dict(os.environ, **(env or {})), timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+# The two allocator settings, as a snippet's first lines: it reads the mode from its last argument.
+_SETTING = """
+    import sys, torch
+    from invrender.allocator import retain_freed_memory
+    if sys.argv[-1] == "retain":
+        assert retain_freed_memory(True)
+"""
 
 
 glibc = pytest.mark.skipif(allocator._libc() is None, reason="needs glibc's mallopt")
@@ -24,24 +34,18 @@ glibc = pytest.mark.skipif(allocator._libc() is None, reason="needs glibc's mall
 def test_freed_large_blocks_are_reused_without_new_page_faults():
     # Allocate and free a 256 MiB tensor ten times: with glibc's defaults every allocation is a fresh mmap whose
     # pages fault in again (65536 minor faults each); once freed memory is retained, the block is reused.
-    code = """
-        import resource, sys, torch
-        from invrender.allocator import retain_freed_memory
-        if sys.argv[-1] == "retain":
-            assert retain_freed_memory(True)
-        def faults():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(2):  # the heap grows to its size (the first reuse may still fault once)
-            torch.ones(64 << 20)
-        start = faults()
-        for _ in range(10):
-            torch.ones(64 << 20)
-        print(faults() - start)
+    code = _SETTING + """
+    import resource
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):  # the heap grows to its size (the first reuse may still fault once)
+        torch.ones(64 << 20)
+    start = faults()
+    for _ in range(10):
+        torch.ones(64 << 20)
+    print(faults() - start)
     """
-    default = int(subprocess.run([sys.executable, "-c", textwrap.dedent(code), "default"], capture_output=True,
-                                 text=True, timeout=120, check=True).stdout)
-    retained = int(subprocess.run([sys.executable, "-c", textwrap.dedent(code), "retain"], capture_output=True,
-                                  text=True, timeout=120, check=True).stdout)
+    default, retained = (int(_run(code, None, mode)) for mode in ("default", "retain"))
     pages = (256 << 20) // 4096
     assert default >= 8 * pages      # the defaults fault (nearly) every one of the 10 allocations in again
     # retained: the freed block is reused; the kernel's NUMA balancing may still count a few hinting faults
@@ -50,22 +54,16 @@ def test_freed_large_blocks_are_reused_without_new_page_faults():
 
 @glibc
 def test_freed_block_stays_resident_only_when_retained():
-    code = """
-        import sys, torch
-        from invrender.allocator import retain_freed_memory
-        if sys.argv[-1] == "retain":
-            assert retain_freed_memory(True)
-        def resident():
-            return int(open("/proc/self/statm").read().split()[1]) * 4096
-        base = resident()
-        x = torch.ones(64 << 20)
-        del x
-        print(resident() - base)
+    code = _SETTING + """
+    def resident():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
+    base = resident()
+    x = torch.ones(64 << 20)
+    del x
+    print(resident() - base)
     """
-    run = lambda mode: int(subprocess.run([sys.executable, "-c", textwrap.dedent(code), mode], capture_output=True,
-                                          text=True, timeout=120, check=True).stdout)
-    assert run("default") < (16 << 20)    # unmapped on free
-    assert run("retain") >= (256 << 20)   # kept in the heap for the next step
+    assert int(_run(code, None, "default")) < (16 << 20)    # unmapped on free
+    assert int(_run(code, None, "retain")) >= (256 << 20)   # kept in the heap for the next step
 
 
 @glibc
