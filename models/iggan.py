@@ -454,12 +454,12 @@ class IgganModel(nn.Module):
 
     def pretrain_renderer(self, steps: int, batch_size: int, optimizers, shapes: str = "boxes",
                           generator: Optional[torch.Generator] = None, progress: Optional[bool] = False,
-                          shape_fn=None, lr: Optional[float] = None) -> List[float]:
+                          shape_fn=None, lr: Optional[float] = None, reduce_gradients=None) -> List[float]:
         """Pre-trains the neural renderer by L2 on ``steps`` batches of random boxes (``shapes="boxes"``, Table 3's
         "Random") or of grids from ``shape_fn(batch) -> (B, 1, N, N, N)`` (another category), random views and
         thresholds; no DOM (the discriminator is untrained), at learning rate ``lr`` (default the renderer's;
         its optimizer's rate is restored afterwards). ``progress``: a progress bar (None: only on a terminal).
-        Returns the losses."""
+        ``reduce_gradients(params)``, when given, runs before each step (data parallelism). Returns the losses."""
         from tqdm.auto import tqdm
 
         if self.renderer is None:
@@ -482,7 +482,8 @@ class IgganModel(nn.Module):
             rotation = self.sample_rotations(batch_size, generator)
             thresholds = self.sample_thresholds(batch_size, generator)
             target = self.render_offtheshelf(voxels, rotation, thresholds)
-            out = self.renderer_step(voxels, rotation, thresholds, target, optimizers, with_dom=False)
+            out = self.renderer_step(voxels, rotation, thresholds, target, optimizers, with_dom=False,
+                                     reduce_gradients=reduce_gradients)
             losses.append(float(out["renderer_loss"]))
         for g, rate in zip(groups, saved):
             g["lr"] = rate
@@ -639,7 +640,7 @@ class IgganTask:
             p = pre["pretrain"]
             losses = model.pretrain_renderer(int(p["steps"]), int(p.get("batch_size", 16)), optimizers,
                                              shape_fn=self._pretrain_shapes(pre, model, p.get("shapes", "boxes")),
-                                             progress=None, lr=p.get("lr"))
+                                             progress=None, lr=p.get("lr"), reduce_gradients=average_gradients)
             out["pretrain_renderer_loss"] = losses[-1]
         out.update(model.train_step(batch["image"], optimizers, reduce_gradients=average_gradients))
         broadcast_buffers(model)

@@ -312,7 +312,7 @@ def _ddp_worker(rank, world_size, port, out):
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    task, cfg = tiny_config(steps=2, shuffle=False)
+    task, cfg = tiny_config(steps=2, shuffle=False, pretrain={"steps": 2, "batch_size": 2})  # pre-training too
     trainer = training.Trainer(task, cfg, os.path.join(out, "ddp"), device="cpu", progress=False)
     _quiet(trainer.fit)
     model = training.unwrap(trainer.model)
@@ -320,8 +320,9 @@ def _ddp_worker(rank, world_size, port, out):
 
 
 def test_trains_data_parallel_with_two_processes(tmp_path):
-    """Two gloo processes: every optimizer's gradients are averaged before its step, batchnorm statistics are
-    copied from rank 0, so both processes end with the same parameters and buffers."""
+    """Two gloo processes: every optimizer's gradients (the neural renderer's pre-training included) are averaged
+    before its step, batchnorm statistics are copied from rank 0, so both processes end with the same parameters
+    and buffers."""
     _spawn(_ddp_worker, (2, _free_ports(1)[0], str(tmp_path)), nprocs=2, timeout=300)
     s0, s1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert s0.keys() == s1.keys()
