@@ -196,6 +196,17 @@ def test_dom_weight_zero_is_the_ablation():
                         rel_tol=1e-5)
 
 
+def test_summed_l2_is_the_per_pixel_l2_times_the_pixels():
+    outs = []
+    for reduction in ("mean", "sum"):
+        torch.manual_seed(0)
+        model = G.IgganModel(G.IgganConfig(dom_weight=0.0, l2_reduction=reduction, **TINY_MODEL))
+        outs.append(model.train_step(torch.rand(4, 1, 16, 16), model.configure_optimizers()))
+    assert math.isclose(float(outs[1]["renderer_l2"]), 16 * 16 * float(outs[0]["renderer_l2"]), rel_tol=1e-5)
+    with pytest.raises(ConfigError, match="l2_reduction"):
+        G.IgganConfig(l2_reduction="max")
+
+
 def test_pretraining_teaches_the_neural_renderer_more_than_a_black_image():
     # After pre-training on a few boxes, the neural renderer's images of new views of them are closer to the
     # off-the-shelf renders than a black image (the trivial guess on mostly-background renders) is.
@@ -402,3 +413,30 @@ def test_evaluate_reports_fid_beside_the_learning_free_references(tmp_path, monk
     assert metrics["reference_fid_mean_shape_best_threshold"] <= metrics["reference_fid_mean_shape"]
     assert (tmp_path / "eval" / "samples.png").exists() and (tmp_path / "eval" / "samples_normals.png").exists()
     assert torch.load(tmp_path / "eval" / "samples.pt").shape == (12, 1, 16, 16)
+    # 3D set metrics beside the same references: one shape covers exactly one of the held-out objects.
+    n = metrics["num_shapes"]
+    assert n == 4  # data.objects: 4 held-out objects to measure against
+    for key in ("shape_best", "reference_shape_data", "reference_shape_mean_shape", "reference_shape_boxes"):
+        m = metrics[key]
+        assert 0 <= m["mmd"] <= 1 and 0 < m["coverage"] <= 1 and 0 <= m["nna"] <= 1, key
+        assert m["azimuth"] % 10 == 0 and m["threshold"] in (0.1, 0.3, 0.5), key
+    assert metrics["reference_shape_mean_shape"]["coverage"] == 1 / n
+    assert metrics["reference_shape_data"]["threshold"] == 0.5
+
+
+def test_shape_metrics_undo_a_turn_about_the_vertical_axis():
+    # Held-out objects turned by 90 degrees about the vertical axis, as a generator may hold them: the metrics
+    # find the turn back and score the set as the references themselves (MMD 0, full coverage, 1-NNA 0: every
+    # shape's nearest neighbour is its twin); unturned, they would be far.
+    task, cfg = tiny_config("iggan", eval={"num_shapes": 4}, model={"grid_size": 16})
+    refs = task._voxelized(cfg, "test", 4, 16)
+    turned = invrender.rotate_voxels(refs, invrender.rotation_matrix(math.pi / 2))
+    mean = refs.mean(0, keepdim=True)
+    m = task._shape_metrics(cfg, 16, turned, mean, [0.5], seed=0)
+    best = m["shape_best"]
+    assert best["azimuth"] in (90.0, 270.0)
+    assert best["mmd"] < 1e-6 and best["coverage"] == 1.0 and best["nna"] == 0.0
+    from invrender.metrics import pairwise_voxel_iou_distance
+
+    assert pairwise_voxel_iou_distance(turned, refs).diagonal().min() > 0.1  # the turn matters
+    assert m["reference_shape_mean_shape"]["coverage"] == 0.25

@@ -323,6 +323,97 @@ def test_iou_bad_inputs():
 
 
 # ------------------------------------------------------------------------------------------------
+# Shape-generation metrics (MMD, coverage, 1-NNA)
+
+
+def test_pairwise_voxel_iou_distance_matches_scipy_jaccard():
+    from scipy.spatial.distance import cdist
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(7, 1, 5, 5, 5, generator=g)
+    b = torch.rand(5, 1, 5, 5, 5, generator=g) * 0.9
+    a[3] = 0  # an empty grid
+    b[1] = 0
+    for threshold in (0.5, 0.7):
+        xa = (a > threshold).flatten(1).numpy()
+        xb = (b > threshold).flatten(1).numpy()
+        want = np.nan_to_num(cdist(xa, xb, "jaccard"))  # scipy: empty vs empty -> 0 (nan in old versions)
+        got = M.pairwise_voxel_iou_distance(a, b, threshold=threshold, chunk=3)
+        assert got.shape == (7, 5) and got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
+    assert M.pairwise_voxel_iou_distance(a[3:4], b[1:2]).item() == 0.0  # empty vs empty
+    assert M.pairwise_voxel_iou_distance(a[3:4], a[:1]).item() == 1.0   # empty vs not
+    torch.testing.assert_close(M.pairwise_voxel_iou_distance(a, a).diagonal(), torch.zeros(7, dtype=DT))
+
+
+def oracle_generation_metrics(xy, xx, yy):
+    """MMD, coverage and 1-NNA by explicit loops over shapes (numpy distance matrices)."""
+    G, R = xy.shape
+    mmd = np.mean([min(xy[g, r] for g in range(G)) for r in range(R)])
+    matched = {min(range(R), key=lambda r: xy[g, r]) for g in range(G)}
+    score = 0.0
+    for i in range(G + R):
+        if i < G:
+            same = min(xx[i, j] for j in range(G) if j != i)
+            other = min(xy[i, r] for r in range(R))
+        else:
+            same = min(yy[i - G, j] for j in range(R) if j != i - G)
+            other = min(xy[g, i - G] for g in range(G))
+        score += 1.0 if same < other else 0.5 if same == other else 0.0
+    return {"mmd": mmd, "coverage": len(matched) / R, "nna": score / (G + R)}
+
+
+def test_generation_metrics_match_loops_on_point_sets():
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    for G, R, shift in ((6, 9, 0.0), (10, 4, 0.5), (8, 8, 3.0)):
+        x = rng.normal(size=(G, 2)) + shift
+        y = rng.normal(size=(R, 2))
+        got = M.generation_metrics(cdist(x, y), cdist(x, x), torch.from_numpy(cdist(y, y)))
+        want = oracle_generation_metrics(cdist(x, y), cdist(x, x), cdist(y, y))
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], abs=1e-12), k
+
+
+def test_generation_metrics_closed_cases():
+    from scipy.spatial.distance import cdist
+
+    y = np.arange(10.0)[:, None]
+    # A generator of one shape (ten copies of the reference's middle): it covers 1 of 10.
+    x = np.full((10, 1), 4.0)
+    m = M.generation_metrics(cdist(x, y), cdist(x, x), cdist(y, y))
+    assert m["coverage"] == pytest.approx(0.1)
+    assert m["mmd"] == pytest.approx(np.abs(y[:, 0] - 4.0).mean())
+    # Memorised reference set: every shape's nearest neighbour is its twin in the other set -> 1-NNA 0,
+    # coverage 1, MMD 0. Far-away samples: the classifier separates the sets perfectly -> 1-NNA 1.
+    m = M.generation_metrics(cdist(y, y), cdist(y, y), cdist(y, y))
+    assert (m["mmd"], m["coverage"], m["nna"]) == (0.0, 1.0, 0.0)
+    far = y + 100.0
+    m = M.generation_metrics(cdist(far, y), cdist(far, far), cdist(y, y))
+    assert m["nna"] == 1.0 and m["coverage"] == pytest.approx(0.1) and m["mmd"] == pytest.approx(100.0 - 4.5)  # all matched to 100
+
+
+def test_generation_metrics_bad_inputs():
+    d = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="d_gen_gen"):
+        M.generation_metrics(d, np.zeros((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="d_ref_ref"):
+        M.generation_metrics(d, np.zeros((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="d_gen_ref"):
+        M.generation_metrics(np.zeros((1, 4)), np.zeros((1, 1)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="non-finite"):
+        M.generation_metrics(np.full((3, 4), np.nan), np.zeros((3, 3)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="same shape"):
+        M.pairwise_voxel_iou_distance(torch.zeros(2, 4, 4, 4), torch.zeros(2, 4, 4, 5))
+    with pytest.raises(TypeError, match="'b'"):
+        M.pairwise_voxel_iou_distance(torch.zeros(2, 4, 4, 4), np.zeros((2, 4, 4, 4)))
+    with pytest.raises(ValueError, match="chunk"):
+        M.pairwise_voxel_iou_distance(torch.zeros(2, 4), torch.zeros(2, 4), chunk=0)
+
+
+# ------------------------------------------------------------------------------------------------
 # PSNR and SSIM
 
 
