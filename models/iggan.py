@@ -700,7 +700,7 @@ class IgganTask:
         other training objects (the floor), the mean training shape (one shape: coverage ``1 / N``) and random
         boxes. The data fixes the generator's frame only up to a turn about the vertical axis (every azimuth is
         seen), so each set is first turned by the azimuth (10-degree steps) of lowest MMD; the 3D variants'
-        grids are binarised at each of ``thresholds`` and the threshold of lowest 1-NNA (then MMD) is reported as
+        grids are binarised at each of ``thresholds`` and the threshold of lowest MMD is reported as
         ``shape_best`` (its MMD, coverage, 1-NNA, threshold and azimuth)."""
         from invrender.metrics import generation_metrics, pairwise_voxel_iou_distance
 
@@ -724,7 +724,7 @@ class IgganTask:
                 m = generation_metrics(pairwise_voxel_iou_distance(turned, reference, t),
                                        pairwise_voxel_iou_distance(turned, turned, t), d_rr)
                 m.update(threshold=float(t), azimuth=float(angles[k]))
-                if best is None or (m["nna"], m["mmd"]) < (best["nna"], best["mmd"]):
+                if best is None or m["mmd"] < best["mmd"]:
                     best = m
             return best
 
