@@ -1,0 +1,668 @@
+"""UMR: self-supervised single-view mesh reconstruction with semantic part consistency (Li et al. 2020,
+"Self-supervised Single-view 3D Reconstruction via Semantic Consistency", ECCV; NVlabs/UMR, on CMR's code).
+
+From images, silhouettes and 2-D part segmentations (SCOPS in the paper; ground truth, optionally corrupted, on
+the synthetic data), with no 3-D supervision and no keypoints, UMR learns per image a mesh (a category template
+plus symmetric per-vertex offsets), a texture flow (where each texel of a UV map is sampled in the input image)
+and a weak-perspective camera. Its contribution: 2-D part maps made consistent with a *canonical semantic UV
+map* shared by every instance resolve the camera-shape ambiguity (section 3.1), and the template is learned
+from a sphere by EM (section 3.2).
+
+Building blocks, each unit-tested (``tests/test_umr.py``):
+
+- :func:`symmetric_template`: the 642-vertex icosphere, left / right vertices paired (mirror symmetry);
+- :class:`UmrModel`: CMR's reconstruction network (ResNet-18 -> 200-d; shape, camera-multiplex and texture-flow
+  decoders) and its renderer (:func:`invrender.rasterize` + :func:`invrender.softras_blend`);
+- the losses: :func:`semantic_uv_maps` / :func:`canonical_uv_map` (eq. 1), :func:`part_probability_loss`
+  (eq. 2), :func:`vertex_part_loss` (eq. 3), :func:`texture_cycle_loss` (eqs. 5-6, face centroids through
+  :func:`invrender.face_pixel_centroids`: never a dense face-by-pixel tensor), :func:`texture_dt_loss`,
+  :func:`camera_entropy`, mask negative IoU, Laplacian, flatten and deformation;
+- the EM template update (eq. 4, :meth:`UmrModel.m_step`) with the appendix's selection of consistent samples;
+- :class:`UmrTask`: ``invrender train umr`` in the paper's stages, ``invrender eval`` (mask IoU, keypoint
+  transfer PCK via texture flow and via camera, and on synthetic data pose error and Chamfer-L1).
+
+Defaults are the paper's or its code's (marked "(code)", from ``../shared/reference-notes.md``); "(ours)" marks
+choices the paper leaves open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+import invrender
+from invrender.errors import ConfigError
+
+from .networks import ResNet18
+
+__all__ = ["UmrConfig", "UmrModel", "UmrTask", "camera_entropy", "canonical_uv_map", "part_probability_loss",
+           "semantic_uv_maps", "symmetric_template", "texture_cycle_loss", "texture_dt_loss", "vertex_part_loss"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class UmrConfig:
+    """Hyper-parameters of :class:`UmrModel` (the paper and its code unless marked)."""
+
+    image_size: int = 256               # (code) SoftRas at 256 x 256; 64 for CPUs (configs/umr/*_cpu.yaml)
+    num_parts: int = 4                  # SCOPS parts on CUB (code): head, neck, belly, back
+    feature_dim: int = 200              # (code) ResNet-18 -> 200-d
+    template_level: int = 3             # 642 vertices (code)
+    template_radius: float = 0.75       # (ours) the sphere fills 3/4 of the view at scale 1
+    num_cameras: int = 8                # (code) camera multiplex
+    uv_size: Tuple[int, int] = (128, 256)  # (ours) texture-flow UV map (H, W); CPU configs (32, 64)
+    flow_channels: int = 128            # (ours) width of the texture-flow decoder
+    layers: int = 25                    # faces kept per pixel for the soft rasteriser (ours, as UNICORN)
+    sigma: float = 1e-5                 # (code) SoftRas blur at 256^2; scale by (256 / image_size)^2 for less
+    gamma: float = 1e-4                 # (code) SoftRas depth temperature
+    lr: float = 1e-4                    # (code) Adam
+    lr_decay: float = 5e-4              # (code) lr / (1 + lr_decay * iteration)
+    betas: Tuple[float, float] = (0.9, 0.999)
+    # Loss weights (code; reference-notes).
+    mask_weight: float = 2.5
+    laplacian_weight: float = 0.15
+    flatten_weight: float = 5e-4
+    deform_weight: float = 1.0
+    texture_weight: float = 3.0         # perceptual with VGG weights from a file; masked L1 without (ours)
+    texture_dt_weight: float = 3.0
+    texture_cycle_weight: float = 1.0
+    gan_weight: float = 1.0
+    camera_entropy_weight: float = 0.05
+    part_probability_weight: float = 5.0
+    part_vertex_weight: float = 10.0
+    part_pixels: int = 128              # (ours) pixels sampled per part for eq. 3's Chamfer
+    cycle_samples: int = 6              # (ours) N_c texture-flow samples per face in eq. 5
+    select_fraction: float = 0.5        # (ours) share of the M-step's samples kept in Q and U (the appendix's top k)
+    perceptual_weights: Optional[str] = None  # VGG16 weights file (torchvision layout); None: masked L1
+
+    def __post_init__(self):
+        def fail(name, expected, value):
+            raise ConfigError(f"umr: model.{name} must be {expected}, got {value!r}")
+
+        for name, lo in (("image_size", 32), ("num_parts", 1), ("feature_dim", 1), ("num_cameras", 1),
+                         ("flow_channels", 1), ("layers", 1), ("part_pixels", 1), ("cycle_samples", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                fail(name, f"an int >= {lo}", v)
+        if isinstance(self.template_level, bool) or not isinstance(self.template_level, int) or \
+                not 1 <= self.template_level <= 5:
+            fail("template_level", "an int in [1, 5]", self.template_level)
+        uv = self.uv_size
+        if (not isinstance(uv, (tuple, list)) or len(uv) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 8 and x % 8 == 0 for x in uv)):
+            fail("uv_size", "a pair (H, W) of multiples of 8", uv)
+        self.uv_size = tuple(uv)
+        for name in ("template_radius", "sigma", "gamma", "lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                fail(name, "a positive number", v)
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_weight") or f.name == "lr_decay":
+                v = getattr(self, f.name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                    fail(f.name, "a number >= 0", v)
+        if not 0 < self.select_fraction <= 1:
+            fail("select_fraction", "a number in (0, 1]", self.select_fraction)
+        b = self.betas
+        if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(0 <= x < 1 for x in b)):
+            fail("betas", "a pair in [0, 1)", b)
+        self.betas = tuple(float(x) for x in b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Template
+
+
+def symmetric_template(level: int = 3, radius: float = 1.0, dtype=torch.float32) -> Tuple[Tensor, Tensor, Tensor]:
+    """The icosphere as CMR's symmetric template: ``verts (V, 3)``, ``faces (F, 3)`` and ``mirror (V,)``, the
+    index of each vertex's reflection through the plane ``x = 0`` (itself on the plane). The icosahedron's
+    standard orientation is symmetric under ``x -> -x`` and subdivision keeps it, so every reflected vertex is
+    a vertex (found to 1e-9); level 3 gives CMR / UMR's 642 vertices."""
+    verts, faces = invrender.mesh.icosphere(level, radius, dtype=torch.float64)
+    reflected = verts * verts.new_tensor([-1.0, 1.0, 1.0])
+    d, mirror = (reflected[:, None] - verts[None]).norm(dim=-1).min(1)
+    if float(d.max()) > 1e-9 * max(1.0, radius):
+        raise RuntimeError("symmetric_template: the icosphere is not mirror-symmetric in x (internal error)")
+    return verts.to(dtype), faces, mirror
+
+
+def _vertex_uvs(verts: Tensor) -> Tensor:
+    """Spherical UVs of points ``(V, 3)`` (u around y from +z toward +x, v down from the +y pole), the map
+    :func:`invrender.mesh.spherical_uvs` uses per face corner: Phi, from UV space to the template surface."""
+    x, y, z = verts.unbind(-1)
+    r = verts.norm(dim=-1).clamp_min(1e-12)
+    u = (torch.atan2(x, z) + math.pi) / (2 * math.pi)
+    v = torch.acos((y / r).clamp(-1, 1)) / math.pi
+    return torch.stack([u, v], -1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses (unit-tested one by one)
+
+
+def _grid_to_ndc(grid: Tensor) -> Tensor:
+    """``grid_sample`` coordinates (x right, y down, [-1, 1]) -> NDC (x right, y up)."""
+    return grid * grid.new_tensor([1.0, -1.0])
+
+
+def semantic_uv_maps(parts: Tensor, flow: Tensor) -> Tensor:
+    """Each instance's semantic UV map ``I_flow(P)`` (the summand of eq. 1): the part maps ``parts (B, Np, H, W)``
+    sampled bilinearly at the texture flow ``flow (B, Hu, Wu, 2)`` (``grid_sample`` coordinates: x right, y down,
+    [-1, 1]; ``align_corners=False``). Returns ``(B, Np, Hu, Wu)``."""
+    return F.grid_sample(parts, flow, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def canonical_uv_map(uv_maps: Tensor, selected: Optional[Tensor] = None) -> Tensor:
+    """Eq. 1: the canonical semantic UV map, the mean of the instance maps ``uv_maps (N, Np, Hu, Wu)`` over the
+    subset ``selected`` (a boolean ``(N,)`` or indices; all when None). Returns ``(Np, Hu, Wu)``."""
+    if selected is not None:
+        uv_maps = uv_maps[selected]
+    if uv_maps.shape[0] == 0:
+        raise ValueError("canonical_uv_map: argument 'selected' selects no sample")
+    return uv_maps.mean(0)
+
+
+def part_probability_loss(rendered_parts: Tensor, parts: Tensor) -> Tensor:
+    """Eq. 2: ``||P - R(Phi(P_uv); theta)||^2`` per image, as the mean squared error over parts and pixels
+    (the paper: MSE, more robust than KL). ``rendered_parts`` and ``parts``: ``(B, Np, H, W)``. Returns ``(B,)``."""
+    return (rendered_parts - parts).pow(2).flatten(1).mean(1)
+
+
+def vertex_part_loss(points: Tensor, vertex_part: Tensor, part_labels: Tensor, num_parts: int,
+                     pixels: int = 128, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Eq. 3: ``sum_p 1/|V_p| Chamfer(R(V_p; theta), Y_p)`` per image.
+
+    Args:
+        points: ``(B, V, 2)`` the template's vertices projected to NDC by each image's camera.
+        vertex_part: ``(V,)`` int64 part of each template vertex (from the canonical UV map), -1 for none.
+        part_labels: ``(B, H, W)`` int64 the image's part label per pixel (0 background, ``1..Np`` the parts).
+        num_parts: ``Np``.
+        pixels: pixels drawn per part and image (all when fewer): the set ``Y_p``.
+        generator: for drawing the pixels.
+
+    The Chamfer distance is the squared one, each direction averaged over its points (so the ``1 / |V_p|`` of
+    the vertex direction is built in); a part absent from the image, or without template vertices, adds 0.
+
+    Returns ``(B,)``.
+    """
+    B, H, W = part_labels.shape
+    dtype, device = points.dtype, points.device
+    xs = (2 * torch.arange(W, device=device, dtype=dtype) + 1 - W) / W
+    ys = (H - 2 * torch.arange(H, device=device, dtype=dtype) - 1) / H
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)  # (H W, 2) (x, y)
+    total = points.new_zeros(B)
+    labels = part_labels.reshape(B, -1)
+    for p in range(num_parts):
+        vp = (vertex_part == p).nonzero().squeeze(1)
+        if vp.numel() == 0:
+            continue
+        x = points[:, vp]                                              # (B, Vp, 2)
+        inside = labels == p + 1                                       # (B, H W)
+        count = inside.sum(1)
+        if int(count.max()) == 0:
+            continue
+        # Draw up to `pixels` of each image's part-p pixels: random keys, part pixels first.
+        keys = torch.rand(B, H * W, generator=generator, device="cpu").to(device)
+        keys = torch.where(inside, keys, keys + 2.0)
+        take = min(pixels, H * W)
+        order = keys.topk(take, dim=1, largest=False).indices          # (B, take)
+        y = grid[order]                                                # (B, take, 2)
+        lengths = count.clamp(max=take)
+        has = lengths > 0
+        d = invrender.chamfer_distance(x, y, y_lengths=lengths, batch_reduction=None)
+        total = total + torch.where(has, d, torch.zeros_like(d))
+    return total
+
+
+def face_uv_samples(face_uvs: Tensor, samples: int) -> Tensor:
+    """``samples`` fixed points inside each face's UV triangle ``face_uvs (F, 3, 2)`` (a symmetric barycentric
+    pattern: the centroid, then points halfway to each corner, ...). Returns ``(F, samples, 2)``."""
+    pattern = [(1 / 3, 1 / 3, 1 / 3)]
+    for t in (0.5, 0.2, 0.65):
+        for k in range(3):
+            b = [(1 - t) / 3 * 1.0] * 3
+            b[k] += t
+            pattern.append(tuple(b))
+    bary = face_uvs.new_tensor(pattern[:samples] if samples <= len(pattern) else
+                               pattern + [pattern[0]] * (samples - len(pattern)))
+    return torch.einsum("sk,fkc->fsc", bary, face_uvs)
+
+
+def texture_cycle_loss(flow_at_faces: Tensor, centroids: Tensor, total: Tensor, eps: float = 1e-6) -> Tensor:
+    """Eqs. 5-6: ``1/|F| sum_j ||C_in^j - C_out^j||^2`` per image, over the faces the render covers.
+
+    Args:
+        flow_at_faces: ``(B, F, Nc, 2)`` the texture flow (NDC, y up) at ``Nc`` UV points inside each face:
+            where the flow fetches face ``j``'s texture in the image; ``C_in^j`` is their mean.
+        centroids: ``(B, F, 2)`` ``C_out^j``: the probability-weighted centroid of the pixels face ``j`` covers
+            (:func:`invrender.face_pixel_centroids`).
+        total: ``(B, F)`` the faces' total weight; faces below ``eps`` (not rendered) are left out.
+
+    Returns ``(B,)`` (0 for an image that covers no face).
+    """
+    c_in = flow_at_faces.mean(2)
+    err = (c_in - centroids).pow(2).sum(-1)
+    seen = (total > eps).to(err.dtype)
+    return (err * seen).sum(1) / seen.sum(1).clamp_min(1.0)
+
+
+def texture_dt_loss(flow: Tensor, distance: Tensor) -> Tensor:
+    """CMR's texture distance-transform loss: the mean, over the UV map, of the distance of the flow's sample
+    point to the silhouette (``distance (B, 1, H, W)``: 0 inside the mask, growing outside, e.g.
+    ``scipy.ndimage.distance_transform_edt`` of the background in NDC units), so the flow fetches colours from the
+    object. ``flow (B, Hu, Wu, 2)``; returns ``(B,)``."""
+    return F.grid_sample(distance, flow, mode="bilinear", padding_mode="border", align_corners=False).flatten(1).mean(1)
+
+
+def camera_entropy(prob: Tensor) -> Tensor:
+    """The camera multiplex's entropy ``-sum_k p_k log p_k`` per image, ``prob (B, K)`` -> ``(B,)``."""
+    return -(prob * prob.clamp_min(1e-12).log()).sum(1)
+
+
+def mask_distance(mask: Tensor) -> Tensor:
+    """Distance (NDC units: 2 / image width per pixel) from each pixel to the nearest mask pixel,
+    ``mask (B, 1, H, W)`` -> ``(B, 1, H, W)``, 0 inside; an empty mask gives 0 everywhere (no pull)."""
+    from scipy import ndimage
+
+    out = torch.zeros_like(mask, dtype=torch.float32, device="cpu")
+    m = (mask > 0.5).cpu().numpy()
+    for b in range(m.shape[0]):
+        if m[b, 0].any():
+            out[b, 0] = torch.from_numpy(ndimage.distance_transform_edt(~m[b, 0])).float() * (2.0 / m.shape[-1])
+    return out.to(device=mask.device, dtype=mask.dtype)
+
+
+def _quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product of ``(..., 4)`` quaternions ``(w, x, y, z)``: the rotation ``b`` then ``a``."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], -1)
+
+
+def base_quaternions(num: int, elevation_deg: float = 0.0) -> Tensor:
+    """The camera multiplex's ``num`` starting rotations ``(num, 4)``: azimuths ``360 k / num`` degrees about the
+    vertical axis (then ``elevation_deg`` about x), so every hypothesis starts on a different side (ours, as
+    CSM / U-CMR spread theirs)."""
+    a = torch.arange(num, dtype=torch.float64) * (2 * math.pi / num)
+    qa = torch.stack([torch.cos(a / 2), torch.zeros_like(a), torch.sin(a / 2), torch.zeros_like(a)], -1)
+    e = math.radians(elevation_deg)
+    qe = torch.tensor([math.cos(e / 2), math.sin(e / 2), 0.0, 0.0], dtype=torch.float64).expand_as(qa)
+    return _quaternion_multiply(qe, qa).float()
+
+
+class UmrModel(nn.Module):
+    """CMR's reconstruction network with UMR's semantic-consistency state (buffers: the template, the canonical
+    semantic UV map, the template vertices' part labels, the EM round).
+
+    :meth:`predict` maps images ``(B, 3, S, S)`` in [0, 1] to a dict:
+
+    - ``features (B, 200)``: ResNet-18 pooled features -> Linear -> LeakyReLU (CMR's encoder);
+    - ``delta (B, V, 3)``: the shape decoder's per-vertex offsets, predicted for the vertices with ``x >= 0`` and
+      mirrored to the others (``x -> -x``; 0 in x on the symmetry plane); ``verts = template + delta``;
+    - the camera multiplex ``scale (B, K)``, ``translation (B, K, 2)`` (NDC), ``quaternion (B, K, 4)`` (object to
+      view, each hypothesis a small turn of its :func:`base_quaternions` start) and ``prob (B, K)`` (softmax);
+    - ``flow (B, Hu, Wu, 2)``: the texture flow, for each texel of the UV map the image point (``grid_sample``
+      coordinates, tanh-bounded) its colour comes from; ``Phi`` maps the UV map to the template's surface by the
+      sphere's spherical coordinates (:func:`_vertex_uvs`, fixed as the template deforms).
+
+    :meth:`render` draws meshes with a weak-perspective camera through :func:`invrender.rasterize` and
+    :func:`invrender.softras_blend` (SoftRas), textured by the UV map (any channels: RGB and part probabilities
+    are drawn in one pass).
+    """
+
+    def __init__(self, config: UmrConfig):
+        super().__init__()
+        self.config = c = config
+        verts, faces, mirror = symmetric_template(c.template_level, c.template_radius)
+        V = verts.shape[0]
+        indep = (verts[:, 0] >= -1e-6).nonzero().squeeze(1)
+        slot = torch.full((V,), -1, dtype=torch.long)
+        slot[indep] = torch.arange(indep.numel())
+        source = torch.where(slot >= 0, slot, slot[mirror])
+        sign = torch.ones(V, 3)
+        sign[slot < 0, 0] = -1.0
+        sign[verts[:, 0].abs() < 1e-6, 0] = 0.0      # on the symmetry plane: no sideways offset
+        self.register_buffer("template", verts.clone())
+        self.register_buffer("faces", faces)
+        self.register_buffer("mirror", mirror)
+        self.register_buffer("delta_source", source)
+        self.register_buffer("delta_sign", sign)
+        sphere = verts / c.template_radius
+        self.register_buffer("face_uvs", invrender.mesh.spherical_uvs(sphere, faces))
+        self.register_buffer("vertex_uvs", _vertex_uvs(sphere))
+        self.register_buffer("cycle_uvs", face_uv_samples(self.face_uvs, c.cycle_samples))
+        self.register_buffer("canonical_parts", torch.zeros(c.num_parts, *c.uv_size))
+        self.register_buffer("vertex_part", torch.full((V,), -1, dtype=torch.long))
+        self.register_buffer("em_round", torch.zeros((), dtype=torch.long))
+        self.register_buffer("base_quaternion", base_quaternions(c.num_cameras))
+
+        self.encoder = ResNet18()
+        self.feature = nn.Sequential(nn.Linear(ResNet18.out_features, c.feature_dim), nn.LeakyReLU(0.2))
+        self.shape_head = nn.Linear(c.feature_dim, indep.numel() * 3)
+        nn.init.normal_(self.shape_head.weight, std=1e-4)    # (code) offsets start near 0
+        nn.init.zeros_(self.shape_head.bias)
+        self.camera_head = nn.Linear(c.feature_dim, c.num_cameras * 8)  # scale 1, translation 2, quaternion 4, logit 1
+        nn.init.normal_(self.camera_head.weight, std=1e-4)
+        nn.init.zeros_(self.camera_head.bias)
+        hu, wu = c.uv_size
+        ch = c.flow_channels
+        self._flow_start = (ch, hu // 8, wu // 8)
+        self.flow_fc = nn.Sequential(nn.Linear(c.feature_dim, ch * (hu // 8) * (wu // 8)), nn.LeakyReLU(0.2))
+        layers: List[nn.Module] = []
+        width = ch
+        for _ in range(3):
+            out = max(width // 2, 16)
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                       nn.Conv2d(width, out, 3, 1, 1), nn.BatchNorm2d(out), nn.LeakyReLU(0.2)]
+            width = out
+        layers += [nn.Conv2d(width, 2, 3, 1, 1)]
+        self.flow_decoder = nn.Sequential(*layers)
+        self.camera = invrender.cameras.WeakPerspectiveCamera(depth_offset=2.0)
+        from invrender.renderers import LayeredRenderer
+
+        self._texturer = LayeredRenderer(self.camera, c.image_size, c.layers, c.sigma, kind="sigmoid")
+        self.discriminator = None
+        if c.gan_weight > 0:
+            from .networks import DCGANDiscriminator
+
+            self.discriminator = DCGANDiscriminator(c.image_size, in_channels=3, channels=32, spectral_norm=True)
+        self.perceptual = None
+        if c.perceptual_weights:
+            from .networks import PerceptualLoss
+
+            self.perceptual = PerceptualLoss(c.perceptual_weights)
+
+    # -- prediction ------------------------------------------------------------------------------------
+
+    def mirror_offsets(self, indep: Tensor) -> Tensor:
+        """``(B, V_indep, 3)`` offsets of the ``x >= 0`` vertices -> ``(B, V, 3)`` mirror-symmetric offsets."""
+        return indep[:, self.delta_source] * self.delta_sign.to(indep.dtype)
+
+    def predict(self, images: Tensor) -> Dict[str, Tensor]:
+        c = self.config
+        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (c.image_size,) * 2:
+            raise ValueError(f"UmrModel: argument 'images' must be (B, 3, {c.image_size}, {c.image_size}), "
+                             f"got {tuple(images.shape)}")
+        B, K = images.shape[0], c.num_cameras
+        f = self.feature(self.encoder(images))
+        delta = self.mirror_offsets(self.shape_head(f).view(B, -1, 3))
+        cam = self.camera_head(f).view(B, K, 8)
+        scale = F.softplus(cam[..., 0] + math.log(math.e - 1.0))            # 1 at the start
+        translation = cam[..., 1:3]
+        turn = cam[..., 3:7] + cam.new_tensor([1.0, 0.0, 0.0, 0.0])          # near the identity at the start
+        quaternion = _quaternion_multiply(self.base_quaternion.to(f.dtype).expand(B, K, 4), F.normalize(turn, dim=-1))
+        prob = torch.softmax(cam[..., 7], dim=1)
+        h = self.flow_fc(f).view(B, *self._flow_start)
+        flow = torch.tanh(self.flow_decoder(h)).permute(0, 2, 3, 1)
+        return {"features": f, "delta": delta, "verts": self.template.to(f.dtype) + delta, "scale": scale,
+                "translation": translation, "quaternion": quaternion, "prob": prob, "flow": flow}
+
+    def sample_flow(self, flow: Tensor, uv: Tensor) -> Tensor:
+        """The texture flow ``(B, Hu, Wu, 2)`` read at UV points ``uv (B, ..., 2)`` (circular in u), in NDC."""
+        return _grid_to_ndc(self._texturer.sample_texture(flow.permute(0, 3, 1, 2), uv))
+
+    # -- rendering -------------------------------------------------------------------------------------
+
+    def project(self, verts: Tensor, scale: Tensor, translation: Tensor, quaternion: Tensor) -> Tensor:
+        """NDC ``(N, V, 3)`` of object-space ``verts (N, V, 3)`` by weak-perspective cameras ``(N,)``, ``(N, 2)``,
+        ``(N, 4)``."""
+        return self.camera.project(verts, scale=scale, translation=translation, rotation=quaternion)
+
+    def render(self, verts: Tensor, scale: Tensor, translation: Tensor, quaternion: Tensor, texture: Tensor):
+        """Soft renders of ``N`` meshes: ``(image (N, C, S, S), silhouette (N, 1, S, S), fragments)`` with the UV
+        map ``texture (N, C, Hu, Wu)`` on a black background (SoftRas: ``sigma``, ``gamma``; depth range of the
+        weak-perspective camera [1, 3])."""
+        from invrender.renderers import _trim_layers
+
+        c = self.config
+        ndc = self.project(verts, scale, translation, quaternion)
+        fragments = _trim_layers(invrender.rasterize(ndc, self.faces, c.image_size, c.layers, c.sigma))
+        uvs = self.face_uvs.to(verts.dtype).expand(verts.shape[0], *self.face_uvs.shape)
+        uv = invrender.interpolate(fragments, uvs)
+        colors = self._texturer._sample_covered(texture, uv, fragments.face_idx)
+        image, silhouette = invrender.softras_blend(fragments, colors.contiguous(), sigma=c.sigma, gamma=c.gamma,
+                                                    znear=1.0, zfar=3.0)
+        return image, silhouette, fragments
+
+    def texture_map(self, images: Tensor, flow: Tensor) -> Tensor:
+        """The UV texture ``(B, 3, Hu, Wu)``: the images sampled at the texture flow (CMR)."""
+        return F.grid_sample(images, flow, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        c = self.config
+        main = [p for n, p in self.named_parameters() if not n.startswith("discriminator.") and p.requires_grad]
+        out = {"reconstruction": torch.optim.Adam(main, lr=c.lr, betas=c.betas)}
+        if self.discriminator is not None:
+            out["discriminator"] = torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=c.betas)
+        return out
+
+    # -- losses and the E-step -------------------------------------------------------------------------
+
+    @staticmethod
+    def part_labels(parts: Tensor) -> Tensor:
+        """Hard labels ``(B, H, W)`` of part maps ``(B, Np, H, W)``: ``1 + argmax`` where the parts' total is at least
+        0.5, 0 (background) elsewhere."""
+        return torch.where(parts.sum(1) >= 0.5, parts.argmax(1) + 1, torch.zeros_like(parts[:, 0], dtype=torch.long))
+
+    def semantic_active(self, parts: Optional[Tensor]) -> bool:
+        """Whether the semantic losses apply: part maps given, a canonical map built (after the first M-step) and
+        a positive weight."""
+        c = self.config
+        return (parts is not None and int(self.em_round) > 0
+                and (c.part_probability_weight > 0 or c.part_vertex_weight > 0))
+
+    def _texture_error(self, rendered: Tensor, target: Tensor, mask: Tensor, repeat: int = 1) -> Tensor:
+        """Per-render texture loss: the perceptual distance (VGG16 from a file) of the masked render and the
+        masked image, or without weights their mean absolute difference (ours). ``rendered (B K, 3, S, S)``,
+        ``target``, ``mask`` ``(B, ...)``, each target compared with its ``repeat`` consecutive renders."""
+        masked_target = target * mask
+        m = mask.repeat_interleave(repeat, 0)
+        if self.perceptual is not None:
+            return self.perceptual(rendered * m, target_features=self.perceptual.features(masked_target))
+        return (rendered * m - masked_target.repeat_interleave(repeat, 0)).abs().flatten(1).mean(1)
+
+    def losses(self, images: Tensor, masks: Tensor, parts: Optional[Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Dict[str, Tensor], Dict[str, Tensor]]:
+        """The reconstruction network's objective on a batch.
+
+        Every loss that depends on the camera is computed for each of the ``K`` hypotheses and weighted by its
+        probability (the multiplex): mask negative IoU, texture, texture cycle (eqs. 5-6) and, once a canonical
+        map exists (:meth:`semantic_active`), the part probability (eq. 2) and vertex (eq. 3) losses. The others
+        act on the prediction: Laplacian and flatten on the mesh, deformation ``|delta|^2``, the texture flow's
+        distance transform, and the camera entropy.
+
+        Args:
+            images: ``(B, 3, S, S)`` in [0, 1]; masks: ``(B, 1, S, S)`` silhouettes; parts: ``(B, Np, S, S)``
+                part probabilities (None: no semantic losses).
+
+        Returns:
+            ``(loss, logs, prediction)``: the weighted scalar, the detached terms, and :meth:`predict`'s dict
+            plus ``texture (B, 3, Hu, Wu)`` (the GAN step renders it).
+        """
+        c = self.config
+        B, K = images.shape[0], c.num_cameras
+        out = self.predict(images)
+        verts, flow, prob = out["verts"], out["flow"], out["prob"]
+        texture = self.texture_map(images, flow)
+        out["texture"] = texture
+        semantic = self.semantic_active(parts)
+        channels = texture
+        if semantic:
+            channels = torch.cat([texture, self.canonical_parts.to(texture.dtype).expand(B, -1, -1, -1)], 1)
+        cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
+        rendered, silhouette, fragments = self.render(verts.repeat_interleave(K, 0), *cams,
+                                                      channels.repeat_interleave(K, 0))
+        per: Dict[str, Tensor] = {}
+        per["mask"] = 1.0 - invrender.metrics.mask_iou(silhouette, masks.repeat_interleave(K, 0))
+        per["texture"] = self._texture_error(rendered[:, :3], images, masks, K)
+        if c.texture_cycle_weight > 0:
+            nf = self.faces.shape[0]
+            flow_at = self.sample_flow(flow, self.cycle_uvs.to(flow.dtype).expand(B, *self.cycle_uvs.shape))
+            alpha = invrender.layer_alpha(fragments, c.sigma, kind="sigmoid")
+            centroids, total = invrender.face_pixel_centroids(fragments, alpha, nf)
+            per["texture_cycle"] = texture_cycle_loss(flow_at.repeat_interleave(K, 0), centroids, total)
+        if semantic:
+            per["part_probability"] = part_probability_loss(rendered[:, 3:], parts.repeat_interleave(K, 0))
+            points = self.project(self.template.to(verts.dtype).expand(B * K, -1, -1), *cams)[..., :2]
+            per["part_vertex"] = vertex_part_loss(points, self.vertex_part, self.part_labels(parts).repeat_interleave(K, 0),
+                                                  c.num_parts, c.part_pixels, generator)
+        weight = {"mask": c.mask_weight, "texture": c.texture_weight, "texture_cycle": c.texture_cycle_weight,
+                  "part_probability": c.part_probability_weight, "part_vertex": c.part_vertex_weight}
+        per_camera = sum(weight[k] * v for k, v in per.items()).view(B, K)
+        loss = (prob * per_camera).sum(1).mean()
+        logs = {k: (prob.detach() * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
+        faces = self.faces
+        terms = {"laplacian": (c.laplacian_weight, invrender.mesh.laplacian_loss(verts, faces)),
+                 "flatten": (c.flatten_weight, invrender.mesh.flatten_loss(verts, faces)),
+                 "deformation": (c.deform_weight, out["delta"].pow(2).sum(-1).mean()),
+                 "texture_dt": (c.texture_dt_weight, texture_dt_loss(flow, mask_distance(masks)).mean()),
+                 "camera_entropy": (c.camera_entropy_weight, camera_entropy(prob).mean())}
+        for name, (w, value) in terms.items():
+            if w > 0:
+                loss = loss + w * value
+            logs[name] = value.detach()
+        logs["camera_max_prob"] = prob.detach().max(1).values.mean()
+        return loss, logs, out
+
+    def random_view_renders(self, out: Dict[str, Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
+        """The predicted textured meshes rendered from random views (azimuth uniform, elevation in [-30, 30]
+        degrees (ours), the best hypothesis' scale, centred): the GAN's fakes ``(B, 3, S, S)``."""
+        B = out["verts"].shape[0]
+        dtype, device = out["verts"].dtype, out["verts"].device
+        az = torch.rand(B, generator=generator).to(device, dtype) * 2 * math.pi
+        el = (torch.rand(B, generator=generator).to(device, dtype) - 0.5) * math.radians(60)
+        rotation = invrender.rotation_matrix(az, el)
+        best = out["prob"].argmax(1)
+        scale = out["scale"].gather(1, best[:, None])[:, 0].detach()
+        ndc_t = torch.zeros(B, 2, dtype=dtype, device=device)
+        image, _, _ = self.render(out["verts"], scale, ndc_t, rotation, out["texture"])
+        return image
+
+    def _step(self, name: str, loss: Tensor, optimizers, params, reduce_gradients=None) -> None:
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        if reduce_gradients is not None:
+            reduce_gradients(params)
+        optimizers[name].step()
+
+    def train_step(self, batch: Dict[str, Tensor], optimizers: Dict[str, torch.optim.Optimizer], step: int = 0,
+                   generator: Optional[torch.Generator] = None, reduce_gradients=None) -> Dict[str, Tensor]:
+        """One E-step iteration: the reconstruction network's update (learning rate ``lr / (1 + lr_decay * step)``,
+        the code's schedule), then, with ``gan_weight > 0``, the discriminator's on the masked images against the
+        random-view renders. ``batch``: ``image``, ``mask`` and optionally ``parts``."""
+        c = self.config
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = c.lr / (1.0 + c.lr_decay * step)
+        images, masks = batch["image"], batch["mask"]
+        loss, logs, out = self.losses(images, masks, batch.get("parts"), generator)
+        fake = None
+        if self.discriminator is not None:
+            fake = self.random_view_renders(out, generator)
+            self.discriminator.requires_grad_(False)
+            g = F.binary_cross_entropy_with_logits(self.discriminator(fake).flatten(),
+                                                   torch.ones(fake.shape[0], dtype=fake.dtype, device=fake.device))
+            self.discriminator.requires_grad_(True)
+            loss = loss + c.gan_weight * g
+            logs["gan_generator"] = g.detach()
+        main = optimizers["reconstruction"].param_groups[0]["params"]
+        self._step("reconstruction", loss, optimizers, main, reduce_gradients)
+        if fake is not None:
+            real = self.discriminator((images * masks))
+            fake_logits = self.discriminator(fake.detach())
+            d = 0.5 * (F.binary_cross_entropy_with_logits(real.flatten(), torch.ones_like(real.flatten()))
+                       + F.binary_cross_entropy_with_logits(fake_logits.flatten(), torch.zeros_like(fake_logits.flatten())))
+            self._step("discriminator", d, optimizers, list(self.discriminator.parameters()), reduce_gradients)
+            logs["gan_discriminator"] = d.detach()
+        logs["total"] = loss.detach()
+        return logs
+
+    # -- the M-step ------------------------------------------------------------------------------------
+
+    def vertex_labels(self, canonical: Tensor, min_probability: float = 0.25) -> Tensor:
+        """Part of each template vertex ``(V,)``: the canonical map ``(Np, Hu, Wu)`` read at the vertex's UV
+        (``Phi``), its most probable part when that probability is at least ``min_probability`` (ours), else -1."""
+        p = self._texturer.sample_texture(canonical[None].to(self.vertex_uvs.dtype), self.vertex_uvs[None])[0]
+        best, label = p.max(1)
+        return torch.where(best >= min_probability, label, torch.full_like(label, -1))
+
+    @staticmethod
+    def _top(scores: Tensor, fraction: float, largest: bool) -> Tensor:
+        k = max(1, math.ceil(fraction * scores.numel()))
+        return scores.topk(k, largest=largest).indices
+
+    @torch.no_grad()
+    def m_step(self, batches, update_template: bool = True) -> Dict[str, float]:
+        """The M-step (section 3.2 and the appendix) over ``batches`` (an iterable of dicts with ``image``, ``mask``
+        and optionally ``parts``), in eval mode:
+
+        - template (eq. 4): the exemplar is the sample whose render (best camera) has the highest mask IoU; ``Q``
+          the ``select_fraction`` of samples whose meshes, drawn from one canonical view, have the highest
+          silhouette IoU with the exemplar's; ``template += D_shape(mean_Q E(I))``;
+        - canonical semantic UV map (eq. 1): the exemplar is the sample of lowest texture loss; ``U`` the
+          ``select_fraction`` of samples whose semantic UV maps are nearest (L2) to the exemplar's; the map is
+          their mean, and the template vertices' parts are read from it (:meth:`vertex_labels`).
+
+        Increments ``em_round``. Returns statistics (the selected counts, the template's mean offset)."""
+        c = self.config
+        was_training = self.training
+        self.eval()
+        feats, ious, sils, uv_maps, tex = [], [], [], [], []
+        for batch in batches:
+            images, masks = batch["image"], batch["mask"]
+            out = self.predict(images)
+            best = out["prob"].argmax(1)
+
+            def pick(t):
+                return t.gather(1, best.view(-1, *([1] * (t.dim() - 1))).expand(-1, 1, *t.shape[2:]))[:, 0]
+
+            texture = self.texture_map(images, out["flow"])
+            image, sil, _ = self.render(out["verts"], pick(out["scale"]), pick(out["translation"]),
+                                        pick(out["quaternion"]), texture)
+            ious.append(invrender.metrics.mask_iou(sil, masks))
+            tex.append(self._texture_error(image, images, masks))
+            B = images.shape[0]
+            one = torch.ones(B, dtype=images.dtype, device=images.device)
+            _, canonical_sil, _ = self.render(out["verts"], one, images.new_zeros(B, 2),
+                                              images.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(B, 4), texture[:, :1])
+            sils.append(canonical_sil > 0.5)
+            feats.append(out["features"])
+            if batch.get("parts") is not None:
+                uv_maps.append(semantic_uv_maps(batch["parts"], out["flow"]))
+        if not feats:
+            raise ValueError("UmrModel.m_step: argument 'batches' is empty")
+        feats, ious, sils, tex = torch.cat(feats), torch.cat(ious), torch.cat(sils), torch.cat(tex)
+        stats: Dict[str, float] = {"m_step_samples": float(len(feats)), "m_step_mask_iou": float(ious.mean())}
+        if update_template:
+            exemplar = int(ious.argmax())
+            similarity = invrender.metrics.mask_iou(sils.float(), sils[exemplar:exemplar + 1].float().expand_as(sils),
+                                                    soft=False)
+            q = self._top(similarity, c.select_fraction, largest=True)
+            delta = self.mirror_offsets(self.shape_head(feats[q].mean(0, keepdim=True)).view(1, -1, 3))[0]
+            self.template += delta.to(self.template.dtype)
+            stats.update(template_selected=float(len(q)), template_offset=float(delta.norm(dim=-1).mean()))
+        if uv_maps:
+            uv_maps = torch.cat(uv_maps)
+            exemplar = int(tex.argmin())
+            distance = (uv_maps - uv_maps[exemplar:exemplar + 1]).pow(2).flatten(1).sum(1)
+            u = self._top(distance, c.select_fraction, largest=False)
+            self.canonical_parts.copy_(canonical_uv_map(uv_maps, u).to(self.canonical_parts.dtype))
+            self.vertex_part.copy_(self.vertex_labels(self.canonical_parts))
+            stats.update(canonical_selected=float(len(u)),
+                         labelled_vertices=float((self.vertex_part >= 0).float().mean()))
+        self.em_round += 1
+        self.train(was_training)
+        return stats
