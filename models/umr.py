@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -666,3 +666,508 @@ class UmrModel(nn.Module):
         self.em_round += 1
         self.train(was_training)
         return stats
+
+
+# ------------------------------------------------------------------------------------------------
+# Keypoint transfer (CUB protocol: CMR, CSM, UMR) and pose alignment
+
+
+def uv_face_lookup(face_uvs: Tensor, uv: Tensor, chunk: int = 4096) -> Tuple[Tensor, Tensor]:
+    """The face of the UV layout ``face_uvs (F, 3, 2)`` that holds each UV point ``uv (N, 2)`` and the point's
+    barycentric coordinates in it: ``face (N,)`` int64 and ``bary (N, 3)``. ``u`` is periodic (the seam-fixed
+    layout of :func:`invrender.mesh.spherical_uvs` has corners past 1, so ``u + 1`` is tried too); a point in no
+    triangle (numerically on an edge) takes the face whose barycentrics are least negative, clamped."""
+    a, b, c = face_uvs.unbind(1)                                        # (F, 2) each
+    v0, v1 = b - a, c - a
+    det = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
+    det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
+    faces, barys = [], []
+    for start in range(0, uv.shape[0], chunk):
+        best_score, best_bary = None, None
+        for shift in (0.0, 1.0):
+            p = uv[start:start + chunk, None] + uv.new_tensor([shift, 0.0]) - a[None]   # (n, F, 2)
+            l1 = (p[..., 0] * v1[:, 1] - p[..., 1] * v1[:, 0]) / det
+            l2 = (v0[:, 0] * p[..., 1] - v0[:, 1] * p[..., 0]) / det
+            bary = torch.stack([1 - l1 - l2, l1, l2], -1)
+            score = bary.min(-1).values                                 # >= 0 inside
+            if best_score is None:
+                best_score, best_bary = score, bary
+            else:
+                better = score > best_score
+                best_score = torch.where(better, score, best_score)
+                best_bary = torch.where(better[..., None], bary, best_bary)
+        f = best_score.argmax(1)
+        bary = best_bary.gather(1, f[:, None, None].expand(-1, 1, 3))[:, 0].clamp_min(0)
+        faces.append(f)
+        barys.append(bary / bary.sum(-1, keepdim=True))
+    return torch.cat(faces), torch.cat(barys)
+
+
+def surface_points(verts: Tensor, faces: Tensor, face: Tensor, bary: Tensor) -> Tensor:
+    """Points on meshes ``verts (B, V, 3)`` (shared ``faces (F, 3)``) at ``face (B, N)`` with ``bary (B, N, 3)``."""
+    corners = verts[torch.arange(verts.shape[0], device=verts.device)[:, None, None], faces[face]]  # (B, N, 3, 3)
+    return (bary[..., None] * corners).sum(-2)
+
+
+def pixel_of(points: Tensor, size: int) -> Tuple[Tensor, Tensor]:
+    """Row and column ``(..., )`` int64 of NDC points ``(..., 2)`` (x right, y up) in a ``size`` square image."""
+    col = ((points[..., 0] + 1) * size / 2).floor().long().clamp(0, size - 1)
+    row = ((1 - points[..., 1]) * size / 2).floor().long().clamp(0, size - 1)
+    return row, col
+
+
+def pck(pred: Tensor, target: Tensor, valid: Tensor, alpha: float = 0.1) -> float:
+    """Percentage of correct keypoints: ``|pred - target| < alpha * 2`` (``alpha`` of the image side, NDC spans
+    2) over the ``valid`` ones. ``pred``, ``target`` ``(..., 2)``, ``valid`` ``(...)`` bool."""
+    if int(valid.sum()) == 0:
+        return float("nan")
+    ok = (pred - target).norm(dim=-1) < 2 * alpha
+    return float(ok[valid].double().mean() * 100)
+
+
+def fit_rotation_offset(rotation: Tensor, gt_rotation: Tensor) -> Tensor:
+    """The rotation ``A`` (3, 3) with ``rotation_i ~ gt_rotation_i A`` (the learned object frame in the true one)
+    in the least-squares sense: the nearest rotation to ``mean_i gt_i^T rotation_i`` (SVD, det +1)."""
+    m = (gt_rotation.double().transpose(1, 2) @ rotation.double()).mean(0)
+    u, _, vt = torch.linalg.svd(m)
+    d = torch.sign(torch.det(u @ vt))
+    return u @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ vt
+
+
+def rotation_errors(rotation: Tensor, gt_rotation: Tensor, offset: Tensor) -> Dict[str, float]:
+    """Geodesic errors (degrees) of predicted object-to-view rotations against ``gt_rotation @ offset``."""
+    from .unicorn import rotation_angle
+
+    err = rotation_angle(rotation.double(), gt_rotation.double() @ offset.to(gt_rotation.device))
+    return {"pose_rotation_median_deg": float(err.median()), "pose_rotation_mean_deg": float(err.mean()),
+            "pose_accuracy_15deg": float((err < 15).double().mean()),
+            "pose_accuracy_30deg": float((err < 30).double().mean())}
+
+
+# ------------------------------------------------------------------------------------------------
+# Training and evaluation task
+
+DATA_KINDS = ("shapenet", "cub")
+
+
+class _PartViews(torch.utils.data.Dataset):
+    """Views with their masks and part maps (``image``, ``mask``, ``parts``, ``index``), decoded once when
+    ``cache``."""
+
+    def __init__(self, base, cache: bool = False):
+        self.base = base
+        self.items = [self._load(i) for i in range(len(base))] if cache else None
+
+    def _load(self, i):
+        item = self.base[i]
+        out = {key: item[key] for key in ("image", "mask", "parts") if key in item}
+        out["index"] = torch.tensor(i, dtype=torch.int64)
+        return out
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.items[i] if self.items is not None else self._load(i)
+
+
+class UmrTask:
+    """Trains :class:`UmrModel` with :class:`invrender.training.Trainer` in the paper's stages (section 3.2).
+
+    ``em.steps_per_round`` steps make one E-step; after each, an M-step (:meth:`UmrModel.m_step`) over
+    ``em.m_step_samples`` training views updates the template and the canonical semantic UV map. The first E-step
+    trains without the semantic losses (the template is the sphere and there is no canonical map yet); the
+    semantic losses apply from the second on. ``steps`` counts all E-step iterations (the paper: 200 epochs per
+    E-step, 2 rounds).
+
+    Data (``data.kind``): ``"shapenet"`` (default): a ShapeNet-NMR-layout folder with per-view part maps
+    (default: the embedded synthetic data, whose generator knows each pixel's part), the part maps optionally
+    corrupted as an unsupervised segmenter errs (``data.part_noise``: parts grown / shrunk, labels swapped in a
+    fraction of images); ``"cub"``: CUB-200-2011 in the CMR layout with SCOPS part maps at ``data.parts_root``.
+
+    Ablations (Table 2) are config switches: ``model.part_probability_weight=0 model.part_vertex_weight=0``
+    (without semantic consistency), ``model.texture_cycle_weight=0`` (without the texture cycle).
+    """
+
+    wrap_ddp = False
+
+    def default_config(self):
+        return {
+            "model": {},
+            "data": {"kind": "shapenet", "root": None, "categories": ["airplane"], "image_size": 64, "cache": True,
+                     "synthetic": {"objects_per_category": 20, "views": 24, "image_size": 64},
+                     "part_noise": {"grow": 0, "shrink": 0, "swap_fraction": 0.0, "seed": 0},
+                     "parts_root": None},
+            "em": {"steps_per_round": 500, "m_step_samples": 256},
+            "eval": {"seed": 0, "max_objects": None, "num_points": 10_000, "icp_num_points": 2000, "pairs": 300,
+                     "alpha": 0.1, "medoid_candidates": 16},
+            "batch_size": 16, "steps": 1000, "vis_every": 250, "ckpt_every": 250, "log_every": 10,
+        }
+
+    def config_schema(self):
+        import typing
+        from typing import List, Union
+
+        from invrender import synthetic
+
+        hints = typing.get_type_hints(UmrConfig)
+        model = {f.name: hints[f.name] for f in dataclasses.fields(UmrConfig) if f.name not in ("image_size",)}
+        model["uv_size"] = model["betas"] = List[float]
+        data = {"kind": str, "root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
+                "cache": bool, "synthetic": synthetic.default_dataset_schema(),
+                "part_noise": {"grow": int, "shrink": int, "swap_fraction": float, "seed": int},
+                "parts_root": Optional[str]}
+        return {"model": model, "data": data, "em": {"steps_per_round": int, "m_step_samples": int},
+                "eval": {"seed": int, "max_objects": Optional[int], "num_points": int, "icp_num_points": Optional[int],
+                         "pairs": int, "alpha": float, "medoid_candidates": Optional[int]}}
+
+    # -- data ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _kind(config) -> str:
+        kind = config["data"].get("kind") or "shapenet"
+        if kind not in DATA_KINDS:
+            raise ConfigError(f"config key 'data.kind' must be one of {list(DATA_KINDS)}, got {kind!r}")
+        return kind
+
+    def _root(self, config):
+        from invrender import synthetic
+
+        data = config["data"]
+        if data.get("root"):
+            return data["root"]
+        if self._kind(config) != "shapenet":
+            raise ConfigError("config key 'data.root' must name the CUB-200 folder for data.kind 'cub'")
+        return synthetic.default_dataset(progress=False, **dict(data.get("synthetic") or {}))
+
+    def _part_noise(self, config):
+        from invrender.data import PartNoise
+
+        noise = dict(config["data"].get("part_noise") or {})
+        if not any(noise.get(k) for k in ("grow", "shrink", "swap_fraction")):
+            return None
+        try:
+            return PartNoise(**noise)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"data.part_noise: {e}") from None
+
+    def _base(self, config, split, noise: bool = True):
+        """The split's dataset with part maps (noisy on the training split when configured: the segmenter's
+        output the model learns from; evaluation reads the clean ones)."""
+        from invrender.data import CUB200, ShapeNetNMR
+
+        data = config["data"]
+        size = int(data.get("image_size", 64))
+        if self._kind(config) == "cub":
+            if not data.get("parts_root"):
+                raise ConfigError("config key 'data.parts_root' must name the SCOPS part maps for data.kind 'cub'")
+            return CUB200(self._root(config), split=split, image_size=size, parts_root=data["parts_root"])
+        return ShapeNetNMR(self._root(config), categories=data.get("categories"), split=split, image_size=size,
+                           load_parts=True, part_noise=self._part_noise(config) if noise else None)
+
+    def dataset(self, config, split):
+        views = _PartViews(self._base(config, split), cache=split == "train" and bool(config["data"].get("cache", True)))
+        if split == "train":
+            self._train_views = views
+        return views
+
+    def num_parts(self, config) -> int:
+        base = self._base(config, "train", noise=False)
+        return int(base[0]["parts"].shape[0])
+
+    def model_config(self, config) -> UmrConfig:
+        fields = dict(config.get("model") or {})
+        fields["image_size"] = int(config["data"].get("image_size", 64))
+        fields.setdefault("num_parts", self.num_parts(config))
+        for key in ("uv_size", "betas"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return UmrConfig(**fields)
+
+    def build(self, config, device):
+        self._config = config
+        model = UmrModel(self.model_config(config)).to(device)
+        return model, model.configure_optimizers()
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def _m_step_batches(self, config, device):
+        views = getattr(self, "_train_views", None) or self.dataset(config, "train")
+        n = min(int(config["em"].get("m_step_samples", 256)), len(views))
+        index = torch.linspace(0, len(views) - 1, n).round().long().unique().tolist()  # spread over the objects
+        bs = int(config.get("batch_size", 16))
+        for start in range(0, len(index), bs):
+            items = [views[i] for i in index[start:start + bs]]
+            yield {k: torch.stack([it[k] for it in items]).to(device) for k in ("image", "mask", "parts")
+                   if k in items[0]}
+
+    def train_step(self, model, batch, optimizers, step):
+        from invrender.training import average_gradients, broadcast_buffers, unwrap
+
+        model = unwrap(model)
+        config = self._config
+        per_round = int(config["em"].get("steps_per_round", 500))
+        out: Dict[str, object] = {}
+        device = next(model.parameters()).device
+        while int(model.em_round) < step // per_round:
+            out.update(model.m_step(self._m_step_batches(config, device)))
+        g = torch.Generator().manual_seed(int(config.get("seed", 0)) * 1_000_003 + step)
+        out.update(model.train_step(batch, optimizers, step, generator=g, reduce_gradients=average_gradients))
+        out["em_round"] = float(model.em_round)
+        broadcast_buffers(model)
+        return out
+
+    # -- pictures --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reconstruct(self, model: UmrModel, images: Tensor) -> Dict[str, Tensor]:
+        """The model's reading of ``images`` with its most probable camera: the prediction plus ``scale``,
+        ``translation``, ``quaternion`` of that camera, the ``rotation`` matrix, the render ``image``, ``mask``
+        and, once a canonical map exists, the rendered ``parts``."""
+        out = model.predict(images)
+        best = out["prob"].argmax(1)
+        idx = torch.arange(images.shape[0], device=images.device)
+        cam = {"scale": out["scale"][idx, best], "translation": out["translation"][idx, best],
+               "quaternion": out["quaternion"][idx, best]}
+        texture = model.texture_map(images, out["flow"])
+        channels = torch.cat([texture, model.canonical_parts.to(texture.dtype).expand(len(images), -1, -1, -1)], 1)
+        image, mask, _ = model.render(out["verts"], cam["scale"], cam["translation"], cam["quaternion"], channels)
+        out.update(cam, texture=texture, image=image[:, :3], mask=mask, parts=image[:, 3:],
+                   rotation=invrender.cameras.quaternion_to_matrix(cam["quaternion"]))
+        return out
+
+    @staticmethod
+    def part_colors(parts: Tensor) -> Tensor:
+        """Part probabilities ``(B, Np, H, W)`` as colours ``(B, 3, H, W)`` (a fixed palette, black background)."""
+        palette = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.3, 0.9], [0.9, 0.8, 0.1], [0.8, 0.2, 0.8],
+                                [0.1, 0.8, 0.8], [0.6, 0.4, 0.2], [0.5, 0.5, 0.5]], dtype=parts.dtype,
+                               device=parts.device)
+        colors = palette[torch.arange(parts.shape[1], device=parts.device) % len(palette)]
+        return torch.einsum("bphw,pc->bchw", parts, colors).clamp(0, 1)
+
+    def visualize(self, model, batch, out_dir, step):
+        """One row per input: input | reconstruction | its silhouette | the input's part map | the rendered
+        canonical part map | the mesh from three other views (azimuth +90, +180, +270 degrees) | the UV texture;
+        the first mesh and the template as OBJ files."""
+        import os
+
+        from invrender import io
+
+        images = batch["image"]
+        rec = self.reconstruct(model, images)
+        S = images.shape[-1]
+        rows = [images, rec["image"], rec["mask"].expand(-1, 3, -1, -1)]
+        if "parts" in batch:
+            rows += [self.part_colors(batch["parts"]), self.part_colors(rec["parts"])]
+        for turn in (90.0, 180.0, 270.0):
+            spin = invrender.rotation_matrix(torch.full((len(images),), math.radians(turn), dtype=images.dtype,
+                                                        device=images.device))
+            rows.append(model.render(rec["verts"], rec["scale"], rec["translation"] * 0, rec["rotation"] @ spin,
+                                     rec["texture"])[0])
+        rows.append(F.interpolate(rec["texture"], size=(S, S), mode="bilinear", align_corners=False))
+        grid = torch.stack(rows, 1)
+        io.save_mesh(os.path.join(out_dir, "mesh0.obj"), rec["verts"][0].cpu(), model.faces.cpu())
+        io.save_mesh(os.path.join(out_dir, "template.obj"), model.template.cpu(), model.faces.cpu())
+        return {"reconstructions": io.image_grid(grid.flatten(0, 1).clamp(0, 1).cpu(), nrow=grid.shape[1])}
+
+    # -- evaluation ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _read(self, model: UmrModel, images: Tensor) -> Dict[str, Tensor]:
+        recs = [self.reconstruct(model, images[i:i + 32]) for i in range(0, len(images), 32)]
+        keys = ("verts", "scale", "translation", "quaternion", "rotation", "mask", "flow")
+        return {k: torch.cat([r[k] for r in recs]) for k in keys}
+
+    @staticmethod
+    def _hard_faces(model: UmrModel, rec: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """The front face and its barycentrics at every pixel of each reconstruction seen by its camera:
+        ``face (N, S, S)`` (-1 where none) and ``bary (N, S, S, 3)`` (an exact z-buffer)."""
+        S = model.config.image_size
+        ndc = model.project(rec["verts"], rec["scale"], rec["translation"], rec["quaternion"])
+        fr = invrender.rasterize(ndc, model.faces, S, layers=1, sigma=0.0)
+        return fr.face_idx[..., 0], fr.bary[..., 0, :]
+
+    def keypoint_transfer(self, model: UmrModel, rec: Dict[str, Tensor], keypoints: Tensor, pairs: Tensor,
+                          alpha: float = 0.1) -> Dict[str, float]:
+        """Keypoint transfer (CMR's CUB protocol) between ``pairs (P, 2)`` of images: each visible keypoint of the
+        source is lifted to a point of its mesh — **via camera**: the face under the keypoint in the source's
+        render (the nearest covered pixel when none); **via texture flow**: the UV point whose texture flow
+        lands nearest the keypoint, on the template surface by ``Phi`` — carried to the same face and
+        barycentrics of the target's mesh and projected by the target's camera. PCK@``alpha`` (of the image side)
+        over keypoints visible in both, in percent. ``keypoints (N, K, 3)``: NDC x, y and visibility.
+
+        Reference under the same protocol: ``pck_identity``, the source keypoint's own position (no transfer)."""
+        S = model.config.image_size
+        src, tgt = pairs[:, 0], pairs[:, 1]
+        valid = (keypoints[src, :, 2] > 0) & (keypoints[tgt, :, 2] > 0)          # (P, K)
+        face_map, bary_map = self._hard_faces(model, rec)
+        kp = keypoints[..., :2]
+        # Via camera: the face under each keypoint (nearest covered pixel when the keypoint is off the render).
+        N, K = kp.shape[:2]
+        xs = (2 * torch.arange(S, dtype=kp.dtype) + 1 - S) / S
+        ys = -xs
+        pix = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)   # (S S, 2) (x, y)
+        covered = (face_map >= 0).reshape(N, -1)
+        d = (kp[:, :, None, :] - pix[None, None]).pow(2).sum(-1)               # (N, K, S S)
+        d = torch.where(covered[:, None], d, torch.full_like(d, float("inf")))
+        nearest = d.argmin(-1)                                                 # (N, K)
+        has_face = covered.any(1)
+        cam_face = face_map.reshape(N, -1).gather(1, nearest).clamp_min(0)
+        cam_bary = bary_map.reshape(N, -1, 3).gather(1, nearest[..., None].expand(-1, -1, 3))
+        # Via texture flow: the texel whose flow lands nearest the keypoint, then its face on the UV layout.
+        Hu, Wu = model.config.uv_size
+        table = getattr(model, "_uv_table", None)
+        if table is None:
+            u = (torch.arange(Wu, dtype=torch.float64) + 0.5) / Wu
+            v = (torch.arange(Hu, dtype=torch.float64) + 0.5) / Hu
+            uv = torch.stack(torch.meshgrid(v, u, indexing="ij")[::-1], -1).reshape(-1, 2)
+            table = uv_face_lookup(model.face_uvs.double().cpu(), uv)
+            model._uv_table = table
+        flow = _grid_to_ndc(rec["flow"].cpu().reshape(N, -1, 2))                # (N, Hu Wu, 2)
+        texel = (kp[:, :, None, :] - flow[:, None]).pow(2).sum(-1).argmin(-1)   # (N, K)
+        flow_face, flow_bary = table[0][texel], table[1][texel].to(kp.dtype)
+
+        def carry(face, bary):
+            points = surface_points(rec["verts"][tgt].cpu(), model.faces.cpu(), face[src], bary[src])
+            return model.project(points, rec["scale"][tgt].cpu(), rec["translation"][tgt].cpu(),
+                                 rec["quaternion"][tgt].cpu())[..., :2]
+
+        target = kp[tgt]
+        cam_valid = valid & has_face[src][:, None]
+        return {"pck_camera": pck(carry(cam_face, cam_bary), target, cam_valid, alpha),
+                "pck_texture_flow": pck(carry(flow_face, flow_bary), target, valid, alpha),
+                "pck_identity": pck(kp[src], target, valid, alpha),
+                "pck_pairs": int(len(pairs)), "pck_keypoints": int(valid.sum())}
+
+    @torch.no_grad()
+    def evaluate(self, model, config, out_dir):
+        """The paper's metrics on the test split (one view per object on the synthetic data, every image of CUB),
+        each beside a learning-free reference under the same protocol:
+
+        * ``mask_iou``: soft IoU of the rendered and true silhouettes (UMR's metric); reference
+          ``sphere_mask_iou``: the starting sphere at scale 1, centred;
+        * keypoint transfer PCK@``eval.alpha`` via camera and via texture flow (:meth:`keypoint_transfer`,
+          ``eval.pairs`` random pairs); reference ``pck_identity``;
+        * synthetic data only: the pose error (geodesic, degrees) after one rotation aligning the learned object
+          frame to the true one (:func:`fit_rotation_offset`, fitted on the val split, else the test views), with
+          reference ``constant_pose_*`` (the same rotation for every image, aligned the same way: the spread of the
+          true poses); and Chamfer-L1 x10 after ICP (:func:`invrender.metrics.chamfer_l1_meshes`, ``align=True``)
+          against the true mesh, with references the sphere, the learned template, the medoid training shape and
+          the category spread.
+        """
+        from invrender import metrics
+
+        from .unicorn import ground_truth_mesh, medoid_object, one_view_per_object
+
+        ev = dict(self.default_config()["eval"], **(config.get("eval") or {}))
+        seed = int(ev["seed"])
+        kind = self._kind(config)
+        base = self._base(config, "test", noise=False)
+        if kind == "shapenet":
+            chosen = one_view_per_object(base, torch.Generator().manual_seed(seed))
+        else:
+            chosen = list(range(len(base)))
+        if ev["max_objects"] is not None:
+            chosen = chosen[:int(ev["max_objects"])]
+        device = next(model.parameters()).device
+        items = [base[i] for i in chosen]
+        images = torch.stack([it["image"] for it in items]).to(device)
+        masks = torch.stack([it["mask"] for it in items]).to(device)
+        rec = self._read(model, images)
+        out: Dict[str, object] = {"test_images": len(items)}
+        out["mask_iou"] = float(metrics.mask_iou(rec["mask"], masks).mean())
+        n = len(items)
+        sphere_verts = symmetric_template(model.config.template_level, model.config.template_radius)[0].to(device)
+        one = torch.ones(n, device=device)
+        _, sphere_mask, _ = model.render(sphere_verts.expand(n, -1, -1), one, torch.zeros(n, 2, device=device),
+                                         torch.tensor([1.0, 0, 0, 0], device=device).expand(n, 4),
+                                         torch.zeros(n, 1, *model.config.uv_size, device=device))
+        out["sphere_mask_iou"] = float(metrics.mask_iou(sphere_mask, masks).mean())
+        if "keypoints" in items[0] and n >= 2:
+            g = torch.Generator().manual_seed(seed + 1)
+            pairs = torch.stack([torch.randperm(n, generator=g)[:2] for _ in range(int(ev["pairs"]))])
+            keypoints = torch.stack([it["keypoints"] for it in items]).float()
+            out.update(self.keypoint_transfer(model, {k: v.cpu() for k, v in rec.items()}, keypoints, pairs,
+                                              float(ev["alpha"])))
+        if kind == "shapenet":
+            gt_rotation = torch.stack([it["camera"]["rotation"] for it in items]).to(device)
+            val = self._base(config, "val", noise=False)
+            fitted_on = "test"
+            fit_pred, fit_gt = rec["rotation"], gt_rotation
+            if len(val):
+                val_idx = one_view_per_object(val, torch.Generator().manual_seed(seed))
+                val_items = [val[i] for i in val_idx]
+                fit_pred = self._read(model, torch.stack([it["image"] for it in val_items]).to(device))["rotation"]
+                fit_gt = torch.stack([it["camera"]["rotation"] for it in val_items]).to(device)
+                fitted_on = "val"
+            offset = fit_rotation_offset(fit_pred, fit_gt)
+            out.update(rotation_errors(rec["rotation"], gt_rotation, offset))
+            constant = torch.eye(3, dtype=fit_pred.dtype, device=device).expand(len(fit_pred), 3, 3)
+            c_offset = fit_rotation_offset(constant, fit_gt)
+            out.update({"constant_" + k: v for k, v in rotation_errors(constant[:1].expand(n, 3, 3), gt_rotation,
+                                                                        c_offset).items()})
+            out["pose_offset_fitted_on"] = fitted_on
+            objects = [base._index[i][0] for i in chosen]
+            gt = [ground_truth_mesh(base, k) for k in objects]
+            gt_v, gt_f = [v.to(device) for v, _ in gt], [f.to(device) for _, f in gt]
+            faces = model.faces
+
+            def chamfer(pred, pred_faces, gen_seed):
+                value = metrics.chamfer_l1_meshes(pred, pred_faces, gt_v, gt_f, int(ev["num_points"]), align=True,
+                                                  generator=torch.Generator().manual_seed(gen_seed),
+                                                  icp_num_points=ev["icp_num_points"])
+                return 10 * float(value.mean())
+
+            out["chamfer_l1_icp"] = chamfer(rec["verts"], faces, seed + 2)
+            out["sphere_chamfer_l1_icp"] = chamfer(sphere_verts.expand(n, -1, -1), faces, seed + 2)
+            out["template_chamfer_l1_icp"] = chamfer(model.template.expand(n, -1, -1), faces, seed + 2)
+            train = self._base(config, "train", noise=False)
+            k = medoid_object(train, ev["medoid_candidates"], generator=torch.Generator().manual_seed(seed + 4))
+            mv, mf = ground_truth_mesh(train, k)
+            out["medoid_chamfer_l1_icp"] = chamfer([mv.to(device)] * n, [mf.to(device)] * n, seed + 2)
+            if n >= 2:
+                g = torch.Generator().manual_seed(seed + 3)
+                other = [(i + 1 + int(torch.randint(n - 1, (), generator=g))) % n for i in range(n)]
+                out["spread_chamfer_l1_icp"] = chamfer([gt_v[j] for j in other], [gt_f[j] for j in other], seed + 2)
+        out["files"] = self.write_pictures(model, images[:6], masks[:6], out_dir)
+        _print_beside(out)
+        return out
+
+    @torch.no_grad()
+    def write_pictures(self, model, images, masks, out_dir) -> Dict[str, str]:
+        """``reconstructions.png`` (the rows of :meth:`visualize`), ``template.obj`` and ``mesh_<i>.obj``."""
+        import os
+
+        from invrender import io
+
+        os.makedirs(out_dir, exist_ok=True)
+        grid = self.visualize(model, {"image": images, "mask": masks}, out_dir, 0)["reconstructions"]
+        path = os.path.join(out_dir, "reconstructions.png")
+        io.save_image(path, grid)
+        rec = self.reconstruct(model, images)
+        files = {"reconstructions": path, "template": os.path.join(out_dir, "template.obj")}
+        for i in range(len(images)):
+            files[f"mesh_{i}"] = os.path.join(out_dir, f"mesh_{i}.obj")
+            io.save_mesh(files[f"mesh_{i}"], rec["verts"][i].cpu(), model.faces.cpu())
+        return files
+
+
+def _print_beside(out: Dict[str, object]) -> None:
+    """The model's numbers beside the learning-free references."""
+    rows = [("mask IoU", "mask_iou", "sphere_mask_iou"), ("PCK via camera", "pck_camera", "pck_identity"),
+            ("PCK via texture flow", "pck_texture_flow", "pck_identity"),
+            ("pose median deg", "pose_rotation_median_deg", "constant_pose_rotation_median_deg"),
+            ("Chamfer-L1 x10 ICP", "chamfer_l1_icp", "medoid_chamfer_l1_icp")]
+    print(f"{'metric':<24}{'model':>10}{'reference':>11}")
+    for name, key, ref in rows:
+        if key in out:
+            print(f"{name:<24}{out[key]:>10.3f}{out.get(ref, float('nan')):>11.3f}")
+
+
+def _register():
+    from invrender.training import register_task
+
+    register_task("umr", UmrTask)
+
+
+_register()

@@ -1,0 +1,284 @@
+"""UMR (Li et al. 2020): template symmetry, the reconstruction network, eqs. 1-3 and 5-6 on hand-computed and
+dense cases, the EM template update, the camera multiplex, keypoint transfer and pose alignment."""
+
+import math
+
+import pytest
+import torch
+
+import invrender
+from invrender.errors import ConfigError
+from invrender.models import umr as U
+
+DT = torch.float64
+
+
+def tiny_model(**kw):
+    cfg = dict(image_size=32, num_parts=3, feature_dim=16, template_level=1, num_cameras=4, uv_size=(8, 16),
+               flow_channels=16, layers=8, sigma=1e-4, gan_weight=0.0, part_pixels=16)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return U.UmrModel(U.UmrConfig(**cfg))
+
+
+# ------------------------------------------------------------------------------------------------
+# template and network
+
+
+def test_symmetric_template_pairs_every_vertex_with_its_mirror_image():
+    verts, faces, mirror = U.symmetric_template(3)
+    assert verts.shape == (642, 3) and faces.shape == (1280, 3)
+    assert torch.equal(mirror[mirror], torch.arange(642))               # an involution
+    torch.testing.assert_close(verts[mirror], verts * torch.tensor([-1.0, 1.0, 1.0]), atol=1e-6, rtol=0)
+    on_plane = verts[:, 0].abs() < 1e-6
+    assert torch.equal(mirror[on_plane], torch.arange(642)[on_plane]) and on_plane.sum() > 0
+
+
+def test_predictions_have_their_shapes_and_are_mirror_symmetric():
+    model = tiny_model()
+    out = model.predict(torch.rand(3, 3, 32, 32))
+    V = model.template.shape[0]
+    assert out["verts"].shape == (3, V, 3) and out["features"].shape == (3, 16)
+    assert out["scale"].shape == (3, 4) and out["translation"].shape == (3, 4, 2)
+    assert out["quaternion"].shape == (3, 4, 4) and out["flow"].shape == (3, 8, 16, 2)
+    torch.testing.assert_close(out["prob"].sum(1), torch.ones(3))
+    assert out["flow"].abs().max() <= 1
+    # Large random offsets, mirrored: the mesh is symmetric in x exactly.
+    with torch.no_grad():
+        model.shape_head.weight.normal_(std=0.3)
+    v = model.predict(torch.rand(2, 3, 32, 32))["verts"]
+    torch.testing.assert_close(v[:, model.mirror], v * torch.tensor([-1.0, 1.0, 1.0]), atol=1e-6, rtol=0)
+    assert v[:, model.template[:, 0].abs() < 1e-6, 0].abs().max() < 1e-6
+
+
+def test_camera_hypotheses_start_spread_over_azimuths():
+    model = tiny_model()
+    q = model.eval().predict(torch.rand(1, 3, 32, 32))["quaternion"][0]
+    R = invrender.cameras.quaternion_to_matrix(q)
+    from invrender.models.unicorn import view_angles
+
+    az, el = view_angles(R.double())
+    spread = torch.remainder(az + 1.0, 360).sort().values - 1.0   # the four quarter turns, in some order
+    torch.testing.assert_close(spread, torch.tensor([0.0, 90.0, 180.0, 270.0], dtype=DT), atol=1.0, rtol=0)
+    assert el.abs().max() < 1.0
+
+
+def test_bad_configs_raise_naming_the_field():
+    for field, value in (("uv_size", (10, 16)), ("num_cameras", 0), ("sigma", -1.0), ("mask_weight", -1.0),
+                         ("select_fraction", 0.0), ("template_level", 9)):
+        with pytest.raises(ConfigError, match=field):
+            U.UmrConfig(**{field: value})
+    with pytest.raises(ValueError, match="images"):
+        tiny_model().predict(torch.rand(2, 3, 16, 16))
+
+
+# ------------------------------------------------------------------------------------------------
+# semantic consistency (eqs. 1-3)
+
+
+def _identity_flow(hu, wu):
+    """A texture flow that maps texel (i, j) to pixel (i, j) of an image of the UV map's size."""
+    x = (2 * torch.arange(wu, dtype=DT) + 1) / wu - 1
+    y = (2 * torch.arange(hu, dtype=DT) + 1) / hu - 1
+    return torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], -1)[None]
+
+
+def test_semantic_uv_maps_and_the_canonical_map_of_a_constructed_case():
+    # Three instances whose part maps are already in UV layout (identity flow): the canonical map is the mean of
+    # the selected ones.
+    parts = torch.zeros(3, 2, 4, 6, dtype=DT)
+    parts[0, 0, :, :3] = 1
+    parts[1, 0, :, :2] = 1
+    parts[2, 1] = 1                       # an outlier: everything is part 1
+    uv = U.semantic_uv_maps(parts, _identity_flow(4, 6).expand(3, -1, -1, -1))
+    torch.testing.assert_close(uv, parts)
+    canonical = U.canonical_uv_map(uv, torch.tensor([True, True, False]))
+    want = torch.zeros(2, 4, 6, dtype=DT)
+    want[0, :, :2] = 1
+    want[0, :, 2] = 0.5
+    torch.testing.assert_close(canonical, want)
+    torch.testing.assert_close(U.canonical_uv_map(uv), uv.mean(0))
+    with pytest.raises(ValueError, match="selected"):
+        U.canonical_uv_map(uv, torch.zeros(3, dtype=torch.bool))
+
+
+def test_part_probability_loss_by_hand():
+    p = torch.zeros(1, 2, 2, 2, dtype=DT)
+    r = torch.zeros(1, 2, 2, 2, dtype=DT)
+    p[0, 0, 0, 0] = 1.0
+    r[0, 0, 0, 0] = 0.5
+    r[0, 1, 1, 1] = 0.2
+    torch.testing.assert_close(U.part_probability_loss(r, p), torch.tensor([(0.25 + 0.04) / 8], dtype=DT))
+
+
+def test_vertex_part_loss_by_hand():
+    # 4x4 image; part 1 (label 2) covers the single pixel (row 0, col 3), centred at NDC (0.75, 0.75). Two template
+    # vertices of part 1 at (0.75, 0.75) and (0.75, 0.25): vertex -> pixel mean (0 + 0.25) / 2, pixel -> vertex 0.
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, 0, 3] = 2
+    points = torch.tensor([[[0.75, 0.75], [0.75, 0.25], [-0.9, -0.9]]], dtype=DT)
+    vertex_part = torch.tensor([1, 1, 0])
+    got = U.vertex_part_loss(points, vertex_part, labels, num_parts=2)
+    torch.testing.assert_close(got, torch.tensor([0.25 / 2], dtype=DT))  # part 0 has no pixels: adds 0
+    # Part 0 gets pixel (row 3, col 0) at (-0.75, -0.75): its vertex is 0.15 away in x and y.
+    labels[0, 3, 0] = 1
+    got = U.vertex_part_loss(points, vertex_part, labels, num_parts=2)
+    torch.testing.assert_close(got, torch.tensor([0.25 / 2 + 2 * 0.045], dtype=DT))
+    # Gradient pulls the far vertex toward the part.
+    pts = points.clone().requires_grad_()
+    U.vertex_part_loss(pts, vertex_part, labels, num_parts=2).sum().backward()
+    assert pts.grad[0, 1, 1] < 0 and pts.grad[0, 2, 0] < 0
+
+
+# ------------------------------------------------------------------------------------------------
+# texture cycle (eqs. 5-6) against a dense face-by-pixel computation
+
+
+def test_texture_cycle_matches_a_dense_probability_map_on_a_tiny_case():
+    model = tiny_model(image_size=32, template_level=1).double()
+    out = model.predict(torch.rand(2, 3, 32, 32, dtype=DT))
+    cams = (out["scale"][:, 0], out["translation"][:, 0], out["quaternion"][:, 0])
+    _, _, fr = model.render(out["verts"], *cams, torch.zeros(2, 1, 8, 16, dtype=DT))
+    F_ = model.faces.shape[0]
+    alpha = invrender.layer_alpha(fr, model.config.sigma, kind="sigmoid")
+    centroids, total = invrender.face_pixel_centroids(fr, alpha, F_)
+    # Dense W (B, F, H W): each face's probability at each pixel.
+    B, H, W, L = fr.face_idx.shape
+    dense = torch.zeros(B, F_, H * W, dtype=DT)
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                for layer in range(L):
+                    f = int(fr.face_idx[b, i, j, layer])
+                    if f >= 0:
+                        dense[b, f, i * W + j] += alpha[b, i, j, layer]
+    xs = (2 * torch.arange(W, dtype=DT) + 1 - W) / W
+    ys = (H - 2 * torch.arange(H, dtype=DT) - 1) / H
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)
+    dense_total = dense.sum(-1)
+    dense_c = (dense @ grid) / dense_total.clamp_min(1e-300)[..., None]
+    seen = dense_total > 1e-6
+    assert seen.any(1).all()
+    torch.testing.assert_close(centroids[seen], dense_c[seen])
+    flow_at = model.sample_flow(out["flow"], model.cycle_uvs.expand(2, -1, -1, -1))
+    want = ((flow_at.mean(2) - dense_c).pow(2).sum(-1) * seen).sum(1) / seen.sum(1)
+    torch.testing.assert_close(U.texture_cycle_loss(flow_at, centroids, total), want)
+
+
+def test_face_uv_samples_lie_inside_their_faces():
+    model = tiny_model()
+    faces, bary = U.uv_face_lookup(model.face_uvs.double(), torch.remainder(model.cycle_uvs.double().reshape(-1, 2),
+                                                                            torch.tensor([1.0, 2.0], dtype=DT)))
+    expect = torch.arange(model.faces.shape[0]).repeat_interleave(model.config.cycle_samples)
+    assert (faces == expect).double().mean() > 0.99  # (faces sharing an edge may tie on the boundary)
+
+
+def test_texture_dt_loss_is_zero_inside_and_grows_outside():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    dist = U.mask_distance(mask)
+    assert dist[0, 0, 3, 3] == 0 and dist[0, 0, 0, 0] > dist[0, 0, 1, 1] > 0
+    inside = torch.zeros(1, 2, 2, 2)              # the image centre
+    outside = torch.full((1, 2, 2, 2), -0.95)     # the top-left corner
+    assert U.texture_dt_loss(inside, dist) == 0 and U.texture_dt_loss(outside, dist) > 0.3
+
+
+def test_camera_entropy():
+    torch.testing.assert_close(U.camera_entropy(torch.full((1, 4), 0.25)), torch.tensor([math.log(4)]))
+    torch.testing.assert_close(U.camera_entropy(torch.tensor([[1.0, 0.0]])), torch.tensor([0.0]))
+
+
+# ------------------------------------------------------------------------------------------------
+# training step, EM, multiplex
+
+
+def _batch(model, B=4, parts=True):
+    g = torch.Generator().manual_seed(1)
+    S, P = model.config.image_size, model.config.num_parts
+    mask = torch.zeros(B, 1, S, S)
+    mask[..., S // 4:3 * S // 4, S // 4:3 * S // 4] = 1
+    out = {"image": torch.rand(B, 3, S, S, generator=g) * mask, "mask": mask}
+    if parts:
+        p = torch.zeros(B, P, S, S)
+        for k in range(P):
+            p[:, k, S // 4 + k * S // (2 * P):S // 4 + (k + 1) * S // (2 * P), S // 4:3 * S // 4] = 1
+        out["parts"] = p * mask
+    return out
+
+
+def test_semantic_losses_start_after_the_first_m_step_and_the_step_lowers_the_loss():
+    model = tiny_model()
+    opt = model.configure_optimizers()
+    batch = _batch(model)
+    first = model.train_step(batch, opt)
+    assert "part_probability" not in first and "part_vertex" not in first  # first E-step: no canonical map
+    stats = model.m_step([batch])
+    assert int(model.em_round) == 1 and stats["canonical_selected"] == 2.0  # half of 4
+    assert (model.vertex_part >= 0).any() and model.canonical_parts.abs().sum() > 0
+    losses = [float(model.train_step(batch, opt, step=k)["total"]) for k in range(12)]
+    logs = model.train_step(batch, opt, step=12)
+    assert {"part_probability", "part_vertex", "texture_cycle", "mask"} <= set(logs)
+    assert all(math.isfinite(float(v)) for v in logs.values())
+    assert min(losses[-3:]) < losses[0]
+
+
+def test_m_step_moves_the_template_by_the_decoded_mean_code():
+    model = tiny_model()
+    with torch.no_grad():
+        model.shape_head.weight.zero_()
+        model.shape_head.bias.copy_(torch.tensor([0.1, 0.0, 0.0] * (model.shape_head.bias.numel() // 3)))
+    before = model.template.clone()
+    model.m_step([_batch(model, parts=False)])
+    moved = model.template - before
+    # +0.1 in x on the x >= 0 side, mirrored to -0.1 on the other, 0 on the plane.
+    torch.testing.assert_close(moved[:, 0], 0.1 * model.delta_sign[:, 0])
+    assert moved[:, 1:].abs().max() == 0 and int(model.em_round) == 1
+    assert model.canonical_parts.abs().sum() == 0  # no part maps: the canonical map is untouched
+
+
+def test_the_multiplex_weights_each_hypothesis_by_its_probability():
+    model = tiny_model()
+    batch = _batch(model, B=2, parts=False)
+    with torch.no_grad():  # hypothesis 2 certain
+        model.camera_head.bias.view(4, 8)[:, 7] = torch.tensor([-20.0, -20.0, 20.0, -20.0])
+    out = model.predict(batch["image"])
+    assert torch.all(out["prob"][:, 2] > 0.999)
+    rec = U.UmrTask().reconstruct(model, batch["image"])
+    torch.testing.assert_close(rec["quaternion"], out["quaternion"][:, 2])
+    # The loss equals that hypothesis' own loss.
+    loss, logs, _ = model.losses(batch["image"], batch["mask"])
+    _, sil, _ = model.render(out["verts"], out["scale"][:, 2], out["translation"][:, 2], out["quaternion"][:, 2],
+                             model.texture_map(batch["image"], out["flow"]))
+    own = 1 - invrender.metrics.mask_iou(sil, batch["mask"])
+    torch.testing.assert_close(logs["mask"], own.mean(), atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# keypoint transfer and pose alignment
+
+
+def test_uv_face_lookup_recovers_points_inside_faces():
+    model = tiny_model()
+    uvs = model.face_uvs.double()
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(50, 3, generator=g, dtype=DT) + 0.1
+    w = w / w.sum(1, keepdim=True)
+    f = torch.randint(uvs.shape[0], (50,), generator=g)
+    points = torch.einsum("nk,nkc->nc", w, uvs[f])
+    face, bary = U.uv_face_lookup(uvs, torch.remainder(points, torch.tensor([1.0, 2.0], dtype=DT)))
+    torch.testing.assert_close(face, f)
+    torch.testing.assert_close(bary, w)
+
+
+def test_pck_and_rotation_offset():
+    target = torch.zeros(2, 3, 2)
+    pred = torch.tensor([[[0.1, 0.0], [0.3, 0.0], [0.0, 0.0]], [[0.0, 0.19], [5.0, 5.0], [0.0, 0.0]]])
+    valid = torch.tensor([[True, True, False], [True, True, False]])
+    assert U.pck(pred, target, valid) == 50.0          # 0.1 and 0.19 < 0.2; 0.3 and 7.07 not
+    assert math.isnan(U.pck(pred, target, torch.zeros(2, 3, dtype=torch.bool)))
+    g = torch.Generator().manual_seed(0)
+    gt = invrender.rotation_matrix(torch.rand(20, generator=g, dtype=DT) * 6.28, torch.rand(20, generator=g, dtype=DT))
+    A = invrender.rotation_matrix(torch.tensor(1.0, dtype=DT), torch.tensor(0.3, dtype=DT), torch.tensor(0.2, dtype=DT))[0]
+    torch.testing.assert_close(U.fit_rotation_offset(gt @ A, gt), A)
+    errs = U.rotation_errors(gt @ A, gt, A)
+    assert errs["pose_rotation_median_deg"] < 1e-3 and errs["pose_accuracy_15deg"] == 1.0
