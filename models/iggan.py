@@ -739,6 +739,35 @@ class IgganTask:
         return out
 
     @torch.no_grad()
+    def samples(self, model, n: int, seed: int, threshold: float):
+        """The evaluation's ``n`` samples (drawn in batches of 50 from ``seed``): ``images (n, 1, S, S)`` (the
+        variant's render at ``threshold``) and, for the 3D variants, ``voxels (n, 1, N, N, N)`` and their view
+        ``rotations (n, 3, 3)`` (None for the 2D DCGAN); on the CPU."""
+        g = torch.Generator().manual_seed(seed)
+        batches, voxels, rotations = [], [], []
+        for start in range(0, n, 50):
+            s = model.generate(min(50, n - start), g, threshold=threshold)
+            batches.append(s["image"].cpu())
+            if "voxels" in s:
+                voxels.append(s["voxels"].cpu())
+                rotations.append(s["rotation"].cpu())
+        if not voxels:
+            return torch.cat(batches), None, None
+        return torch.cat(batches), torch.cat(voxels), torch.cat(rotations)
+
+    @torch.no_grad()
+    def shape_metrics(self, model, config) -> Dict[str, object]:
+        """Only the 3D set metrics of :meth:`evaluate` (same samples, same references), for runs evaluated before
+        they existed (``tools/iggan_shape_metrics.py``)."""
+        ev = config.get("eval") or {}
+        thr, seed = float(ev.get("threshold", 0.5)), int(ev.get("seed", 0))
+        n = int(ev.get("num_shapes", 100))
+        _, voxels, _ = self.samples(model, n, seed, thr)
+        thresholds = sorted(set(float(t) for t in ev.get("thresholds", [0.1, 0.3, 0.5])) | {thr})
+        mean_shape = self._mean_shape(config, model.config.grid_size)
+        return self._shape_metrics(config, model.config.grid_size, voxels, mean_shape, thresholds, seed)
+
+    @torch.no_grad()
     def evaluate(self, model, config, out_dir):
         """FID (:mod:`invrender.fid`: a classifier trained on renders of the synthetic categories, Fréchet
         distance of its pooled features) of ``eval.num_samples`` samples against as many held-out renders of the
@@ -784,15 +813,7 @@ class IgganTask:
             return float(fid_score(images.cpu().float().clamp(0, 1), reference=reference, classifier=classifier,
                                    progress=False))
 
-        g = torch.Generator().manual_seed(seed)
-        batches, voxels, rotations_s = [], [], []
-        for start in range(0, n, 50):
-            s = model.generate(min(50, n - start), g, threshold=thr)
-            batches.append(s["image"].cpu())
-            if "voxels" in s:
-                voxels.append(s["voxels"].cpu())
-                rotations_s.append(s["rotation"].cpu())
-        samples = torch.cat(batches)
+        samples, voxels, rotations_s = self.samples(model, n, seed, thr)
         metrics: Dict[str, object] = {"variant": c.variant, "category": ",".join(categories), "num_samples": n,
                                       "threshold": thr, "fid": fid(samples)}
         grid_thresholds = sorted(set(float(t) for t in ev.get("thresholds", [0.1, 0.3, 0.5])) | {thr})
@@ -807,8 +828,7 @@ class IgganTask:
                 out[f"{t:g}"] = fid(images)
             return out
 
-        if voxels:
-            voxels, rotations_s = torch.cat(voxels), torch.cat(rotations_s)
+        if voxels is not None:
             metrics["fid_by_threshold"] = by_threshold(voxels, rotations_s)
             metrics["fid_best_threshold"] = min(metrics["fid_by_threshold"].values())
         data_views = self.shaded(config, "train", regime="unlimited", length=n, seed=seed + 2)
@@ -822,12 +842,11 @@ class IgganTask:
         boxes = random_boxes(n, c.grid_size, generator=torch.Generator().manual_seed(seed + 4))
         metrics["reference_fid_boxes"] = fid(render_voxel_surface(boxes, rotations, thr, c.image_size, c.extent)[0])
         normals = []
-        if len(voxels):
+        if voxels is not None:
             normals.append(render_voxel_surface(voxels[:32], rotations_s[:32], thr, c.image_size, c.extent,
                                                 normals=True)[0])
         metrics["classifier_test_accuracy"] = classifier_info.get("test_accuracy")
-        metrics.update(self._shape_metrics(config, c.grid_size, voxels if len(voxels) else None, mean_shape,
-                                           grid_thresholds, seed))
+        metrics.update(self._shape_metrics(config, c.grid_size, voxels, mean_shape, grid_thresholds, seed))
         os.makedirs(out_dir, exist_ok=True)
         io.save_image(os.path.join(out_dir, "samples.png"), io.image_grid(samples[:64], nrow=8))
         if normals:

@@ -1,5 +1,6 @@
 """The FID table of IG-GAN runs (issue 16): every ``<runs>/*/eval/metrics.json`` of an IG-GAN task as one markdown
-row, with the run's steps and wall time, beside the learning-free references its evaluation measured.
+row, with the run's steps and wall time, beside the learning-free references its evaluation measured; then the
+3D set metrics (MMD, coverage, 1-NNA of ``1 - IoU`` against held-out shapes) of the runs that have them.
 
     python tools/iggan_table.py runs/iggan > benchmarks/results/iggan-fid.md
 """
@@ -27,7 +28,9 @@ def rows(root):
                     "minutes": seconds / 60, "best": m.get("fid_best_threshold"),
                     "mean_best": m.get("reference_fid_mean_shape_best_threshold"),
                     **{k: m[k] for k in ("fid", "reference_fid_data", "reference_fid_mean_shape",
-                                         "reference_fid_boxes")}})
+                                         "reference_fid_boxes")},
+                    **{k: m.get(k) for k in ("shape_best", "reference_shape_data", "reference_shape_mean_shape",
+                                             "reference_shape_boxes", "num_shapes")}})
     return out
 
 
@@ -46,6 +49,24 @@ def main():
         print(f"| {r['run']} | {r['task']} | {r['category']} | {r['steps']} | {r['dom']} | {r['minutes']:.0f} | "
               f"{f(r['fid'])} | {f(r['best'])} | {f(r['reference_fid_data'])} | {f(r['reference_fid_mean_shape'])} | "
               f"{f(r['mean_best'])} | {f(r['reference_fid_boxes'])} |")
+    shaped = [r for r in table if r["reference_shape_data"]]
+    if not shaped:
+        return
+
+    def s(m):
+        return "-" if not m else f"{m['mmd']:.3f} / {100 * m['coverage']:.0f}% / {100 * m['nna']:.0f}%"
+    print()
+    print("3D set metrics, MMD / coverage / 1-NNA (1 - IoU of 32^3 grids against held-out objects; lower MMD, higher "
+          "coverage, 1-NNA nearer 50% are better):")
+    print()
+    print("| run | task | category | steps | DOM weight | model (t, azimuth) | data (floor) | mean shape | random boxes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(shaped, key=lambda r: (r["category"], r["steps"], r["task"])):
+        b = r["shape_best"]
+        where = f" (t={b['threshold']:g}, {b['azimuth']:.0f} deg)" if b else ""
+        print(f"| {r['run']} | {r['task']} | {r['category']} | {r['steps']} | {r['dom']} | {s(b)}{where} | "
+              f"{s(r['reference_shape_data'])} | {s(r['reference_shape_mean_shape'])} | "
+              f"{s(r['reference_shape_boxes'])} |")
 
 
 if __name__ == "__main__":
