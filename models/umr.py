@@ -257,10 +257,9 @@ def texture_cycle_loss(flow_at_faces: Tensor, centroids: Tensor, total: Tensor, 
 
 
 def texture_dt_loss(flow: Tensor, distance: Tensor) -> Tensor:
-    """CMR's texture distance-transform loss: the mean, over the UV map, of the distance of the flow's sample
-    point to the silhouette (``distance (B, 1, H, W)``: 0 inside the mask, growing outside, e.g.
-    ``scipy.ndimage.distance_transform_edt`` of the background in NDC units), so the flow fetches colours from the
-    object. ``flow (B, Hu, Wu, 2)``; returns ``(B,)``."""
+    """CMR's texture distance-transform loss: the mean, over the UV map, of ``distance (B, 1, H, W)`` (low inside
+    the silhouette, high outside: :func:`mask_distance`) at the flow's sample points, so the flow fetches colours
+    from the object. ``flow (B, Hu, Wu, 2)``; returns ``(B,)``."""
     return F.grid_sample(distance, flow, mode="bilinear", padding_mode="border", align_corners=False).flatten(1).mean(1)
 
 
@@ -269,16 +268,19 @@ def camera_entropy(prob: Tensor) -> Tensor:
     return -(prob * prob.clamp_min(1e-12).log()).sum(1)
 
 
-def mask_distance(mask: Tensor) -> Tensor:
-    """Distance (NDC units: 2 / image width per pixel) from each pixel to the nearest mask pixel,
-    ``mask (B, 1, H, W)`` -> ``(B, 1, H, W)``, 0 inside; an empty mask gives 0 everywhere (no pull)."""
+def mask_distance(mask: Tensor, k: float = 50.0) -> Tensor:
+    """CMR's distance-transform barrier of silhouettes ``mask (B, 1, H, W)`` -> ``(B, 1, H, W)`` in (0, 1):
+    ``sigmoid(k (edt(outside) - edt(inside)) / max(H, W))`` (code: ``compute_dt_barrier``, k = 50), near 0 inside
+    the mask and near 1 outside; an empty mask gives 0 everywhere (no pull)."""
     from scipy import ndimage
 
     out = torch.zeros_like(mask, dtype=torch.float32, device="cpu")
     m = (mask > 0.5).cpu().numpy()
+    size = max(m.shape[-2:])
     for b in range(m.shape[0]):
         if m[b, 0].any():
-            out[b, 0] = torch.from_numpy(ndimage.distance_transform_edt(~m[b, 0])).float() * (2.0 / m.shape[-1])
+            signed = ndimage.distance_transform_edt(~m[b, 0]) - ndimage.distance_transform_edt(m[b, 0])
+            out[b, 0] = torch.sigmoid(torch.from_numpy(k * signed / size)).float()
     return out.to(device=mask.device, dtype=mask.dtype)
 
 
@@ -480,9 +482,11 @@ class UmrModel(nn.Module):
 
         Every loss that depends on the camera is computed for each of the ``K`` hypotheses and weighted by its
         probability (the multiplex): mask negative IoU, texture, texture cycle (eqs. 5-6) and, once a canonical
-        map exists (:meth:`semantic_active`), the part probability (eq. 2) and vertex (eq. 3) losses. The others
-        act on the prediction: Laplacian and flatten on the mesh, deformation ``|delta|^2``, the texture flow's
-        distance transform, and the camera entropy.
+        map exists (:meth:`semantic_active`), the part probability (eq. 2) and vertex (eq. 3) losses. As in the
+        code, only the mask loss trains the probabilities (the others weight by detached ones) and the camera
+        entropy is *minimised* (weight +0.05: the multiplex settles on one hypothesis). The others act on the
+        prediction: Laplacian and flatten on the mesh, deformation (the mean offset length, code), the texture
+        flow's distance-transform barrier.
 
         Args:
             images: ``(B, 3, S, S)`` in [0, 1]; masks: ``(B, 1, S, S)`` silhouettes; parts: ``(B, Np, S, S)``
@@ -521,13 +525,14 @@ class UmrModel(nn.Module):
                                                   c.num_parts, c.part_pixels, generator)
         weight = {"mask": c.mask_weight, "texture": c.texture_weight, "texture_cycle": c.texture_cycle_weight,
                   "part_probability": c.part_probability_weight, "part_vertex": c.part_vertex_weight}
-        per_camera = sum(weight[k] * v for k, v in per.items()).view(B, K)
-        loss = (prob * per_camera).sum(1).mean()
+        # (code) only the mask loss trains the probabilities; the others weight by detached probabilities
+        loss = sum((prob if k == "mask" else prob.detach()) * (weight[k] * v).view(B, K) for k, v in per.items())
+        loss = loss.sum(1).mean()
         logs = {k: (prob.detach() * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
         faces = self.faces
         terms = {"laplacian": (c.laplacian_weight, invrender.mesh.laplacian_loss(verts, faces)),
                  "flatten": (c.flatten_weight, invrender.mesh.flatten_loss(verts, faces)),
-                 "deformation": (c.deform_weight, out["delta"].pow(2).sum(-1).mean()),
+                 "deformation": (c.deform_weight, (out["delta"].pow(2).sum(-1) + 1e-12).sqrt().mean()),
                  "texture_dt": (c.texture_dt_weight, texture_dt_loss(flow, mask_distance(masks)).mean()),
                  "camera_entropy": (c.camera_entropy_weight, camera_entropy(prob).mean())}
         for name, (w, value) in terms.items():
@@ -538,17 +543,16 @@ class UmrModel(nn.Module):
         return loss, logs, out
 
     def random_view_renders(self, out: Dict[str, Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
-        """The predicted textured meshes rendered from random views (azimuth uniform, elevation in [-30, 30]
-        degrees (ours), the best hypothesis' scale, centred): the GAN's fakes ``(B, 3, S, S)``."""
+        """The GAN's fakes ``(B, 3, S, S)``: each predicted mesh seen by its most probable camera turned by a random
+        angle in [0, 180) degrees about the vertical axis (code: ``rotate_cam``), its texture detached (code)."""
         B = out["verts"].shape[0]
         dtype, device = out["verts"].dtype, out["verts"].device
-        az = torch.rand(B, generator=generator).to(device, dtype) * 2 * math.pi
-        el = (torch.rand(B, generator=generator).to(device, dtype) - 0.5) * math.radians(60)
-        rotation = invrender.rotation_matrix(az, el)
+        turn = invrender.rotation_matrix(torch.rand(B, generator=generator).to(device, dtype) * math.pi)
+        idx = torch.arange(B, device=device)
         best = out["prob"].argmax(1)
-        scale = out["scale"].gather(1, best[:, None])[:, 0].detach()
-        ndc_t = torch.zeros(B, 2, dtype=dtype, device=device)
-        image, _, _ = self.render(out["verts"], scale, ndc_t, rotation, out["texture"])
+        rotation = invrender.cameras.quaternion_to_matrix(out["quaternion"][idx, best]) @ turn
+        image, _, _ = self.render(out["verts"], out["scale"][idx, best], out["translation"][idx, best], rotation,
+                                  out["texture"].detach())
         return image
 
     def _step(self, name: str, loss: Tensor, optimizers, params, reduce_gradients=None) -> None:
@@ -670,50 +674,6 @@ class UmrModel(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 # Keypoint transfer (CUB protocol: CMR, CSM, UMR) and pose alignment
-
-
-def uv_face_lookup(face_uvs: Tensor, uv: Tensor, chunk: int = 4096) -> Tuple[Tensor, Tensor]:
-    """The face of the UV layout ``face_uvs (F, 3, 2)`` that holds each UV point ``uv (N, 2)`` and the point's
-    barycentric coordinates in it: ``face (N,)`` int64 and ``bary (N, 3)``. ``u`` is periodic (the seam-fixed
-    layout of :func:`invrender.mesh.spherical_uvs` has corners past 1, so ``u + 1`` is tried too); a point in no
-    triangle (numerically on an edge) takes the face whose barycentrics are least negative, clamped."""
-    a, b, c = face_uvs.unbind(1)                                        # (F, 2) each
-    v0, v1 = b - a, c - a
-    det = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
-    det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
-    faces, barys = [], []
-    for start in range(0, uv.shape[0], chunk):
-        best_score, best_bary = None, None
-        for shift in (0.0, 1.0):
-            p = uv[start:start + chunk, None] + uv.new_tensor([shift, 0.0]) - a[None]   # (n, F, 2)
-            l1 = (p[..., 0] * v1[:, 1] - p[..., 1] * v1[:, 0]) / det
-            l2 = (v0[:, 0] * p[..., 1] - v0[:, 1] * p[..., 0]) / det
-            bary = torch.stack([1 - l1 - l2, l1, l2], -1)
-            score = bary.min(-1).values                                 # >= 0 inside
-            if best_score is None:
-                best_score, best_bary = score, bary
-            else:
-                better = score > best_score
-                best_score = torch.where(better, score, best_score)
-                best_bary = torch.where(better[..., None], bary, best_bary)
-        f = best_score.argmax(1)
-        bary = best_bary.gather(1, f[:, None, None].expand(-1, 1, 3))[:, 0].clamp_min(0)
-        faces.append(f)
-        barys.append(bary / bary.sum(-1, keepdim=True))
-    return torch.cat(faces), torch.cat(barys)
-
-
-def surface_points(verts: Tensor, faces: Tensor, face: Tensor, bary: Tensor) -> Tensor:
-    """Points on meshes ``verts (B, V, 3)`` (shared ``faces (F, 3)``) at ``face (B, N)`` with ``bary (B, N, 3)``."""
-    corners = verts[torch.arange(verts.shape[0], device=verts.device)[:, None, None], faces[face]]  # (B, N, 3, 3)
-    return (bary[..., None] * corners).sum(-2)
-
-
-def pixel_of(points: Tensor, size: int) -> Tuple[Tensor, Tensor]:
-    """Row and column ``(..., )`` int64 of NDC points ``(..., 2)`` (x right, y up) in a ``size`` square image."""
-    col = ((points[..., 0] + 1) * size / 2).floor().long().clamp(0, size - 1)
-    row = ((1 - points[..., 1]) * size / 2).floor().long().clamp(0, size - 1)
-    return row, col
 
 
 def pck(pred: Tensor, target: Tensor, valid: Tensor, alpha: float = 0.1) -> float:
@@ -974,68 +934,46 @@ class UmrTask:
 
     @torch.no_grad()
     def _read(self, model: UmrModel, images: Tensor) -> Dict[str, Tensor]:
+        """:meth:`reconstruct` in batches of 32, the tensors the evaluation reads."""
         recs = [self.reconstruct(model, images[i:i + 32]) for i in range(0, len(images), 32)]
         keys = ("verts", "scale", "translation", "quaternion", "rotation", "mask", "flow")
         return {k: torch.cat([r[k] for r in recs]) for k in keys}
 
-    @staticmethod
-    def _hard_faces(model: UmrModel, rec: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
-        """The front face and its barycentrics at every pixel of each reconstruction seen by its camera:
-        ``face (N, S, S)`` (-1 where none) and ``bary (N, S, S, 3)`` (an exact z-buffer)."""
-        S = model.config.image_size
-        ndc = model.project(rec["verts"], rec["scale"], rec["translation"], rec["quaternion"])
-        fr = invrender.rasterize(ndc, model.faces, S, layers=1, sigma=0.0)
-        return fr.face_idx[..., 0], fr.bary[..., 0, :]
-
     def keypoint_transfer(self, model: UmrModel, rec: Dict[str, Tensor], keypoints: Tensor, pairs: Tensor,
                           alpha: float = 0.1) -> Dict[str, float]:
-        """Keypoint transfer (CMR's CUB protocol) between ``pairs (P, 2)`` of images: each visible keypoint of the
-        source is lifted to a point of its mesh — **via camera**: the face under the keypoint in the source's
-        render (the nearest covered pixel when none); **via texture flow**: the UV point whose texture flow
-        lands nearest the keypoint, on the template surface by ``Phi`` — carried to the same face and
-        barycentrics of the target's mesh and projected by the target's camera. PCK@``alpha`` (of the image side)
-        over keypoints visible in both, in percent. ``keypoints (N, K, 3)``: NDC x, y and visibility.
+        """Keypoint transfer between ``pairs (P, 2)`` of images (source, target), as the official code does it
+        (``test_kp.py``):
+
+        * **via camera**: the template vertex whose projection by the source's camera is nearest the source
+          keypoint, projected by the target's camera and snapped to the nearest pixel of the target's rendered
+          silhouette;
+        * **via texture flow**: the face whose texture flow in the source lands nearest the keypoint (the mean of
+          its ``N_c`` flow samples, ``C_in``; the code takes the arg-max of a Gaussian heat map over the samples),
+          predicted where that face's flow lands in the target.
+
+        PCK@``alpha`` (of the image side) over the keypoints visible in both, in percent; ``keypoints (N, K, 3)``:
+        NDC x, y and visibility; ``rec``: :meth:`reconstruct`'s tensors of the N images.
 
         Reference under the same protocol: ``pck_identity``, the source keypoint's own position (no transfer)."""
-        S = model.config.image_size
         src, tgt = pairs[:, 0], pairs[:, 1]
         valid = (keypoints[src, :, 2] > 0) & (keypoints[tgt, :, 2] > 0)          # (P, K)
-        face_map, bary_map = self._hard_faces(model, rec)
-        kp = keypoints[..., :2]
-        # Via camera: the face under each keypoint (nearest covered pixel when the keypoint is off the render).
-        N, K = kp.shape[:2]
+        kp, target = keypoints[..., :2], keypoints[tgt, :, :2]
+        N, S = kp.shape[0], model.config.image_size
+        template = model.template.to(kp.dtype).expand(N, -1, -1)
+        projected = model.project(template, rec["scale"], rec["translation"], rec["quaternion"])[..., :2]  # (N, V, 2)
+        nearest = (kp[src][:, :, None] - projected[src][:, None]).pow(2).sum(-1).argmin(-1)                # (P, K)
+        moved = projected[tgt].gather(1, nearest[..., None].expand(-1, -1, 2))
         xs = (2 * torch.arange(S, dtype=kp.dtype) + 1 - S) / S
-        ys = -xs
-        pix = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2)   # (S S, 2) (x, y)
-        covered = (face_map >= 0).reshape(N, -1)
-        d = (kp[:, :, None, :] - pix[None, None]).pow(2).sum(-1)               # (N, K, S S)
-        d = torch.where(covered[:, None], d, torch.full_like(d, float("inf")))
-        nearest = d.argmin(-1)                                                 # (N, K)
-        has_face = covered.any(1)
-        cam_face = face_map.reshape(N, -1).gather(1, nearest).clamp_min(0)
-        cam_bary = bary_map.reshape(N, -1, 3).gather(1, nearest[..., None].expand(-1, -1, 3))
-        # Via texture flow: the texel whose flow lands nearest the keypoint, then its face on the UV layout.
-        Hu, Wu = model.config.uv_size
-        table = getattr(model, "_uv_table", None)
-        if table is None:
-            u = (torch.arange(Wu, dtype=torch.float64) + 0.5) / Wu
-            v = (torch.arange(Hu, dtype=torch.float64) + 0.5) / Hu
-            uv = torch.stack(torch.meshgrid(v, u, indexing="ij")[::-1], -1).reshape(-1, 2)
-            table = uv_face_lookup(model.face_uvs.double().cpu(), uv)
-            model._uv_table = table
-        flow = _grid_to_ndc(rec["flow"].cpu().reshape(N, -1, 2))                # (N, Hu Wu, 2)
-        texel = (kp[:, :, None, :] - flow[:, None]).pow(2).sum(-1).argmin(-1)   # (N, K)
-        flow_face, flow_bary = table[0][texel], table[1][texel].to(kp.dtype)
-
-        def carry(face, bary):
-            points = surface_points(rec["verts"][tgt].cpu(), model.faces.cpu(), face[src], bary[src])
-            return model.project(points, rec["scale"][tgt].cpu(), rec["translation"][tgt].cpu(),
-                                 rec["quaternion"][tgt].cpu())[..., :2]
-
-        target = kp[tgt]
-        cam_valid = valid & has_face[src][:, None]
-        return {"pck_camera": pck(carry(cam_face, cam_bary), target, cam_valid, alpha),
-                "pck_texture_flow": pck(carry(flow_face, flow_bary), target, valid, alpha),
+        pix = torch.stack(torch.meshgrid(-xs, xs, indexing="ij")[::-1], -1).reshape(-1, 2)   # (S S, 2) (x, y)
+        inside = rec["mask"].reshape(N, -1)[tgt] > 0.5                                        # (P, S S)
+        d = (moved[:, :, None] - pix[None, None]).pow(2).sum(-1)
+        d = torch.where(inside[:, None], d, torch.full_like(d, float("inf")))
+        snapped = torch.where(inside.any(1)[:, None, None], pix[d.argmin(-1)], moved)
+        c_in = model.sample_flow(rec["flow"], model.cycle_uvs.to(kp.dtype).expand(N, -1, -1, -1)).mean(2)  # (N, F, 2)
+        face = (kp[src][:, :, None] - c_in[src][:, None]).pow(2).sum(-1).argmin(-1)                          # (P, K)
+        flowed = c_in[tgt].gather(1, face[..., None].expand(-1, -1, 2))
+        return {"pck_camera": pck(snapped, target, valid, alpha),
+                "pck_texture_flow": pck(flowed, target, valid, alpha),
                 "pck_identity": pck(kp[src], target, valid, alpha),
                 "pck_pairs": int(len(pairs)), "pck_keypoints": int(valid.sum())}
 
