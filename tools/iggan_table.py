@@ -24,7 +24,9 @@ def rows(root):
         log = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]
         seconds = sum(h.get("time/step_s", 0.0) * cfg.get("log_every", 1) for h in log)
         out.append({"run": os.path.basename(run), "task": cfg["task"], "category": m["category"], "steps": m["step"],
-                    "dom": (cfg.get("model") or {}).get("dom_weight", 100.0) if cfg["task"] == "iggan" else "",
+                    # runs from before model.l2_reduction existed used the per-pixel mean
+                    "dom": (f"{(cfg.get('model') or {}).get('dom_weight', 100.0):g} "
+                            f"({(cfg.get('model') or {}).get('l2_reduction', 'mean')} L2)") if cfg["task"] == "iggan" else "",
                     "minutes": seconds / 60, "best": m.get("fid_best_threshold"),
                     "mean_best": m.get("reference_fid_mean_shape_best_threshold"),
                     **{k: m[k] for k in ("fid", "reference_fid_data", "reference_fid_mean_shape",
@@ -39,7 +41,7 @@ def main():
     p.add_argument("root", nargs="?", default="runs/iggan")
     args = p.parse_args()
     table = rows(args.root)
-    print("| run | task | category | steps | DOM weight | train min (approx.) | FID (t=0.5) | FID (best t) | "
+    print("| run | task | category | steps | DOM weight (over L2) | train min (approx.) | FID (t=0.5) | FID (best t) | "
           "data (floor) | mean shape (t=0.5) | mean shape (best t) | random boxes |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -59,7 +61,7 @@ def main():
     print("3D set metrics, MMD / coverage / 1-NNA (1 - IoU of 32^3 grids against held-out objects; lower MMD, higher "
           "coverage, 1-NNA nearer 50% are better):")
     print()
-    print("| run | task | category | steps | DOM weight | model (t, azimuth) | data (floor) | mean shape | random boxes |")
+    print("| run | task | category | steps | DOM weight (over L2) | model (t, azimuth) | data (floor) | mean shape | random boxes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in sorted(shaped, key=lambda r: (r["category"], r["steps"], r["task"])):
         b = r["shape_best"]
