@@ -11,7 +11,7 @@ docstring for the on-disk layout, the item format and the preprocessing.
 - :class:`ImageFolder`: any folder tree of images (IG-GAN's CelebA, UNICORN's CompCars and LSUN exports),
   optionally with masks in a mirrored tree.
 - :class:`CUB200`: CUB-200-2011 birds in CMR's ``.mat`` annotations (UNICORN, UMR, CMR), square crops
-  around the box with masks and keypoints.
+  around the box with masks and keypoints (and SCOPS part maps in UMR's layout for UMR).
 - :class:`Pascal3DCar`: Pascal3D+ cars in UCMR's ``.mat`` annotations (UNICORN), square crops with masks.
 - :class:`GrayscaleViews`: single grayscale views (object on black) for the voxel models.
 - :class:`ShadedViews`: IG-GAN's grey shaded renders of the synthetic categories in the paper's regimes.
@@ -21,7 +21,7 @@ docstring for the on-disk layout, the item format and the preprocessing.
 """
 
 from ._cmr import read_cmr_annotations
-from .cub import CUB200
+from .cub import CUB200, read_scops_parts
 from .image_folder import ImageFolder
 from .kato import KatoShapeNet
 from .mnist import MNIST, read_idx
@@ -33,4 +33,4 @@ from .views import GrayscaleViews
 
 __all__ = ["CUB200", "GrayscaleViews", "ImageFolder", "KatoShapeNet", "MNIST", "PartNoise", "Pascal3DCar",
            "ShadedViews", "ShapeNetNMR", "one_hot_parts", "project_to_ndc", "read_cmr_annotations", "read_idx",
-           "read_metadata", "read_split_list"]
+           "read_metadata", "read_scops_parts", "read_split_list"]
