@@ -8,6 +8,11 @@ along its longest side (ShapeNet-NMR's normalisation: max |p| = 0.5). Renders us
 rasterizer in hard mode (supersampled for antialiasing) with Lambertian shading from two directional
 lights plus ambient, and the ShapeNet-NMR perspective camera (distance 2.732, focal length 3.732).
 
+Every object also carries semantic parts (:data:`SEMANTIC_PARTS`): its geometric parts grouped into a fixed,
+per-category list of names (a chair's seat, back and legs), the same count for every object of a category, as
+an unsupervised part segmenter (SCOPS) would label them; :func:`render_part_labels` renders their per-view label
+maps and :meth:`SyntheticObject.part_centers` gives their 3-D centres (UMR's part data, Li et al. 2020).
+
 Everything is a deterministic function of a seed.
 """
 
@@ -23,9 +28,28 @@ from .mesh import icosphere
 from .ops import rotation_matrix
 from .renderers import render_shaded
 
-__all__ = ["CATEGORIES", "Part", "SyntheticObject", "make_object", "render_object", "camera_pose"]
+__all__ = ["CATEGORIES", "SEMANTIC_PARTS", "Part", "SyntheticObject", "make_object", "render_object",
+           "render_part_labels", "camera_pose"]
 
 CATEGORIES = ("car", "chair", "airplane", "table", "sofa", "mug")
+
+#: The semantic parts of each category, in label order (label ``k + 1`` in part maps is ``SEMANTIC_PARTS[c][k]``;
+#: 0 is the background). Every object of a category has all of them; the geometric parts are grouped into them:
+#:
+#: - car: ``body`` (the lower box), ``cabin`` (the upper box), ``wheels`` (all four);
+#: - chair: ``seat``, ``back``, ``legs`` (all four);
+#: - airplane: ``fuselage``, ``wings``, ``tail`` (the vertical fin and the horizontal stabiliser);
+#: - table: ``top``, ``base`` (four legs, or the pedestal's column and foot);
+#: - sofa: ``seat`` (the base block), ``back``, ``arms`` (both);
+#: - mug: ``body`` (the cup with its cavity), ``handle``.
+SEMANTIC_PARTS: Dict[str, Tuple[str, ...]] = {
+    "car": ("body", "cabin", "wheels"),
+    "chair": ("seat", "back", "legs"),
+    "airplane": ("fuselage", "wings", "tail"),
+    "table": ("top", "base"),
+    "sofa": ("seat", "back", "arms"),
+    "mug": ("body", "handle"),
+}
 TEXTURES = ("plain", "stripes", "checks", "noise")
 DISTANCE, FOCAL = 2.732, 3.732
 
@@ -33,13 +57,15 @@ DISTANCE, FOCAL = 2.732, 3.732
 @dataclass
 class Part:
     """A closed triangle mesh ``verts (V, 3)`` float64, ``faces (F, 3)`` int64 (outward,
-    counter-clockwise), its RGB ``color`` and solid ``texture`` (one of TEXTURES) with a frequency."""
+    counter-clockwise), its RGB ``color`` and solid ``texture`` (one of TEXTURES) with a frequency, and
+    the name of the semantic part it belongs to (one of :data:`SEMANTIC_PARTS` of its category)."""
 
     verts: Tensor
     faces: Tensor
     color: Tuple[float, float, float]
     texture: str = "plain"
     frequency: float = 8.0
+    semantic: str = ""
 
 
 @dataclass
@@ -57,6 +83,39 @@ class SyntheticObject:
             part_of.append(torch.full((p.faces.shape[0],), k, dtype=torch.long))
             offset += p.verts.shape[0]
         return torch.cat(verts), torch.cat(faces), torch.cat(part_of)
+
+    @property
+    def semantic_names(self) -> Tuple[str, ...]:
+        """The category's semantic part names, :data:`SEMANTIC_PARTS` ``[category]`` (``Np`` of them)."""
+        return SEMANTIC_PARTS[self.category]
+
+    def semantic_of_parts(self) -> Tensor:
+        """The semantic part (0-based index into :attr:`semantic_names`) of each geometric part, ``(len(parts),)``
+        int64. Raises ``ValueError`` for a part whose ``semantic`` name is not one of the category's."""
+        names = self.semantic_names
+        bad = [p.semantic for p in self.parts if p.semantic not in names]
+        if bad:
+            raise ValueError(f"SyntheticObject: part semantic name(s) {bad} not in the {self.category!r} "
+                             f"semantic parts {names}")
+        return torch.tensor([names.index(p.semantic) for p in self.parts], dtype=torch.long)
+
+    def semantic_labels(self) -> Tensor:
+        """The semantic part of each face of :meth:`mesh`, ``(F,)`` int64 in ``0 .. Np - 1`` (label maps store it
+        plus one)."""
+        return self.semantic_of_parts()[self.mesh()[2]]
+
+    def part_centers(self) -> Tensor:
+        """The 3-D centre of each semantic part, ``(Np, 3)`` float64 in object space: the area-weighted centroid
+        of the part's surface (every face of its geometric parts, hidden or not), i.e. the mean of points drawn
+        uniformly on that surface. Every category's objects have every semantic part."""
+        verts, faces, _ = self.mesh()
+        tri = verts[faces]  # (F, 3, 3)
+        area = 0.5 * torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1).norm(dim=-1)
+        label = self.semantic_labels()
+        n = len(self.semantic_names)
+        total = torch.zeros(n, dtype=verts.dtype).index_add_(0, label, area)
+        moment = torch.zeros(n, 3, dtype=verts.dtype).index_add_(0, label, area[:, None] * tri.mean(1))
+        return moment / total[:, None]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,6 +196,13 @@ def _part(g, mesh, color=None) -> Part:
     return Part(mesh[0], mesh[1], color or _color(g), tex, freq)
 
 
+def _named(semantic: str, *parts: Part) -> List[Part]:
+    """``parts`` as a list, each tagged with the ``semantic`` part it belongs to."""
+    for p in parts:
+        p.semantic = semantic
+    return list(parts)
+
+
 def _car(g):
     L, W, H = _u(g, 1.6, 2.2), _u(g, 0.7, 0.9), _u(g, 0.3, 0.45)
     r = _u(g, 0.15, 0.22)
@@ -144,7 +210,7 @@ def _car(g):
     cabin = _part(g, box((0, r + H + _u(g, 0.12, 0.2), _u(g, -0.2, 0.1)), (W * 0.85, _u(g, 0.25, 0.4), L * _u(g, 0.4, 0.6))))
     wheel_color = (0.1, 0.1, 0.1)
     wheels = [Part(*cylinder((sx * W / 2, r, sz * L * 0.32), r, 0.15, "x"), wheel_color) for sx in (-1, 1) for sz in (-1, 1)]
-    return [body, cabin] + wheels
+    return _named("body", body) + _named("cabin", cabin) + _named("wheels", *wheels)
 
 
 def _legs(g, w, d, h, t, color):
@@ -157,15 +223,16 @@ def _chair(g):
     legc = _color(g)
     seat = _part(g, box((0, h, 0), (w, 0.12, d)))
     back = _part(g, box((0, h + _u(g, 0.4, 0.6), -d / 2 + 0.05), (w, _u(g, 0.7, 1.1), 0.1)))
-    return [seat, back] + _legs(g, w, d, h, t, legc)
+    return _named("seat", seat) + _named("back", back) + _named("legs", *_legs(g, w, d, h, t, legc))
 
 
 def _table(g):
     w, d, h = _u(g, 1.4, 2.0), _u(g, 0.8, 1.2), _u(g, 0.8, 1.1)
     top = _part(g, box((0, h, 0), (w, 0.1, d)))
     if torch.rand((), generator=g) < 0.5:
-        return [top] + _legs(g, w, d, h, _u(g, 0.06, 0.12), _color(g))
-    return [top, _part(g, cylinder((0, h / 2, 0), _u(g, 0.08, 0.15), h)), _part(g, cylinder((0, 0.03, 0), d * 0.4, 0.06))]
+        return _named("top", top) + _named("base", *_legs(g, w, d, h, _u(g, 0.06, 0.12), _color(g)))
+    column = _part(g, cylinder((0, h / 2, 0), _u(g, 0.08, 0.15), h))
+    return _named("top", top) + _named("base", column, _part(g, cylinder((0, 0.03, 0), d * 0.4, 0.06)))
 
 
 def _sofa(g):
@@ -174,7 +241,7 @@ def _sofa(g):
     base = Part(*box((0, h / 2, 0), (w, h, d)), c, *_texture(g))
     back = Part(*box((0, h + 0.3, -d / 2 + 0.12), (w, _u(g, 0.5, 0.8), 0.24)), c, *_texture(g))
     arms = [Part(*box((s * (w / 2 - 0.1), h + 0.12, 0), (0.2, 0.3, d)), c) for s in (-1, 1)]
-    return [base, back] + arms
+    return _named("seat", base) + _named("back", back) + _named("arms", *arms)
 
 
 def _airplane(g):
@@ -184,7 +251,7 @@ def _airplane(g):
     wings = _part(g, box((0, 0, _u(g, -0.1, 0.2)), (span, 0.05, chord)))
     tail = _part(g, box((0, _u(g, 0.15, 0.3), -L / 2 + 0.15), (0.05, _u(g, 0.3, 0.5), 0.3)))
     stab = _part(g, box((0, 0.05, -L / 2 + 0.15), (span * 0.35, 0.04, 0.22)))
-    return [fuselage, wings, tail, stab]
+    return _named("fuselage", fuselage) + _named("wings", wings) + _named("tail", tail, stab)
 
 
 def _mug(g):
@@ -202,7 +269,7 @@ def _mug(g):
         cx, cy = R + hr * math.cos(a) - tube * 0.5, H / 2 + hr * math.sin(a)
         seg = box((cx, cy, 0), (tube * 2, hr * math.pi / n + tube, tube * 2))
         handle.append(Part(*seg, color))
-    return [body] + handle
+    return _named("body", body) + _named("handle", *handle)
 
 
 _BUILDERS: Dict[str, Callable[[torch.Generator], List[Part]]] = {
@@ -274,6 +341,42 @@ def render_object(obj: SyntheticObject, azimuth: Tensor, elevation: Tensor, imag
                          background=background, distance=DISTANCE, focal_length=FOCAL)
 
 
+@torch.no_grad()
+def render_part_labels(obj: SyntheticObject, azimuth: Tensor, elevation: Tensor, image_size: int = 64,
+                       supersample: int = 2) -> Tensor:
+    """Hard semantic part maps of one object from ``B`` viewpoints, consistent with :func:`render_object`'s masks.
+
+    The front-most face of each of the ``supersample^2`` subpixels is found with the same z-buffer as
+    :func:`render_object` (so the covered subpixels are exactly those its mask averages); a pixel is foreground
+    when at least half its subpixels are covered (the stored mask PNG ``> 127``), and its label is the semantic
+    part of most of its covered subpixels (ties: the smaller label).
+
+    Args:
+        obj: a :class:`SyntheticObject`.
+        azimuth, elevation: ``(B,)`` radians.
+        image_size, supersample: as :func:`render_object`.
+
+    Returns:
+        ``(B, H, W)`` uint8: 0 background, ``k + 1`` the semantic part ``SEMANTIC_PARTS[obj.category][k]``.
+    """
+    from .renderers import _zbuffer
+
+    verts, faces, _ = obj.mesh()
+    semantic = obj.semantic_labels()
+    n = len(obj.semantic_names)
+    rotation = camera_pose(azimuth.double(), elevation.double())
+    B, ss, S = rotation.shape[0], int(supersample), int(image_size)
+    pv = verts.double().expand(B, -1, -1) @ rotation.transpose(1, 2)
+    frag, covered, _ = _zbuffer(pv, faces, S * ss, DISTANCE, FOCAL, None)
+    fi = frag.face_idx[..., 0]
+    label = torch.where(covered, semantic[fi.clamp(min=0)] + 1, torch.zeros_like(fi))  # (B, S ss, S ss)
+    # Votes per pixel: count of subpixels of each label 1..n, reduced over each ss x ss block.
+    onehot = torch.nn.functional.one_hot(label, n + 1).permute(0, 3, 1, 2).double()
+    votes = torch.nn.functional.avg_pool2d(onehot, ss, divisor_override=1)  # (B, n + 1, S, S) counts
+    fg = votes[:, 1:].sum(1) * 2 >= ss * ss
+    return torch.where(fg, votes[:, 1:].argmax(1) + 1, torch.zeros_like(fg, dtype=torch.long)).to(torch.uint8)
+
+
 # ------------------------------------------------------------------------------------------------
 # Dataset in the ShapeNet-NMR layout (DVR / UNICORN)
 
@@ -318,15 +421,21 @@ def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[
     """Writes a synthetic dataset in the ShapeNet-NMR layout read by DVR, UNICORN and
     :class:`invrender.data.ShapeNetNMR`::
 
-        root/metadata.yaml                         {category: {id, name}}
+        root/metadata.yaml                         {category: {id, name, parts: [semantic part names]}}
         root/<category>/softras_{train,val,test}.lst  object names (70 / 10 / 20 %)
         root/<category>/<object>/image/NNNN.png    RGB renders, image_size^2
                                   mask/NNNN.png     silhouettes
+                                  parts/NNNN.png    uint8 semantic part labels (0 background, k + 1 the part
+                                                    metadata ``parts[k]``; :func:`render_part_labels`):
+                                                    nonzero exactly where the mask PNG is > 127
                                   cameras.npz       world_mat_i (3, 4), camera_mat_i (4, 4), azimuth, elevation
                                   pointcloud.npz    points, normals (``points`` samples on the surface)
                                   voxels.npy        (R, R, R) uint8 occupancy over [-0.5, 0.5]^3 (solid
                                                     interior plus the voxels the surface crosses)
-                                  mesh.npz          verts, faces, part (ground-truth mesh)
+                                  mesh.npz          verts, faces, part (ground-truth mesh; ``part`` (F,) the
+                                                    geometric part of each face), semantic (F,) its semantic
+                                                    part (0-based), part_centers (Np, 3) float64 each semantic
+                                                    part's area-weighted surface centroid (object space)
 
     Azimuths are uniform in [0, 360) degrees per view; ``elevation`` is a number of degrees (fixed)
     or a pair (range, uniform). ``background="random"`` composites onto random smooth colour fields.
@@ -346,7 +455,8 @@ def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[
             raise ConfigError(f"generate_dataset: unknown category {c!r} in argument 'categories' (known: {CATEGORIES})")
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "metadata.yaml"), "w") as f:
-        yaml.safe_dump({c: {"id": c, "name": c} for c in categories}, f, sort_keys=True)
+        yaml.safe_dump({c: {"id": c, "name": c, "parts": list(SEMANTIC_PARTS[c])} for c in categories}, f,
+                       sort_keys=True)
     jobs = [(ci, c, k) for ci, c in enumerate(categories) for k in range(objects_per_category)]
     bar = None
     if progress:
@@ -378,21 +488,24 @@ def generate_dataset(root, objects_per_category: int = 10, categories: Sequence[
                                                      size=(image_size, image_size), mode="bilinear",
                                                      align_corners=False)
             image, mask = render_object(obj, az, el, image_size, background=bg)
+            labels = render_part_labels(obj, az, el, image_size).numpy()
             obj_dir = os.path.join(cat_dir, name)
-            for sub in ("image", "mask"):
+            for sub in ("image", "mask", "parts"):
                 os.makedirs(os.path.join(obj_dir, sub), exist_ok=True)
             img8 = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
             mask8 = (mask.clamp(0, 1) * 255 + 0.5).to(torch.uint8)[:, 0].numpy()
             for v in range(views):
                 _save_png(os.path.join(obj_dir, "image", f"{v:04d}.png"), img8[v])
                 _save_png(os.path.join(obj_dir, "mask", f"{v:04d}.png"), mask8[v])
+                _save_png(os.path.join(obj_dir, "parts", f"{v:04d}.png"), labels[v])
             world, cam = camera_matrices(camera_pose(az, el))
             cams = {f"world_mat_{v}": world[v].numpy() for v in range(views)}
             cams.update({f"camera_mat_{v}": cam[v].numpy() for v in range(views)})
             cams.update(azimuth=az.numpy(), elevation=el.numpy())
             _savez(os.path.join(obj_dir, "cameras.npz"), **cams)
             verts, faces, part_of = obj.mesh()
-            _savez(os.path.join(obj_dir, "mesh.npz"), verts=verts.numpy(), faces=faces.numpy(), part=part_of.numpy())
+            _savez(os.path.join(obj_dir, "mesh.npz"), verts=verts.numpy(), faces=faces.numpy(), part=part_of.numpy(),
+                   semantic=obj.semantic_labels().numpy(), part_centers=obj.part_centers().numpy())
             if points > 0:
                 pts, normals = mesh_ops.sample_points(verts, faces, points, return_normals=True, generator=g)
                 _savez(os.path.join(obj_dir, "pointcloud.npz"), points=pts.reshape(-1, 3).float().numpy(),
@@ -437,13 +550,28 @@ def cache_root(cache_dir: Optional[str] = None) -> str:
     return cache_dir or os.environ.get("INVRENDER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "invrender")
 
 
+#: Version of the files :func:`generate_dataset` writes; part of the default dataset's cache folder name, bumped
+#: whenever the layout or the contents change so that older caches are regenerated, not reused.
+#: v2: semantic part maps (``parts/NNNN.png``), ``mesh.npz`` ``semantic`` and ``part_centers``, metadata ``parts``.
+DATASET_VERSION = 2
+
+
 def default_dataset(cache_dir: Optional[str] = None, **kwargs) -> str:
     """The embedded default data: generated on first use into ``cache_dir`` (default
-    ``$INVRENDER_CACHE`` or ``~/.cache/invrender``; :func:`cache_root`)/``synthetic-v1`` and reused
-    afterwards. Returns its root."""
+    ``$INVRENDER_CACHE`` or ``~/.cache/invrender``; :func:`cache_root`)/``synthetic-v<DATASET_VERSION>-<hash>``
+    and reused afterwards; ``<hash>`` digests every argument of :func:`generate_dataset` (``kwargs`` over its
+    defaults, ``progress`` aside), so different settings never share a folder. Returns its root."""
+    import hashlib
+    import inspect
+    import json
     import os
 
-    root = os.path.join(cache_root(cache_dir), "synthetic-v1")
+    bound = inspect.signature(generate_dataset).bind(None, **kwargs)  # unknown arguments raise TypeError here
+    bound.apply_defaults()
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items()
+                if k not in ("root", "progress")}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    root = os.path.join(cache_root(cache_dir), f"synthetic-v{DATASET_VERSION}-{digest}")
     done = os.path.join(root, ".complete")
     if not os.path.exists(done):
         print(f"invrender: generating the default synthetic dataset into {root} (once; later runs reuse it)")

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from invrender.data import MNIST, ImageFolder, KatoShapeNet, ShapeNetNMR
+from invrender.data import MNIST, ImageFolder, KatoShapeNet, PartNoise, ShapeNetNMR, one_hot_parts, project_to_ndc
 
 SYNSETS = {"02691156": "airplane,aeroplane,plane", "03001627": "chair"}
 
@@ -434,6 +434,211 @@ def test_nmr_camera_rotation_in_invrender_convention(tmp_path, style):
     q = cam["rotation"].double().numpy() @ p
     got = (f * q[0] / (d - q[2]), f * q[1] / (d - q[2]))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # The part keypoints' projection reads either file the same way.
+    world = np.concatenate([R, t[:, None]], 1)
+    np.testing.assert_allclose(project_to_ndc(p[None], world, np.diag([f, f, 1.0, 1.0]))[0], expected, rtol=1e-12)
     assert cam["rotation"].dtype == torch.float32
     np.testing.assert_allclose(cam["rotation"].double().numpy() @ cam["rotation"].double().numpy().T, np.eye(3),
                                atol=1e-5)
+
+
+# --------------------------------------------------------------------------- part maps (UMR)
+
+
+def _two_parts(h=12, w=16):
+    lab = np.zeros((h, w), np.int64)
+    lab[2:10, 2:8], lab[2:10, 8:14] = 1, 2
+    return lab
+
+
+def _blobs(seed, size=24, parts=3):
+    """A random silhouette (a filled ellipse) cut into ``parts`` labelled sectors around a random centre."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(float)
+    cy, cx = rng.uniform(0.4, 0.6, 2) * size
+    ry, rx = rng.uniform(0.25, 0.45, 2) * size
+    fg = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    angle = (np.arctan2(yy - cy, xx - cx) + np.pi + rng.uniform(0, 2 * np.pi)) % (2 * np.pi)
+    return np.where(fg, 1 + (angle * parts / (2 * np.pi)).astype(np.int64) % parts, 0)
+
+
+def test_one_hot_parts():
+    lab = _two_parts()
+    p = one_hot_parts(lab, 3)
+    assert p.shape == (3, 12, 16) and p.dtype == torch.float32
+    assert torch.equal(p.sum(0), torch.from_numpy((lab > 0).astype(np.float32)))
+    assert p[2].sum() == 0 and p[0].sum() == 48
+    assert torch.equal(one_hot_parts(lab.astype(np.uint8), 3), p)
+
+
+def test_part_noise_zero_is_the_identity():
+    noise = PartNoise()
+    assert noise.is_identity
+    for seed in range(5):
+        lab = _blobs(seed)
+        assert np.array_equal(noise(lab, seed, 3), lab)
+    # Equal offsets move nothing either.
+    assert np.array_equal(PartNoise(grow=2, shrink=2, seed=1)._move_boundaries(
+        _two_parts(), np.array([1, 2]), np.array([1, 1])), _two_parts())
+
+
+def test_part_noise_moves_a_boundary_by_the_offset_difference():
+    lab = _two_parts()
+    noise = PartNoise(grow=3, shrink=3, seed=0)
+    for d1 in range(-3, 4):
+        for d2 in range(-3, 4):
+            out = noise._move_boundaries(lab, np.array([1, 2]), np.array([d1, d2]))
+            shift = d1 - d2  # columns 2..7 are part 1, 8..13 part 2: a shift of 6 swallows a part whole
+            expect = _two_parts()
+            expect[2:10, 2:8 + shift], expect[2:10, 8 + shift:14] = 1, 2
+            assert np.array_equal(out, expect), (d1, d2)
+
+
+@pytest.mark.parametrize("grow, shrink", [(3, 0), (0, 3), (2, 2)])
+def test_part_noise_grows_and_shrinks_within_the_mask(grow, shrink):
+    noise = PartNoise(grow=grow, shrink=shrink, seed=4)
+    changed = 0
+    for index in range(30):
+        lab = _blobs(index, parts=3)
+        out = noise(lab, index, 3)
+        offsets, swap = noise.draw(index, 3)
+        assert swap is None and offsets.min() >= -shrink and offsets.max() <= grow
+        assert np.array_equal(out > 0, lab > 0)  # relabelled inside the silhouette only, and all of it
+        area = np.array([(lab == k).sum() for k in (1, 2, 3)])
+        new = np.array([(out == k).sum() for k in (1, 2, 3)])
+        for k in range(3):
+            if offsets[k] == offsets.max():
+                assert new[k] >= area[k] and ((out == k + 1) >= (lab == k + 1)).all()  # only grows
+            if offsets[k] == offsets.min():
+                assert new[k] <= area[k] and ((out == k + 1) <= (lab == k + 1)).all()  # only shrinks
+            if offsets[k] > offsets.max() - 1e-9 and offsets[k] > np.sort(offsets)[1]:
+                assert new[k] > area[k]  # the strict largest grows into its neighbours
+        changed += not np.array_equal(out, lab)
+    assert changed >= 20
+
+
+def test_part_noise_swap_fraction_one_swaps_every_image():
+    noise = PartNoise(swap_fraction=1.0, seed=2)
+    pairs = set()
+    for index in range(40):
+        lab = _blobs(index, parts=3)
+        out = noise(lab, index, 3)
+        _, (a, b) = noise.draw(index, 3, np.unique(lab[lab > 0]))
+        assert a != b and not np.array_equal(out, lab)
+        expect = np.where(lab == a, b, np.where(lab == b, a, lab))
+        assert np.array_equal(out, expect)
+        pairs.add((a, b))
+    assert pairs == {(1, 2), (1, 3), (2, 3)}
+    # A map with one part swaps it with another label; an empty one stays empty.
+    one = np.where(_two_parts() > 0, 2, 0)
+    out = noise(one, 0, 3)
+    assert np.array_equal(out > 0, one > 0) and len(np.unique(out[out > 0])) == 1 and (out[out > 0] != 2).all()
+    assert np.array_equal(noise(np.zeros((4, 4), np.int64), 0, 3), np.zeros((4, 4)))
+    half = PartNoise(swap_fraction=0.5, seed=2)
+    swapped = sum(half.draw(i, 3)[1] is not None for i in range(400))
+    assert 160 < swapped < 240
+
+
+def test_part_noise_is_deterministic_per_index():
+    lab = _blobs(7, parts=3)
+    a, b = (PartNoise(grow=2, shrink=2, swap_fraction=0.5, seed=9) for _ in range(2))
+    outs = [a(lab, i, 3) for i in range(12)]
+    assert all(np.array_equal(outs[i], b(lab, i, 3)) for i in range(12))
+    assert all(np.array_equal(outs[i], a(lab, i, 3)) for i in (5, 0, 11))  # any order, any number of calls
+    assert len({o.tobytes() for o in outs}) > 3  # but items differ
+    other = PartNoise(grow=2, shrink=2, swap_fraction=0.5, seed=10)
+    assert any(not np.array_equal(outs[i], other(lab, i, 3)) for i in range(12))
+
+
+def test_part_noise_errors_name_the_argument():
+    for kw, name in [({"grow": -1}, "grow"), ({"shrink": 1.5}, "shrink"), ({"swap_fraction": 1.2}, "swap_fraction"),
+                     ({"swap_fraction": True}, "swap_fraction"), ({"seed": -2}, "seed"), ({"grow": True}, "grow")]:
+        with pytest.raises(ValueError, match=name):
+            PartNoise(**kw)
+    noise = PartNoise(grow=1)
+    with pytest.raises(ValueError, match="labels"):
+        noise(np.zeros((2, 3, 4), np.int64), 0, 3)
+    with pytest.raises(ValueError, match="labels.*num_parts"):
+        noise(np.full((3, 3), 4), 0, 3)
+    with pytest.raises(ValueError, match="index"):
+        noise(_two_parts(), -1, 3)
+    with pytest.raises(ValueError, match="num_parts"):
+        noise.draw(0, 0)
+
+
+def _add_parts(root, synset="03001627", names=("c0",), views=3, size=8, count=2):
+    """Part maps (two halves of the mask) and part centres for make_nmr's objects; metadata lists the parts."""
+    meta = yaml.safe_load((root / "metadata.yaml").read_text())
+    meta[synset]["parts"] = ["left", "right"][:count]
+    (root / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    for name in names:
+        d = root / synset / name
+        (d / "parts").mkdir()
+        for v in range(views):
+            m = np.array(Image.open(d / "mask" / f"{v:04d}.png")) > 127
+            lab = np.where(m, 1 + (np.arange(size)[None, :] >= size // 2), 0).astype(np.uint8)
+            Image.fromarray(lab).save(d / "parts" / f"{v:04d}.png")
+        np.savez(d / "mesh.npz", part_centers=np.array([[-0.2, 0.1, 0.0], [0.2, -0.1, 0.1]])[:count])
+
+
+def test_nmr_parts_from_files(tmp_path):
+    make_nmr(tmp_path)
+    _add_parts(tmp_path)
+    ds = ShapeNetNMR(tmp_path, categories=["chair"], load_parts=True)
+    assert ds.part_names == [["left", "right"]] and ds.num_parts == 2
+    item = ds[1]
+    m = item["mask"][0]
+    assert torch.equal(item["parts"].sum(0), m) and torch.equal(item["parts"][1][:, :4], torch.zeros(8, 4))
+    cam = item["camera"]
+    expect = project_to_ndc(np.array([[-0.2, 0.1, 0.0], [0.2, -0.1, 0.1]]), cam["world_mat"].double().numpy(),
+                            cam["camera_mat"].double().numpy())
+    np.testing.assert_allclose(item["keypoints"][:, :2].numpy(), expect, rtol=1e-6)
+    assert item["keypoints"][:, 2].tolist() == [1.0, 1.0]
+    assert "parts" not in ShapeNetNMR(tmp_path, categories=["chair"])[0]
+    noisy = ShapeNetNMR(tmp_path, categories=["chair"], load_parts=True, part_noise=PartNoise(swap_fraction=1.0))
+    swapped = noisy[1]
+    assert torch.equal(swapped["parts"], item["parts"].flip(0)) and torch.equal(swapped["keypoints"], item["keypoints"])
+
+
+def test_nmr_parts_errors(tmp_path):
+    make_nmr(tmp_path)
+    with pytest.raises(ValueError, match="metadata.yaml.*'parts'"):
+        ShapeNetNMR(tmp_path, categories=["chair"], load_parts=True)
+    with pytest.raises(ValueError, match="part_noise.*load_parts"):
+        ShapeNetNMR(tmp_path, categories=["chair"], part_noise=PartNoise())
+    with pytest.raises(TypeError, match="part_noise"):
+        ShapeNetNMR(tmp_path, categories=["chair"], load_parts=True, part_noise={"grow": 1})
+    _add_parts(tmp_path)
+    meta = yaml.safe_load((tmp_path / "metadata.yaml").read_text())
+    meta["03001627"]["parts"] = "left"
+    (tmp_path / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(ValueError, match="'parts'"):
+        ShapeNetNMR(tmp_path, categories=["chair"])
+    meta["03001627"]["parts"] = ["left", "right"]
+    (tmp_path / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    d = tmp_path / "03001627" / "c0"
+    os.remove(d / "mesh.npz")
+    with pytest.raises(FileNotFoundError, match="mesh.npz"):
+        ShapeNetNMR(tmp_path, categories=["chair"], load_parts=True)
+    np.savez(d / "mesh.npz", part_centers=np.zeros((3, 3)))
+    ds = ShapeNetNMR(tmp_path, categories=["chair"], load_parts=True)
+    with pytest.raises(ValueError, match=r"mesh.npz.*part_centers.*\(2, 3\)"):
+        ds[0]
+    np.savez(d / "mesh.npz", part_centers=np.zeros((2, 3)))
+    Image.fromarray(np.full((8, 8), 3, np.uint8)).save(d / "parts" / "0000.png")
+    with pytest.raises(ValueError, match=r"0000\.png.*label 3"):
+        ds[0]
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(d / "parts" / "0000.png")
+    with pytest.raises(ValueError, match=r"0000\.png.*8x6"):
+        ds[0]
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "parts" / "0000.png")
+    with pytest.raises(ValueError, match=r"0000\.png.*single-channel"):
+        ds[0]
+    os.remove(d / "parts" / "0001.png")
+    with pytest.raises(FileNotFoundError, match="0001.png"):
+        ds[1]
+    import shutil
+
+    shutil.rmtree(d / "parts")
+    with pytest.raises(FileNotFoundError, match="part map folder"):
+        ShapeNetNMR(tmp_path, categories=["chair"], load_parts=True)

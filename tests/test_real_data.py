@@ -289,6 +289,130 @@ def test_cub_errors_name_the_argument_or_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# CUB-200 with SCOPS part maps (UMR)
+
+
+def part_labels(i):
+    """(H, W) int labels in image coordinates for CUB_RECORDS[i]: the tight box cut into four bands (1 head at the
+    top .. 4 belly at the bottom), 0 elsewhere, so every labelled pixel is inside SCOPS's padded square."""
+    rec = CUB_RECORDS[i]
+    x1, y1, x2, y2 = rec["bbox"]
+    lab = np.zeros((H, W), np.int64)
+    rows = np.arange(y1 - 1, y2)
+    lab[y1 - 1:y2, x1 - 1:x2] = 1 + (4 * (rows - (y1 - 1)) // len(rows))[:, None]
+    return lab
+
+
+def make_scops(root, split="train", indices=(0, 1, 2), repeat=1, background=0.25):
+    """SCOPS part maps in UMR's layout for the split's images: parts_root/<folder>/<stem>_<i>.npy, (h, h, 5),
+    one-hot over SCOPS's square (the box padded by 5 %, unjittered) at ``repeat`` map pixels per image pixel;
+    the background channel 0 holds ``background`` (it must never reach the items)."""
+    from invrender.data._crop import jittered_box, square_about
+
+    parts_root = os.path.join(root, "SCOPS", "results", "cub", "ITER_60000", "train", "dcrf_prob")
+    for i in indices:
+        rec = CUB_RECORDS[i]
+        x0, y0, side = square_about(jittered_box(np.array(rec["bbox"], float) - [1, 1, 0, 0], 0.05))
+        rows, cols = np.arange(y0, y0 + side), np.arange(x0, x0 + side)
+        inside = ((rows >= 0) & (rows < H))[:, None] & ((cols >= 0) & (cols < W))[None, :]
+        lab = np.where(inside, part_labels(i)[rows.clip(0, H - 1)[:, None], cols.clip(0, W - 1)[None, :]], 0)
+        prob = (lab[..., None] == np.arange(5)).astype(np.float32)
+        prob[..., 0] = background
+        prob = prob.repeat(repeat, 0).repeat(repeat, 1)
+        folder, name = os.path.split(rec["rel_path"])
+        path = os.path.join(parts_root, folder, f"{name.split('.')[0]}_{i}.npy")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.save(path, prob)
+    return parts_root
+
+
+def expected_parts(ds, index, square, flip):
+    """The item's parts as the mask of each part's pixels would come out of the crop (crop_resize, nearest)."""
+    from invrender.data._crop import crop_resize
+
+    lab = part_labels(index)
+    im = Image.fromarray(coded_image(index))
+    return torch.cat([crop_resize(im, np.where(lab == k, 255, 0).astype(np.uint8), square, (ds.image_size,) * 2,
+                                  ds.fill, flip)[1] for k in range(1, 5)])
+
+
+def test_cub_scops_parts_are_cropped_like_the_mask(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    parts_root = make_scops(root)
+    ds = CUB200(root, split="train", image_size=22, parts_root=parts_root)
+    assert ds.part_path(0) == os.path.join(parts_root, "001.Bird", "a_0.npy")
+    assert ds.part_path(2) == os.path.join(parts_root, "002.Other", "c_2.npy")
+    item = ds[0]
+    assert item["parts"].shape == (4, 22, 22) and item["parts"].dtype == torch.float32
+    assert set(item["parts"].unique().tolist()) == {0.0, 1.0}  # the background channel (0.25) is dropped
+    assert torch.equal(item["parts"].sum(0), item["mask"][0])  # the fixture's parts tile the box mask
+    # At the crop's own size nothing is resampled: the crop's pixel (r, c) is the image's (r + 4, c + 4).
+    assert torch.equal(item["parts"], torch.from_numpy(
+        (part_labels(0)[4:26, 4:26] == np.arange(1, 5)[:, None, None]).astype(np.float32)))
+    for size, padding in ((22, 0.05), (40, 0.05), (13, 0.05), (22, 0.2)):
+        ds = CUB200(root, split="train", image_size=size, padding=padding, parts_root=parts_root)
+        for i in range(3):  # the corner image's crop leaves the image
+            assert torch.equal(ds[i]["parts"], expected_parts(ds, i, ds.square(i), False)), (size, padding, i)
+    # The real maps are 256 x 256 whatever the crop: a finer map of the same labels gives the same items.
+    fine = make_scops(tmp_path / "fine", repeat=3)
+    ds, ds_fine = (CUB200(root, split="train", image_size=17, parts_root=p) for p in (parts_root, fine))
+    assert all(torch.equal(ds[i]["parts"], ds_fine[i]["parts"]) for i in range(3))
+    batch = next(iter(DataLoader(ds, batch_size=3)))
+    assert batch["parts"].shape == (3, 4, 17, 17)
+
+
+def test_cub_scops_parts_follow_flips_and_jitter(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    parts_root = make_scops(root)
+    g = torch.Generator().manual_seed(3)
+    ds = CUB200(root, split="train", image_size=22, parts_root=parts_root, random_flip=True, jitter=True,
+                generator=g)
+    flips = 0
+    for trial in range(10):
+        state = g.get_state()
+        square = ds.square(0)  # the square the item is about to draw
+        flip = bool(torch.rand((), generator=g) < 0.5)
+        g.set_state(state)
+        item = ds[0]
+        assert torch.equal(item["parts"], expected_parts(ds, 0, square, flip))
+        assert torch.equal(item["parts"].sum(0) > 0, item["mask"][0] > 0)
+        flips += flip
+    assert 0 < flips < 10
+
+
+def test_cub_scops_errors_name_the_file(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    parts_root = make_scops(root, indices=(0, 2))
+    with pytest.raises(FileNotFoundError, match=r"001\.Bird.b_1\.npy"):
+        CUB200(root, split="train", parts_root=parts_root)
+    with pytest.raises(FileNotFoundError, match="parts_root"):
+        CUB200(root, split="train", parts_root=tmp_path / "nowhere")
+    # The test split's rows are images 0 and 2 again, numbered 0 and 1: c_1.npy is missing.
+    with pytest.raises(FileNotFoundError, match="c_1.npy"):
+        CUB200(root, split="test", parts_root=parts_root)
+    make_scops(root, indices=(1,))
+    ds = CUB200(root, split="train", parts_root=parts_root)
+    path = ds.part_path(1)
+    for bad in (np.zeros((20, 20, 4), np.float32), np.zeros((5, 20, 20), np.float32),
+                np.zeros((20, 22, 5), np.float32), np.zeros((20, 20), np.float32)):
+        np.save(path, bad)
+        with pytest.raises(ValueError, match=r"b_1\.npy.*shape"):
+            ds[1]
+    np.save(path, np.full((20, 20, 5), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"b_1\.npy.*finite"):
+        ds[1]
+    open(path, "wb").write(b"not npy")
+    with pytest.raises(ValueError, match=r"b_1\.npy"):
+        ds[1]
+    assert CUB200(root, split="train", parts_root=parts_root, num_parts=3) is not None
+    with pytest.raises(ValueError, match=r"a_0\.npy.*\(h, h, 4\)"):
+        CUB200(root, split="train", parts_root=parts_root, num_parts=3)[0]
+    with pytest.raises(ValueError, match="num_parts"):
+        CUB200(root, split="train", parts_root=parts_root, num_parts=0)
+    assert "parts" not in CUB200(root, split="train")[0]
+
+
+# ------------------------------------------------------------------------------------------------
 # Pascal3D+ car
 
 

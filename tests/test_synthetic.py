@@ -2,6 +2,7 @@
 determinism, and masks equal to ray casting the ground-truth mesh by trimesh."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -111,7 +112,8 @@ def test_generation_is_byte_identical_and_complete(tiny_dataset):
         names = sum(splits, [])
         assert sorted(names) == [f"{cat}_{k:05d}" for k in range(3)]
         for n in names:
-            for f in ("cameras.npz", "pointcloud.npz", "voxels.npy", "mesh.npz", "image/0002.png", "mask/0002.png"):
+            for f in ("cameras.npz", "pointcloud.npz", "voxels.npy", "mesh.npz", "image/0002.png", "mask/0002.png",
+                      "parts/0002.png"):
                 assert f"{cat}/{n}/{f}" in a
 
 
@@ -188,3 +190,187 @@ def test_grayscale_views_for_the_voxel_models(tiny_dataset):
     assert (item["image"][item["mask"] == 0] == 0).all()  # black background
     with pytest.raises(ValueError, match="image_size"):
         GrayscaleViews(base, image_size=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Semantic parts (UMR's part segmentations)
+
+
+@pytest.mark.parametrize("category", syn.CATEGORIES)
+def test_semantic_parts_are_the_category_list_on_every_object(category):
+    names = syn.SEMANTIC_PARTS[category]
+    assert len(names) >= 2 and len(set(names)) == len(names)
+    for seed in range(6):  # tables come with legs or a pedestal: both give the same semantic parts
+        obj = syn.make_object(category, seed)
+        labels = obj.semantic_labels()
+        assert obj.semantic_names == names
+        assert labels.shape == (obj.mesh()[1].shape[0],) and labels.dtype == torch.long
+        assert sorted(set(labels.tolist())) == list(range(len(names)))
+        assert obj.part_centers().shape == (len(names), 3)
+
+
+def test_semantic_grouping_of_a_chair():
+    obj = syn.make_object("chair", 0)
+    assert [p.semantic for p in obj.parts] == ["seat", "back"] + ["legs"] * 4
+    assert obj.semantic_of_parts().tolist() == [0, 1, 2, 2, 2, 2]
+    obj.parts[0].semantic = "cushion"
+    with pytest.raises(ValueError, match="cushion"):
+        obj.semantic_labels()
+
+
+def test_part_centers_are_area_weighted_surface_centroids():
+    obj = syn.make_object("airplane", 4)
+    verts, faces, _ = obj.mesh()
+    labels = obj.semantic_labels().numpy()
+    tm = trimesh.Trimesh(verts.numpy(), faces.numpy(), process=False)
+    for k in range(len(obj.semantic_names)):
+        sel = labels == k
+        expect = (tm.area_faces[sel, None] * tm.triangles_center[sel]).sum(0) / tm.area_faces[sel].sum()
+        assert np.allclose(obj.part_centers()[k].numpy(), expect, atol=1e-12)
+    # The mean of many uniform surface samples of the part converges to it.
+    seat = syn.make_object("chair", 1)
+    v, f, _ = seat.mesh()
+    keep = seat.semantic_labels() == 0
+    from invrender.mesh import sample_points
+
+    pts = sample_points(v, f[keep], 200_000, generator=torch.Generator().manual_seed(0)).reshape(-1, 3)
+    assert torch.allclose(pts.mean(0), seat.part_centers()[0], atol=3e-3)
+
+
+def test_part_labels_follow_the_mask_and_the_front_most_face():
+    obj = syn.make_object("chair", 2)
+    az, el = torch.tensor([0.4, 2.5, 4.0]), torch.full((3,), math.radians(30))
+    _, mask = syn.render_object(obj, az, el, 32)
+    labels = syn.render_part_labels(obj, az, el, 32)
+    assert labels.shape == (3, 32, 32) and labels.dtype == torch.uint8
+    assert torch.equal(labels > 0, mask[:, 0] >= 0.5)  # the mask PNG's > 127
+    assert set(labels.unique().tolist()) == {0, 1, 2, 3}
+    # Without supersampling each pixel is the semantic part of the first face a ray through its centre hits.
+    H = 40
+    lab1 = syn.render_part_labels(obj, az[:1], el[:1], H, supersample=1)[0].numpy()
+    verts, faces, _ = obj.mesh()
+    R = syn.camera_pose(az[:1].double(), el[:1].double())[0].numpy()
+    mesh = trimesh.Trimesh(verts.numpy() @ R.T, faces.numpy(), process=False)
+    c = (2 * np.arange(H) + 1 - H) / H
+    x, y = np.meshgrid(c, -c)
+    dirs = np.stack([x / syn.FOCAL, y / syn.FOCAL, -np.ones_like(x)], -1).reshape(-1, 3)
+    origins = np.tile([0.0, 0.0, syn.DISTANCE], (H * H, 1))
+    tri = trimesh.ray.ray_triangle.RayMeshIntersector(mesh).intersects_first(origins, dirs).reshape(H, H)
+    expect = np.where(tri >= 0, obj.semantic_labels().numpy()[np.maximum(tri, 0)] + 1, 0)
+    assert (expect > 0).sum() > 200
+    assert (lab1 != expect).sum() <= 6  # rays grazing an edge or a seam between parts may go either way
+
+
+def test_generated_part_maps_and_centres(tiny_dataset):
+    import yaml
+    from PIL import Image
+
+    root, kw = tiny_dataset
+    meta = yaml.safe_load((root / "a" / "metadata.yaml").read_text())
+    for cat in kw["categories"]:
+        assert meta[cat]["parts"] == list(syn.SEMANTIC_PARTS[cat])
+        obj_dir = root / "a" / cat / f"{cat}_00001"
+        mesh = np.load(obj_dir / "mesh.npz")
+        obj = syn.make_object(cat, 7 * 1_000_003 + kw["categories"].index(cat) * 10_007 + 1)
+        assert np.array_equal(mesh["semantic"], obj.semantic_labels().numpy())
+        assert mesh["part_centers"].shape == (len(syn.SEMANTIC_PARTS[cat]), 3)
+        assert np.allclose(mesh["part_centers"], obj.part_centers().numpy())
+        for v in range(kw["views"]):
+            parts = np.array(Image.open(obj_dir / "parts" / f"{v:04d}.png"))
+            mask = np.array(Image.open(obj_dir / "mask" / f"{v:04d}.png"))
+            assert parts.dtype == np.uint8 and parts.shape == mask.shape == (24, 24)
+            assert np.array_equal(parts > 0, mask > 127)
+            assert parts.max() <= len(syn.SEMANTIC_PARTS[cat])
+
+
+def test_loader_part_maps_and_keypoints(tiny_dataset):
+    from invrender.data import ShapeNetNMR
+
+    root, kw = tiny_dataset
+    ds = ShapeNetNMR(root / "a", split="train", load_parts=True)
+    assert ds.part_names == [list(syn.SEMANTIC_PARTS[c]) for c in ds.categories]
+    assert ds.num_parts == 3  # chair 3, mug 2: the mug's third channel is empty
+    for i in range(len(ds)):
+        item = ds[i]
+        parts, kp, mask = item["parts"], item["keypoints"], item["mask"]
+        assert parts.shape == (3, 24, 24) and parts.dtype == torch.float32
+        assert kp.shape == (3, 3) and kp.dtype == torch.float32
+        assert torch.equal(parts.sum(0), mask[0])  # one-hot on the silhouette, zero on the background
+        present = parts.flatten(1).amax(1)
+        assert torch.equal(kp[:, 2], present)
+        assert (kp[present == 0] == 0).all() and (kp[:, :2].abs() <= 1).all()
+        if ds.categories[int(item["category"])] == "mug":
+            assert (parts[2] == 0).all() and (kp[2] == 0).all()
+    # Resized with nearest-neighbour filtering, like the mask; keypoints do not depend on the size.
+    big = ShapeNetNMR(root / "a", split="train", load_parts=True, image_size=48)
+    item, small = big[5], ds[5]
+    assert torch.equal(item["parts"], small["parts"].repeat_interleave(2, 1).repeat_interleave(2, 2))
+    assert torch.equal(item["keypoints"], small["keypoints"])
+    from torch.utils.data import DataLoader
+
+    batch = next(iter(DataLoader(ds, batch_size=len(ds))))
+    assert batch["parts"].shape == (len(ds), 3, 24, 24) and batch["keypoints"].shape == (len(ds), 3, 3)
+
+
+@pytest.fixture(scope="module")
+def chairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chairs")
+    syn.generate_dataset(root, objects_per_category=4, categories=("chair",), views=8, image_size=32, seed=3,
+                         points=0, voxel_resolution=0, progress=False)
+    return root
+
+
+def test_projected_part_centres_land_on_their_parts(chairs):
+    """A chair's back (a thin plate, rarely hidden) and seat (a flat box, partly hidden behind the back from some
+    views) are convex: their centres project onto, or next to, their own pixels in the rendered part map."""
+    from invrender.data import ShapeNetNMR
+
+    S = 32
+    dist = {0: [], 1: []}
+    for split in ("train", "test"):
+        ds = ShapeNetNMR(chairs, split=split, load_parts=True)
+        for i in range(len(ds)):
+            item = ds[i]
+            for k in dist:
+                if item["keypoints"][k, 2] == 0:
+                    continue
+                rows, cols = np.nonzero(item["parts"][k].numpy())
+                x, y = item["keypoints"][k, :2].tolist()
+                j, r = (x + 1) * S / 2 - 0.5, (1 - y) * S / 2 - 0.5  # NDC to pixel indices (design.md)
+                dist[k].append(np.sqrt((rows - r) ** 2 + (cols - j) ** 2).min())
+    seat, back = np.array(dist[0]), np.array(dist[1])
+    assert len(seat) >= 24 and len(back) >= 24
+    assert back.max() <= 1.0  # on the back's pixels, or within a pixel of them
+    assert seat.max() <= 4.0 and np.median(seat) <= 1.0
+
+
+def test_default_dataset_folder_names_the_version_and_the_settings(tmp_path):
+    kw = dict(objects_per_category=1, categories=("mug",), views=1, image_size=8, points=20, voxel_resolution=4,
+              progress=False)
+    a = syn.default_dataset(str(tmp_path), **kw)
+    assert os.path.basename(a).startswith(f"synthetic-v{syn.DATASET_VERSION}-") and syn.DATASET_VERSION >= 2
+    assert (tmp_path / os.path.basename(a) / "mug" / "mug_00000" / "parts" / "0000.png").exists()
+    b = syn.default_dataset(str(tmp_path), **dict(kw, views=2))
+    assert a != b and os.path.exists(os.path.join(b, "mug", "mug_00000", "image", "0001.png"))
+    c = syn.default_dataset(str(tmp_path), **dict(kw, progress=True, seed=0))  # explicit default seed, progress
+    assert c == a
+    with pytest.raises(TypeError):
+        syn.default_dataset(str(tmp_path), colour="red")
+
+
+def test_loader_part_noise_is_a_fixed_corruption_inside_the_mask(tiny_dataset):
+    from invrender.data import PartNoise, ShapeNetNMR
+
+    root, _ = tiny_dataset
+    clean = ShapeNetNMR(root / "a", split="train", load_parts=True)
+    noise = dict(grow=2, shrink=2, swap_fraction=0.3, seed=5)
+    noisy = ShapeNetNMR(root / "a", split="train", load_parts=True, part_noise=PartNoise(**noise))
+    again = ShapeNetNMR(root / "a", split="train", load_parts=True, part_noise=PartNoise(**noise))
+    changed = 0
+    for i in range(len(clean)):
+        c, n = clean[i], noisy[i]
+        assert torch.equal(n["parts"].sum(0), c["mask"][0])  # relabelled inside the silhouette only
+        assert torch.equal(n["keypoints"], c["keypoints"])  # the keypoints stay the ground truth
+        assert torch.equal(n["parts"], again[i]["parts"]) and torch.equal(n["parts"], noisy[i]["parts"])
+        changed += not torch.equal(n["parts"], c["parts"])
+    assert changed >= len(clean) // 2

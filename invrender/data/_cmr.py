@@ -160,4 +160,10 @@ class BoxCropDataset(Dataset):
             item["keypoints"] = torch.from_numpy(np.concatenate([xy * visible, visible], 1).astype(np.float32))
         if "cad_index" in rec:
             item["cad_index"] = torch.tensor(rec["cad_index"], dtype=torch.int64)
+        item.update(self.extra_maps(index, square, flip))
         return item
+
+    def extra_maps(self, index: int, square, flip: bool) -> Dict[str, torch.Tensor]:
+        """More per-pixel data of item ``index`` (subclasses: e.g. :class:`CUB200`'s part maps), cropped to
+        ``square`` (the item's crop, jitter included) at ``image_size`` and mirrored when ``flip``, as the mask is."""
+        return {}

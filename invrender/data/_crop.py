@@ -120,3 +120,26 @@ def points_to_ndc(points: np.ndarray, square: Tuple[int, int, int], flip: bool =
     x = -1.0 + (2.0 * (points[:, 0] - x0) + 1.0) / side
     y = 1.0 - (2.0 * (points[:, 1] - y0) + 1.0) / side
     return np.stack([-x if flip else x, y], 1)
+
+
+def crop_map(values: np.ndarray, source: Tuple[int, int, int], square: Tuple[int, int, int],
+             size: Tuple[int, int], flip: bool = False) -> np.ndarray:
+    """Resamples a map ``values (h, w, C)`` that covers the square ``source = (x0, y0, side)`` of an image (its pixel
+    (i, j) spans ``source``'s columns ``x0 + [j, j + 1) side / w`` and rows ``y0 + [i, i + 1) side / h``) onto the
+    crop ``square`` at ``size = (H, W)``, nearest-neighbour: each output pixel takes the map pixel under its centre,
+    zero where that falls outside ``source``; mirrored left-right when ``flip``. With ``source == square`` this is
+    the nearest resize :func:`crop_resize` applies to masks. Returns ``(C, H, W)`` in ``values``' dtype."""
+    h, w = values.shape[:2]
+    sx0, sy0, sside = source
+    x0, y0, side = square
+    H, W = size
+    x = x0 + (np.arange(W) + 0.5) * side / W  # output pixel centres in image pixels
+    y = y0 + (np.arange(H) + 0.5) * side / H
+    col = np.floor((x - sx0) * w / sside).astype(np.int64)
+    row = np.floor((y - sy0) * h / sside).astype(np.int64)
+    inside = ((row >= 0) & (row < h))[:, None] & ((col >= 0) & (col < w))[None, :]
+    out = values[np.clip(row, 0, h - 1)[:, None], np.clip(col, 0, w - 1)[None, :]]  # (H, W, C)
+    out = np.where(inside[..., None], out, np.zeros((), values.dtype))
+    if flip:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out.transpose(2, 0, 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -16,8 +16,23 @@ from ..errors import ConfigError
 
 from ._io import (alpha_array, as_size, binary_mask_tensor, has_alpha, load_npz, npz_array, open_image,
                   require_dir, require_file, resize, rgb_tensor)
+from .parts import PartNoise, one_hot_parts
 
 _VIEW_FILE = re.compile(r"^(\d+)\.(png|jpg|jpeg)$", re.IGNORECASE)
+
+
+def project_to_ndc(points: np.ndarray, world_mat: np.ndarray, camera_mat: np.ndarray) -> np.ndarray:
+    """Object-space ``points (N, 3)`` to normalised device coordinates ``(N, 2)`` (x left to right, y bottom to
+    top, [-1, 1] across the image) with a ShapeNet-NMR camera: ``world_mat`` (3, 4) to the camera frame, then the
+    pinhole of focal lengths ``camera_mat[0, 0], camera_mat[1, 1]`` about the image centre. The frame is read as
+    :class:`ShapeNetNMR` reads ``rotation``: OpenGL-style (looking along -z, y up) when ``world_mat[2, 3] <= 0``
+    (the synthetic data), else OpenCV-style (looking along +z, y down; DVR's files)."""
+    p = np.asarray(points, dtype=np.float64) @ world_mat[:, :3].T + world_mat[:, 3]
+    if world_mat[2, 3] <= 0:
+        x, y, depth = p[:, 0], p[:, 1], -p[:, 2]
+    else:
+        x, y, depth = p[:, 0], -p[:, 1], p[:, 2]
+    return np.stack([camera_mat[0, 0] * x / depth, camera_mat[1, 1] * y / depth], 1)
 
 
 def read_split_list(path: str) -> List[str]:
@@ -28,8 +43,10 @@ def read_split_list(path: str) -> List[str]:
     return [n for n in names if n]
 
 
-def read_metadata(path: str) -> Dict[str, Dict[str, str]]:
-    """``metadata.yaml`` as DVR writes it: ``{synset: {id: synset, name: "airplane,aeroplane,plane"}}``."""
+def read_metadata(path: str) -> Dict[str, Dict[str, object]]:
+    """``metadata.yaml`` as DVR writes it: ``{synset: {id: synset, name: "airplane,aeroplane,plane"}}``; an entry's
+    optional ``parts`` (the semantic part names of the category, as :func:`invrender.synthetic.generate_dataset`
+    writes them) is kept as a list of str."""
     require_file(path, "ShapeNet metadata.yaml")
     with open(path, "r", encoding="utf-8") as f:
         try:
@@ -43,6 +60,12 @@ def read_metadata(path: str) -> Dict[str, Dict[str, str]]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise ValueError(f"{path!r}: entry {key!r} must be a mapping with a 'name' field, got {entry!r}")
         out[str(key)] = {"id": str(entry.get("id", key)), "name": str(entry["name"])}
+        if "parts" in entry:
+            parts = entry["parts"]
+            if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+                raise ValueError(f"{path!r}: entry {key!r} field 'parts' must be a non-empty list of part names, "
+                                 f"got {parts!r}")
+            out[str(key)]["parts"] = list(parts)
     return out
 
 
@@ -59,6 +82,12 @@ class ShapeNetNMR(Dataset):
         root/<synset>/<object>/cameras.npz  world_mat_<i> (3,4) or (4,4), camera_mat_<i> (4,4) per view i
         root/<synset>/<object>/pointcloud.npz  points (P,3), normals (P,3)   (only for load_pointcloud)
         root/<synset>/<object>/voxels.npy      (32,32,32) occupancy           (only for load_voxels)
+        root/<synset>/<object>/parts/0000.png ..  uint8 part labels, 0 background, k the part
+                                                  metadata ``parts[k - 1]``      (only for load_parts)
+        root/<synset>/<object>/mesh.npz        part_centers (Np, 3) object space (only for load_parts)
+
+    (the part files are what :func:`invrender.synthetic.generate_dataset` writes; the metadata entry of each
+    category then lists its ``parts`` names, ``Np`` of them).
 
     Items are (object, view) pairs, object-major (all views of the first object first). Each item is a
     dict:
@@ -80,6 +109,19 @@ class ShapeNetNMR(Dataset):
     - with ``load_pointcloud``: ``pointcloud`` dict of ``points`` / ``normals`` float32 (P, 3) (the
       default collate needs the same P in every object; DVR's files have 100k points)
     - with ``load_voxels``: ``voxels`` float32 (32, 32, 32) (as stored; occupancy in {0, 1})
+    - with ``load_parts`` (UMR's part segmentations, Li et al. 2020): ``parts`` float32 (Np, H, W): one-hot part
+      probabilities of ``parts/NNNN.png`` resized with nearest-neighbour filtering (all zero on the background),
+      after ``part_noise`` when given; channel ``k`` is the part ``self.part_names[category][k]``. ``Np`` is the
+      largest part count of the loaded categories (a category with fewer parts has all-zero extra channels, so
+      the default collate works across categories). ``keypoints`` float32 (Np, 3): the part centres
+      (``mesh.npz`` ``part_centers``) projected with the view's camera to ``(x, y, visible)``, x and y in
+      normalised device coordinates with :class:`~invrender.data.CUB200`'s convention (x left to right, y bottom
+      to top, [-1, 1] across the image, pixel (i, j)'s centre at ``(-1 + (2j + 1) / W, 1 - (2i + 1) / H)``;
+      independent of ``image_size``); ``visible`` is 1 when the part has at least one pixel in the clean
+      (uncorrupted) resized part map, else the row is (0, 0, 0). The projection is the pinhole of
+      ``camera_mat``'s focal lengths ``(camera_mat[0, 0], camera_mat[1, 1])`` about the image centre, in the
+      camera frame ``world_mat`` (DVR's OpenCV-style files and the synthetic OpenGL-style ones both, see
+      ``rotation`` above).
 
     Preprocessing: ``image_size`` (int or (H, W)) resizes the image with bilinear filtering and the
     mask with nearest-neighbour filtering; None keeps the stored size (64x64 for NMR, which is what
@@ -94,24 +136,47 @@ class ShapeNetNMR(Dataset):
             a sequence = those view numbers. Missing requested views raise ``FileNotFoundError``.
         load_pointcloud / load_voxels: add ``pointcloud`` / ``voxels`` (files must exist).
         image_size: output size, see above.
+        load_parts: add ``parts`` and ``keypoints`` (see above; needs ``parts`` lists in metadata.yaml, a
+            ``parts`` folder and a ``mesh.npz`` with ``part_centers`` per object).
+        part_noise: None, or a :class:`~invrender.data.PartNoise` applied to each item's part map (at the output
+            size, before the one-hot encoding), seeded by the item index: the same item always gets the same
+            corruption (a fixed segmenter's output); ``keypoints`` stay the ground truth. Needs ``load_parts``.
 
     Missing files (metadata.yaml, a split list, a listed object folder, its image folder or
-    cameras.npz, requested point clouds / voxels) raise ``FileNotFoundError`` when the dataset is
-    built; malformed contents raise ``ValueError`` naming the file.
+    cameras.npz, requested point clouds / voxels / part folders / mesh.npz) raise ``FileNotFoundError``
+    when the dataset is built (a missing part map ``parts/NNNN.png`` when its item is read); malformed
+    contents raise ``ValueError`` naming the file.
     """
 
     def __init__(self, root: str, categories: Union[str, Sequence[str], None] = None, split: str = "train",
                  views: Union[int, Sequence[int], None] = None, load_pointcloud: bool = False,
-                 load_voxels: bool = False, image_size: Union[int, Tuple[int, int], None] = None):
+                 load_voxels: bool = False, image_size: Union[int, Tuple[int, int], None] = None,
+                 load_parts: bool = False, part_noise: Optional[PartNoise] = None):
         self.root = os.fspath(root)
         require_dir(self.root, "ShapeNet-NMR root")
         self.split = split
         self.image_size = as_size(image_size)
         self.load_pointcloud = bool(load_pointcloud)
         self.load_voxels = bool(load_voxels)
+        self.load_parts = bool(load_parts)
+        if part_noise is not None and not isinstance(part_noise, PartNoise):
+            raise TypeError(f"ShapeNetNMR: argument 'part_noise' must be None or a PartNoise, "
+                            f"got {type(part_noise).__name__}")
+        if part_noise is not None and not self.load_parts:
+            raise ValueError("ShapeNetNMR: argument 'part_noise' needs load_parts=True")
+        self.part_noise = part_noise
         self.metadata = read_metadata(os.path.join(self.root, "metadata.yaml"))
         self.categories = self._resolve_categories(categories)
         self.category_names = [self.metadata[c]["name"] for c in self.categories]
+        #: per category (in ``self.categories`` order): its semantic part names (only with load_parts)
+        self.part_names: List[List[str]] = []
+        if self.load_parts:
+            for c in self.categories:
+                if "parts" not in self.metadata[c]:
+                    raise ValueError(f"{os.path.join(self.root, 'metadata.yaml')!r}: entry {c!r} has no 'parts' list "
+                                     f"of part names, needed for load_parts=True (regenerate the synthetic data)")
+                self.part_names.append(list(self.metadata[c]["parts"]))
+        self.num_parts = max((len(p) for p in self.part_names), default=0)
 
         if views is not None and not isinstance(views, int):
             views = [int(v) for v in views]
@@ -172,6 +237,9 @@ class ShapeNetNMR(Dataset):
         if self.load_voxels:
             require_file(os.path.join(obj_dir, "voxels.npy"),
                          f"voxels.npy of object {synset}/{name} (load_voxels=True)")
+        if self.load_parts:
+            require_dir(os.path.join(obj_dir, "parts"), f"part map folder of object {synset}/{name} (load_parts=True)")
+            require_file(os.path.join(obj_dir, "mesh.npz"), f"mesh.npz of object {synset}/{name} (load_parts=True)")
         files: Dict[int, str] = {}
         for fn in sorted(os.listdir(img_dir)):
             m = _VIEW_FILE.match(fn)
@@ -220,6 +288,7 @@ class ShapeNetNMR(Dataset):
         else:
             raise ValueError(f"no mask for {img_path!r}: {os.path.join(obj_dir, 'mask')!r} does not exist "
                              f"and the image has no alpha channel (mode {im.mode})")
+        stored_size = (im.height, im.width)
         im = resize(im, self.image_size, Image.BILINEAR)
         mask_im = resize(mask_im, self.image_size, Image.NEAREST)
         item = {
@@ -235,7 +304,42 @@ class ShapeNetNMR(Dataset):
             item["pointcloud"] = self._pointcloud(os.path.join(obj_dir, "pointcloud.npz"))
         if self.load_voxels:
             item["voxels"] = self._voxels(os.path.join(obj_dir, "voxels.npy"))
+        if self.load_parts:
+            item.update(self._parts(idx, ci, obj_dir, view, stored_size, item["camera"]))
         return item
+
+    def _parts(self, idx: int, ci: int, obj_dir: str, view: int, size: Tuple[int, int], camera: dict) -> dict:
+        count = len(self.part_names[ci])
+        path = os.path.join(obj_dir, "parts", f"{view:04d}.png")
+        label_im = open_image(path)
+        if label_im.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"part map {path!r} must be a single-channel label image, got mode {label_im.mode}")
+        if (label_im.height, label_im.width) != size:
+            raise ValueError(f"part map {path!r} is {label_im.width}x{label_im.height} but the image is "
+                             f"{size[1]}x{size[0]}")
+        labels = np.asarray(resize(label_im, self.image_size, Image.NEAREST)).astype(np.int64)
+        if labels.size and labels.max() > count:
+            raise ValueError(f"part map {path!r} has label {labels.max()} but category "
+                             f"{self.categories[ci]} has {count} parts {self.part_names[ci]}")
+        visible = np.isin(np.arange(1, count + 1), labels)
+        if self.part_noise is not None:
+            labels = self.part_noise(labels, idx, count)
+        centers = self._part_centers(os.path.join(obj_dir, "mesh.npz"), count)
+        keypoints = np.zeros((self.num_parts, 3), np.float32)
+        keypoints[:count, :2] = project_to_ndc(centers, camera["world_mat"].double().numpy(),
+                                               camera["camera_mat"].double().numpy())
+        keypoints[:count] *= visible[:, None]
+        keypoints[:count, 2] = visible
+        return {"parts": one_hot_parts(labels, self.num_parts), "keypoints": torch.from_numpy(keypoints)}
+
+    @staticmethod
+    def _part_centers(path: str, count: int) -> np.ndarray:
+        with load_npz(path, "mesh file") as npz:
+            centers = np.asarray(npz_array(npz, "part_centers", path, "mesh file"), dtype=np.float64)
+        if centers.shape != (count, 3):
+            raise ValueError(f"mesh file {path!r}: part_centers has shape {centers.shape}, expected ({count}, 3) "
+                             f"(one centre per part of the category)")
+        return centers
 
     def object_voxels(self, k: int) -> torch.Tensor:
         """The stored voxel grid (D, D, D) float32 of object ``k`` of ``self.objects`` (any ``load_voxels``)."""
