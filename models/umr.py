@@ -55,7 +55,7 @@ class UmrConfig:
     """Hyper-parameters of :class:`UmrModel` (the paper and its code unless marked)."""
 
     image_size: int = 256               # (code) SoftRas at 256 x 256; 64 for CPUs (configs/umr/*_cpu.yaml)
-    num_parts: int = 4                  # SCOPS parts on CUB (code): head, neck, belly, back
+    num_parts: int = 4                  # SCOPS parts on CUB (code): head, neck, back, belly
     feature_dim: int = 200              # (code) ResNet-18 -> 200-d
     template_level: int = 3             # 642 vertices (code)
     template_radius: float = 0.75       # (ours) the sphere fills 3/4 of the view at scale 1

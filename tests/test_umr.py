@@ -295,3 +295,120 @@ def test_pck_and_rotation_offset():
     torch.testing.assert_close(U.fit_rotation_offset(gt @ A, gt), A)
     errs = U.rotation_errors(gt @ A, gt, A)
     assert errs["pose_rotation_median_deg"] < 1e-3 and errs["pose_accuracy_15deg"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# the task: training in stages, resume, DDP, CLI, evaluation (tiny synthetic data the tests write)
+
+import os  # noqa: E402
+
+from invrender import training  # noqa: E402
+
+from .test_training import _free_ports, _spawn  # noqa: E402
+from .test_unicorn_task import _quiet  # noqa: E402
+
+TINY = {"feature_dim": 16, "template_level": 1, "num_cameras": 2, "uv_size": [8, 16], "flow_channels": 16,
+        "layers": 4, "sigma": 1e-4, "part_pixels": 16, "gan_weight": 1.0}
+
+
+@pytest.fixture(scope="module")
+def planes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("umr-data") / "synthetic"
+    invrender.synthetic.generate_dataset(str(root), objects_per_category=10, categories=["airplane"], views=3,
+                                         image_size=32, points=500, voxel_resolution=8, progress=False)
+    return str(root)
+
+
+def task_config(root, **kw):
+    task = U.UmrTask()
+    cfg = training.resolve_config(task)
+    cfg = training.merge_config(cfg, {"model": dict(TINY), "data": {"root": root, "image_size": 32,
+                                      "part_noise": {"grow": 1, "shrink": 1, "swap_fraction": 0.5}},
+                                      "em": {"steps_per_round": 2, "m_step_samples": 6},
+                                      "batch_size": 4, "steps": 5, "log_every": 1, "vis_every": 0, "ckpt_every": 0,
+                                      "eval": {"pairs": 20, "num_points": 500, "icp_num_points": 200,
+                                               "medoid_candidates": 3}})
+    cfg = training.merge_config(cfg, kw)
+    cfg["task"] = "umr"
+    return task, cfg
+
+
+def test_training_runs_the_stages_and_evaluates(planes, tmp_path):
+    task, cfg = task_config(planes)
+    history = _quiet(training.Trainer(task, cfg, tmp_path / "run", device="cpu", progress=False).fit)
+    rounds = [h["em_round"] for h in history]
+    assert rounds == [0.0, 0.0, 1.0, 1.0, 2.0]                      # M-steps before steps 2 and 4
+    assert "part_probability" not in history[1] and "part_probability" in history[2]
+    assert "m_step_mask_iou" in history[2] and "template_offset" in history[4]
+    for h in history:
+        assert all(math.isfinite(float(v)) for v in h.values() if isinstance(v, (int, float)))
+    metrics = _quiet(training.evaluate_run, tmp_path / "run", device="cpu")
+    for key in ("mask_iou", "sphere_mask_iou", "pck_camera", "pck_texture_flow", "pck_identity",
+                "pose_rotation_median_deg", "constant_pose_rotation_median_deg", "chamfer_l1_icp",
+                "sphere_chamfer_l1_icp", "template_chamfer_l1_icp", "medoid_chamfer_l1_icp", "spread_chamfer_l1_icp"):
+        assert math.isfinite(metrics[key]), key
+    assert 0 <= metrics["mask_iou"] <= 1 and metrics["pck_keypoints"] > 0
+    assert metrics["pose_offset_fitted_on"] == "val"
+    assert os.path.isfile(metrics["files"]["reconstructions"]) and os.path.isfile(metrics["files"]["mesh_0"])
+
+
+def test_short_training_lowers_the_mask_loss(planes, tmp_path):
+    task, cfg = task_config(planes, steps=30, em={"steps_per_round": 100}, model={"lr": 1e-3, "gan_weight": 0.0})
+    history = _quiet(training.Trainer(task, cfg, tmp_path / "run", device="cpu", progress=False).fit)
+    first = sum(h["mask"] for h in history[:5]) / 5
+    last = sum(h["mask"] for h in history[-5:]) / 5
+    assert last < 0.8 * first
+
+
+def test_resume_is_bit_identical_across_an_m_step(planes, tmp_path):
+    task, cfg = task_config(planes, steps=4, ckpt_every=3, seed=3)
+    _quiet(training.Trainer(task, cfg, tmp_path / "straight", device="cpu", progress=False).fit)
+    _quiet(training.Trainer(task, dict(cfg, steps=3), tmp_path / "split", device="cpu", progress=False).fit)
+    torch.manual_seed(999)
+    _quiet(training.Trainer(task, cfg, tmp_path / "split", device="cpu", resume=True, progress=False).fit)
+    a = training.load_checkpoint(training.latest_checkpoint(tmp_path / "straight"))
+    b = training.load_checkpoint(training.latest_checkpoint(tmp_path / "split"))
+    assert a["step"] == b["step"] == 4 and a["model"].keys() == b["model"].keys()
+    assert int(a["model"]["em_round"]) == 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def _ddp_worker(rank, world_size, port, root, out):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    task, cfg = task_config(root, steps=3, shuffle=False)
+    trainer = training.Trainer(task, cfg, os.path.join(out, "ddp"), device="cpu", progress=False)
+    _quiet(trainer.fit)
+    model = training.unwrap(trainer.model)
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
+
+
+def test_trains_data_parallel_with_two_processes(planes, tmp_path):
+    """Two gloo processes over an M-step: gradients averaged, buffers (template, canonical map, batchnorm) the
+    same on both ranks."""
+    _spawn(_ddp_worker, (2, _free_ports(1)[0], planes, str(tmp_path)), nprocs=2, timeout=300)
+    s0, s1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert s0.keys() == s1.keys() and int(s0["em_round"]) == 1
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), k
+
+
+def test_cli_trains_and_evaluates(planes, tmp_path, capsys):
+    from invrender.cli import main
+
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "umr", "airplane_cpu.yaml")
+    overrides = [f"model.{k}={v}" for k, v in TINY.items()] + [
+        f"data.root={planes}", "data.image_size=32", "steps=2", "em.steps_per_round=1", "em.m_step_samples=4",
+        "batch_size=2", "vis_every=2", "eval.pairs=5", "eval.num_points=200", "eval.icp_num_points=100",
+        "eval.medoid_candidates=2"]
+    run = tmp_path / "run"
+    assert main(["train", "umr", "--config", config, "--run-dir", str(run), "--no-progress", *overrides]) == 0
+    assert (run / "samples" / "step_00000002" / "reconstructions.png").exists()
+    assert (run / "samples" / "step_00000002" / "template.obj").exists()
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "PCK via camera" in out and "mask IoU" in out
+    with pytest.raises(ConfigError, match="data.kind"):
+        U.UmrTask()._kind({"data": {"kind": "pascal"}})
