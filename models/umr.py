@@ -284,6 +284,10 @@ def mask_distance(mask: Tensor, k: float = 50.0) -> Tensor:
     return out.to(device=mask.device, dtype=mask.dtype)
 
 
+#: The gradient reversal's factor in front of the code's discriminator (``discriminators.Discriminator``).
+GAN_REVERSAL = 0.2
+
+
 def _quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
     """Hamilton product of ``(..., 4)`` quaternions ``(w, x, y, z)``: the rotation ``b`` then ``a``."""
     aw, ax, ay, az = a.unbind(-1)
@@ -566,7 +570,9 @@ class UmrModel(nn.Module):
                    generator: Optional[torch.Generator] = None, reduce_gradients=None) -> Dict[str, Tensor]:
         """One E-step iteration: the reconstruction network's update (learning rate ``lr / (1 + lr_decay * step)``,
         the code's schedule), then, with ``gan_weight > 0``, the discriminator's on the masked images against the
-        random-view renders. ``batch``: ``image``, ``mask`` and optionally ``parts``."""
+        random-view renders (:meth:`random_view_renders`); the reconstruction network's GAN term is minus
+        :data:`GAN_REVERSAL` times the discriminator's loss on the fakes, the code's gradient reversal.
+        ``batch``: ``image``, ``mask`` and optionally ``parts``."""
         c = self.config
         for opt in optimizers.values():
             for group in opt.param_groups:
@@ -576,9 +582,11 @@ class UmrModel(nn.Module):
         fake = None
         if self.discriminator is not None:
             fake = self.random_view_renders(out, generator)
+            # (code) the discriminator sits behind a gradient reversal of 0.2: the reconstruction network ascends
+            # 0.2 x the discriminator's loss on the fakes (saturating: small once the discriminator is sure)
             self.discriminator.requires_grad_(False)
-            g = F.binary_cross_entropy_with_logits(self.discriminator(fake).flatten(),
-                                                   torch.ones(fake.shape[0], dtype=fake.dtype, device=fake.device))
+            g = -GAN_REVERSAL * F.binary_cross_entropy_with_logits(
+                self.discriminator(fake).flatten(), torch.zeros(fake.shape[0], dtype=fake.dtype, device=fake.device))
             self.discriminator.requires_grad_(True)
             loss = loss + c.gan_weight * g
             logs["gan_generator"] = g.detach()
