@@ -258,8 +258,9 @@ def test_bad_configs_raise_naming_the_field():
 def test_every_shipped_config_resolves():
     import glob
 
-    files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "iggan", "*.yaml")))
-    assert len(files) >= 6
+    here = os.path.join(os.path.dirname(__file__), "..", "configs")
+    files = sorted(glob.glob(os.path.join(here, "iggan", "*.yaml"))) + [os.path.join(here, "iggan_synthetic.yaml")]
+    assert len(files) >= 7
     for path in files:
         for name in G.TASKS:
             task = training.get_task(name)

@@ -412,3 +412,18 @@ def test_cli_trains_and_evaluates(planes, tmp_path, capsys):
     assert "PCK via camera" in out and "mask IoU" in out
     with pytest.raises(ConfigError, match="data.kind"):
         U.UmrTask()._kind({"data": {"kind": "pascal"}})
+
+
+def test_every_shipped_config_resolves(planes):
+    import glob
+
+    here = os.path.join(os.path.dirname(__file__), "..", "configs")
+    files = sorted(glob.glob(os.path.join(here, "umr", "*.yaml"))) + [os.path.join(here, "umr_synthetic.yaml")]
+    assert len(files) >= 3
+    for path in files:
+        task = U.UmrTask()
+        cfg = training.resolve_config(task, path, [f"data.root={planes}"] if "cub" not in path else [])
+        fields = dict(cfg["model"], image_size=cfg["data"]["image_size"])
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        assert U.UmrConfig(**fields).num_cameras in (4, 8), path
+        assert cfg["steps"] >= 2 * cfg["em"]["steps_per_round"], path   # at least the two EM rounds
