@@ -41,6 +41,7 @@ import invrender
 from invrender.errors import ConfigError
 
 from .networks import ResNet18
+from .unicorn import SyntheticDataMixin, _Views
 
 __all__ = ["UmrConfig", "UmrModel", "UmrTask", "camera_entropy", "canonical_uv_map", "part_probability_loss",
            "semantic_uv_maps", "symmetric_template", "texture_cycle_loss", "texture_dt_loss", "vertex_part_loss"]
@@ -718,28 +719,7 @@ def rotation_errors(rotation: Tensor, gt_rotation: Tensor, offset: Tensor) -> Di
 DATA_KINDS = ("shapenet", "cub")
 
 
-class _PartViews(torch.utils.data.Dataset):
-    """Views with their masks and part maps (``image``, ``mask``, ``parts``, ``index``), decoded once when
-    ``cache``."""
-
-    def __init__(self, base, cache: bool = False):
-        self.base = base
-        self.items = [self._load(i) for i in range(len(base))] if cache else None
-
-    def _load(self, i):
-        item = self.base[i]
-        out = {key: item[key] for key in ("image", "mask", "parts") if key in item}
-        out["index"] = torch.tensor(i, dtype=torch.int64)
-        return out
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        return self.items[i] if self.items is not None else self._load(i)
-
-
-class UmrTask:
+class UmrTask(SyntheticDataMixin):
     """Trains :class:`UmrModel` with :class:`invrender.training.Trainer` in the paper's stages (section 3.2).
 
     ``em.steps_per_round`` steps make one E-step; after each, an M-step (:meth:`UmrModel.m_step`) over
@@ -758,6 +738,7 @@ class UmrTask:
     """
 
     wrap_ddp = False
+    data_kinds = DATA_KINDS
 
     def default_config(self):
         return {
@@ -791,23 +772,6 @@ class UmrTask:
 
     # -- data ------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _kind(config) -> str:
-        kind = config["data"].get("kind") or "shapenet"
-        if kind not in DATA_KINDS:
-            raise ConfigError(f"config key 'data.kind' must be one of {list(DATA_KINDS)}, got {kind!r}")
-        return kind
-
-    def _root(self, config):
-        from invrender import synthetic
-
-        data = config["data"]
-        if data.get("root"):
-            return data["root"]
-        if self._kind(config) != "shapenet":
-            raise ConfigError("config key 'data.root' must name the CUB-200 folder for data.kind 'cub'")
-        return synthetic.default_dataset(progress=False, **dict(data.get("synthetic") or {}))
-
     def _part_noise(self, config):
         from invrender.data import PartNoise
 
@@ -834,7 +798,8 @@ class UmrTask:
                            load_parts=True, part_noise=self._part_noise(config) if noise else None)
 
     def dataset(self, config, split):
-        views = _PartViews(self._base(config, split), cache=split == "train" and bool(config["data"].get("cache", True)))
+        views = _Views(self._base(config, split), cache=split == "train" and bool(config["data"].get("cache", True)),
+                       keys=("image", "mask", "parts"))
         if split == "train":
             self._train_views = views
         return views

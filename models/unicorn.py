@@ -1091,16 +1091,18 @@ class UnicornModel(nn.Module):
 
 class _Views(torch.utils.data.Dataset):
     """RGB views of a :class:`invrender.data.ShapeNetNMR` (or of a real-image dataset) as ``{"image" (3, H, W),
-    "mask" (1, H, W), "index"}`` (no ``mask`` when the base has none), decoded once and kept in memory when
-    ``cache`` (64x64 views are small; PNG decoding is not free)."""
+    "mask" (1, H, W), "index"}`` (no ``mask`` when the base has none; ``keys`` chooses the item's fields, e.g. UMR
+    adds ``parts``), decoded once and kept in memory when ``cache`` (64x64 views are small; PNG decoding is not
+    free)."""
 
-    def __init__(self, base, cache: bool = False):
+    def __init__(self, base, cache: bool = False, keys: Tuple[str, ...] = ("image", "mask")):
         self.base = base
+        self.keys = keys
         self.items = [self._load(i) for i in range(len(base))] if cache else None
 
     def _load(self, i):
         item = self.base[i]
-        out = {key: item[key] for key in ("image", "mask") if key in item}
+        out = {key: item[key] for key in self.keys if key in item}
         out["index"] = torch.tensor(i, dtype=torch.int64)
         return out
 
@@ -1189,7 +1191,33 @@ def medoid_object(dataset, candidates: Optional[int] = 32, num_points: int = 200
 DATA_KINDS = ("shapenet", "cub", "p3d_car", "image_folder")
 
 
-class UnicornTask:
+class SyntheticDataMixin:
+    """``data.kind`` (one of the task's :attr:`data_kinds`, ``"shapenet"`` by default) and ``data.root`` (default:
+    the embedded synthetic dataset, generated with ``data.synthetic``) of the tasks that train on ShapeNet-NMR-layout
+    folders and real images (UNICORN, UMR)."""
+
+    data_kinds: Tuple[str, ...] = DATA_KINDS
+
+    @classmethod
+    def _kind(cls, config) -> str:
+        kind = config["data"].get("kind") or "shapenet"
+        if kind not in cls.data_kinds:
+            raise ConfigError(f"config key 'data.kind' must be one of {list(cls.data_kinds)}, got {kind!r}")
+        return kind
+
+    def _root(self, config):
+        from invrender import synthetic
+
+        data = config["data"]
+        if data.get("root"):
+            return data["root"]
+        if self._kind(config) != "shapenet":
+            raise ConfigError(f"config key 'data.root' must name the dataset folder for data.kind "
+                              f"{self._kind(config)!r} (only ShapeNet has embedded synthetic data)")
+        return synthetic.default_dataset(progress=False, **dict(data.get("synthetic") or {}))
+
+
+class UnicornTask(SyntheticDataMixin):
     """Trains :class:`UnicornModel` with :class:`invrender.training.Trainer`.
 
     Config (defaults in :meth:`default_config`): ``model`` holds :class:`UnicornConfig` fields (``image_size``
@@ -1247,24 +1275,6 @@ class UnicornTask:
         ev = {"num_points": int, "icp_num_points": Optional[int], "seed": int, "max_objects": Optional[int],
               "spread_pairs": Optional[int], "medoid_candidates": Optional[int]}
         return {"model": model, "data": data, "eval": ev}
-
-    @staticmethod
-    def _kind(config) -> str:
-        kind = config["data"].get("kind") or "shapenet"
-        if kind not in DATA_KINDS:
-            raise ConfigError(f"config key 'data.kind' must be one of {list(DATA_KINDS)}, got {kind!r}")
-        return kind
-
-    def _root(self, config):
-        from invrender import synthetic
-
-        data = config["data"]
-        if data.get("root"):
-            return data["root"]
-        if self._kind(config) != "shapenet":
-            raise ConfigError(f"config key 'data.root' must name the dataset folder for data.kind "
-                              f"{self._kind(config)!r} (only ShapeNet has embedded synthetic data)")
-        return synthetic.default_dataset(progress=False, **dict(data.get("synthetic") or {}))
 
     def _base(self, config, split):
         from invrender.data import CUB200, ImageFolder, Pascal3DCar, ShapeNetNMR
