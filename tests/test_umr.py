@@ -51,6 +51,20 @@ def test_predictions_have_their_shapes_and_are_mirror_symmetric():
     assert v[:, model.template[:, 0].abs() < 1e-6, 0].abs().max() < 1e-6
 
 
+def test_the_texture_flow_starts_as_the_spheres_own_view():
+    # Each texel's sphere point, projected by the identity camera (x right, y up; grid y down), is where the
+    # untrained flow reads the image: the texel of the front-facing point (u = 0.5, v = 0.5) reads the centre.
+    model = tiny_model()
+    flow = model.eval().predict(torch.rand(1, 3, 32, 32))["flow"][0]
+    torch.testing.assert_close(flow, U.sphere_view_flow((8, 16), model.config.template_radius), atol=1e-5, rtol=0)
+    verts = U.symmetric_template(2, 0.75)[0]
+    uv = U._vertex_uvs(verts)
+    i = (uv[:, 1] * 8).floor().long().clamp(0, 7)
+    j = (uv[:, 0] * 16).floor().long().clamp(0, 15)
+    near = (flow[i, j] - verts[:, :2] * torch.tensor([1.0, -1.0])).norm(dim=-1)
+    assert near.median() < 0.15  # within the texel's extent on the sphere
+
+
 def test_camera_hypotheses_start_spread_over_azimuths():
     model = tiny_model()
     q = model.eval().predict(torch.rand(1, 3, 32, 32))["quaternion"][0]
