@@ -1109,19 +1109,24 @@ class UmrTask(SyntheticDataMixin):
                 g = torch.Generator().manual_seed(seed + 3)
                 other = [(i + 1 + int(torch.randint(n - 1, (), generator=g))) % n for i in range(n)]
                 out["spread_chamfer_l1_icp"] = chamfer([gt_v[j] for j in other], [gt_f[j] for j in other], seed + 2)
-        out["files"] = self.write_pictures(model, images[:6], masks[:6], out_dir)
+        parts = torch.stack([it["parts"] for it in items[:6]]).to(device) if "parts" in items[0] else None
+        out["files"] = self.write_pictures(model, images[:6], masks[:6], out_dir, parts)
         _print_beside(out)
         return out
 
     @torch.no_grad()
-    def write_pictures(self, model, images, masks, out_dir) -> Dict[str, str]:
-        """``reconstructions.png`` (the rows of :meth:`visualize`), ``template.obj`` and ``mesh_<i>.obj``."""
+    def write_pictures(self, model, images, masks, out_dir, parts: Optional[Tensor] = None) -> Dict[str, str]:
+        """``reconstructions.png`` (the rows of :meth:`visualize`, with the part maps when given),
+        ``template.obj`` and ``mesh_<i>.obj``."""
         import os
 
         from invrender import io
 
         os.makedirs(out_dir, exist_ok=True)
-        grid = self.visualize(model, {"image": images, "mask": masks}, out_dir, 0)["reconstructions"]
+        batch = {"image": images, "mask": masks}
+        if parts is not None:
+            batch["parts"] = parts
+        grid = self.visualize(model, batch, out_dir, 0)["reconstructions"]
         path = os.path.join(out_dir, "reconstructions.png")
         io.save_image(path, grid)
         rec = self.reconstruct(model, images)
