@@ -10,7 +10,6 @@ Results are appended as JSON lines (op ``iggan_train_step``) to ``benchmarks/res
 """
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -19,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.harness import device_name, git_commit, record_rows, time_samples  # noqa: E402
+from benchmarks.harness import record_rows, run_meta, time_samples  # noqa: E402
 from invrender.models import iggan as G  # noqa: E402
 
 CPU_SIZE = dict(grid_size=32, generator_channels=128, renderer_channels=8, discriminator_channels=32)
@@ -42,9 +41,7 @@ def main():
     size = QUICK_SIZE if args.quick else PAPER_SIZE if args.paper else CPU_SIZE
     B = args.batch or (2 if args.quick else 8 if args.paper else 16)
     repeats = args.repeats or (1 if args.quick else 3)
-    meta = {"commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0],
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta = run_meta(device)
     params = dict(size, batch=B)
     print(f"iggan_train_step ({meta['device']}, {meta['threads']} threads, load {meta['load_average_start']:.2f}) "
           f"{params}")

@@ -12,7 +12,6 @@ as JSON lines (op ``umr_train_step``) to ``benchmarks/results/<device>.jsonl``.
 """
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.harness import device_name, git_commit, record_rows, time_samples  # noqa: E402
+from benchmarks.harness import record_rows, run_meta, time_samples  # noqa: E402
 from invrender.models import umr as U  # noqa: E402
 
 CPU_SIZE = dict(image_size=64, num_cameras=4, uv_size=(32, 64), sigma=1.6e-4, layers=16, num_parts=4)
@@ -57,9 +56,7 @@ def main():
     B = args.batch or (2 if args.quick else 16 if args.paper else 8)
     m_samples = args.m_samples or (4 if args.quick else 128)
     repeats = args.repeats or (1 if args.quick else 3)
-    meta = {"commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0],
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta = run_meta(device)
     params = dict(size, batch=B, m_step_samples=m_samples)
     params["uv_size"] = list(params["uv_size"])
     print(f"umr_train_step ({meta['device']}, {meta['threads']} threads, load {meta['load_average_start']:.2f}) {params}")

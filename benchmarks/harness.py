@@ -53,6 +53,14 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def run_meta(device: torch.device) -> dict:
+    """What every benchmark row records about its run: commit, device, torch, threads, the load average at the
+    start (other work on the machine skews CPU times) and the UTC date."""
+    return {"commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0],
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -160,13 +168,7 @@ def run_cases(cases: List[Case], device: torch.device, warmup: int, repeats: int
     """Times every case's implementations on ``device``; with ``unchecked`` also invrender with its
     value checks off (row "unchecked", and ``checks_overhead`` = checked / unchecked forward+backward)."""
     rows = []
-    meta = {
-        "commit": git_commit(),
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = run_meta(device)
     for case in cases:
         inputs = case.make(device)
         impls = {"invrender": case.ours}
