@@ -441,3 +441,23 @@ def test_every_shipped_config_resolves(planes):
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
         assert U.UmrConfig(**fields).num_cameras in (4, 8), path
         assert cfg["steps"] >= 2 * cfg["em"]["steps_per_round"], path   # at least the two EM rounds
+
+
+def test_synthetic_keypoints_are_part_centres_and_ends_on_their_parts(planes):
+    task, cfg = task_config(planes)
+    base = task._base(cfg, "test", noise=False)
+    item = base[0]
+    kp = task.part_keypoints(base, 0, item)
+    assert kp.shape == (9, 3)                                  # fuselage, wings, tail: centre and two ends each
+    labels = U.UmrModel.part_labels(item["parts"][None])[0]
+    S = labels.shape[-1]
+    visible = kp[:, 2] > 0
+    assert visible.sum() >= 4
+    for k in torch.nonzero(visible).flatten().tolist():
+        col = int(((kp[k, 0] + 1) * S / 2).floor().clamp(0, S - 1))
+        row = int(((1 - kp[k, 1]) * S / 2).floor().clamp(0, S - 1))
+        window = labels[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2]
+        assert (window == k // 3 + 1).any(), k
+    # The two ends of the wings are far apart in the image (wing tips), unlike the centres.
+    if visible[4] and visible[5]:
+        assert (kp[4, :2] - kp[5, :2]).norm() > 0.3
