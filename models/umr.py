@@ -483,6 +483,15 @@ class UmrModel(nn.Module):
         0.5, 0 (background) elsewhere."""
         return torch.where(parts.sum(1) >= 0.5, parts.argmax(1) + 1, torch.zeros_like(parts[:, 0], dtype=torch.long))
 
+    def canonical_texture(self, min_probability: float = 0.25) -> Tensor:
+        """The texture eq. 2 renders, ``(Np, Hu, Wu)``: each texel one-hot in the canonical map's most probable part
+        (0 where that probability is below ``min_probability``), as the code renders one part label per face
+        (``semantic_seg.png``, the arg-max of ``semantic_prob.npy``) rather than the averaged probabilities, whose
+        blends (e.g. 0.55 / 0.39 on a texel) render as no part in particular."""
+        best, label = self.canonical_parts.max(0)
+        hot = F.one_hot(label, self.config.num_parts).permute(2, 0, 1).to(self.canonical_parts.dtype)
+        return hot * (best >= min_probability).to(hot.dtype)
+
     def semantic_active(self, parts: Optional[Tensor]) -> bool:
         """Whether the semantic losses apply: part maps given, a canonical map built (after the first M-step) and
         a positive weight."""
@@ -529,7 +538,7 @@ class UmrModel(nn.Module):
         semantic = self.semantic_active(parts)
         channels = texture
         if semantic:
-            channels = torch.cat([texture, self.canonical_parts.to(texture.dtype).expand(B, -1, -1, -1)], 1)
+            channels = torch.cat([texture, self.canonical_texture().to(texture.dtype).expand(B, -1, -1, -1)], 1)
         cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
         rendered, silhouette, fragments = self.render(verts.repeat_interleave(K, 0), *cams,
                                                       channels.repeat_interleave(K, 0))
@@ -882,7 +891,7 @@ class UmrTask(SyntheticDataMixin):
         cam = {"scale": out["scale"][idx, best], "translation": out["translation"][idx, best],
                "quaternion": out["quaternion"][idx, best]}
         texture = model.texture_map(images, out["flow"])
-        channels = torch.cat([texture, model.canonical_parts.to(texture.dtype).expand(len(images), -1, -1, -1)], 1)
+        channels = torch.cat([texture, model.canonical_texture().to(texture.dtype).expand(len(images), -1, -1, -1)], 1)
         image, mask, _ = model.render(out["verts"], cam["scale"], cam["translation"], cam["quaternion"], channels)
         out.update(cam, texture=texture, image=image[:, :3], mask=mask, parts=image[:, 3:],
                    rotation=invrender.cameras.quaternion_to_matrix(cam["quaternion"]))

@@ -116,6 +116,17 @@ def test_semantic_uv_maps_and_the_canonical_map_of_a_constructed_case():
         U.canonical_uv_map(uv, torch.zeros(3, dtype=torch.bool))
 
 
+def test_eq2_renders_the_canonical_maps_most_probable_part_per_texel():
+    model = tiny_model(num_parts=3)
+    canonical = torch.zeros(3, 8, 16)
+    canonical[0, :, :8] = 0.55
+    canonical[1, :, :8] = 0.39
+    canonical[2, :, 8:] = 0.1           # too faint: no part
+    model.canonical_parts.copy_(canonical)
+    hot = model.canonical_texture()
+    assert torch.equal(hot[0, :, :8], torch.ones(8, 8)) and hot[1:, :, :8].sum() == 0 and hot[:, :, 8:].sum() == 0
+
+
 def test_part_probability_loss_by_hand():
     p = torch.zeros(1, 2, 2, 2, dtype=DT)
     r = torch.zeros(1, 2, 2, 2, dtype=DT)
