@@ -9,7 +9,6 @@ absorption-only, 2D DCGAN) under the same generator, discriminator and batch, an
 Results are appended as JSON lines (op ``iggan_train_step``) to ``benchmarks/results/<device>.jsonl``.
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.harness import record_rows, run_meta, time_samples  # noqa: E402
+from benchmarks.harness import model_step_parser, record_rows, run_meta, time_samples  # noqa: E402
 from invrender.models import iggan as G  # noqa: E402
 
 CPU_SIZE = dict(grid_size=32, generator_channels=128, renderer_channels=8, discriminator_channels=32)
@@ -27,14 +26,7 @@ QUICK_SIZE = dict(grid_size=8, generator_channels=8, renderer_channels=4, discri
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--paper", action="store_true", help="the paper's sizes")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-record", action="store_true")
+    p = model_step_parser(__doc__.splitlines()[0])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

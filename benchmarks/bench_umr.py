@@ -11,7 +11,6 @@ Inputs are synthetic (an ellipse silhouette with 4 horizontal part bands, random
 as JSON lines (op ``umr_train_step``) to ``benchmarks/results/<device>.jsonl``.
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.harness import record_rows, run_meta, time_samples  # noqa: E402
+from benchmarks.harness import model_step_parser, record_rows, run_meta, time_samples  # noqa: E402
 from invrender.models import umr as U  # noqa: E402
 
 CPU_SIZE = dict(image_size=64, num_cameras=4, uv_size=(32, 64), sigma=1.6e-4, layers=16, num_parts=4)
@@ -40,15 +39,8 @@ def inputs(B, S, parts, device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--paper", action="store_true")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--batch", type=int, default=None)
+    p = model_step_parser(__doc__.splitlines()[0])
     p.add_argument("--m-samples", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -53,6 +53,22 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def model_step_parser(description: str) -> "argparse.ArgumentParser":
+    """The options every model training-step benchmark takes: ``--device``, ``--paper`` (the paper's sizes),
+    ``--quick`` (tiny sizes, one repeat), ``--batch``, ``--repeats``, ``--threads`` (default 1), ``--no-record``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--paper", action="store_true", help="the paper's sizes")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-record", action="store_true")
+    return p
+
+
 def run_meta(device: torch.device) -> dict:
     """What every benchmark row records about its run: commit, device, torch, threads, the load average at the
     start (other work on the machine skews CPU times) and the UTC date."""

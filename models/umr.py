@@ -436,6 +436,14 @@ class UmrModel(nn.Module):
         return {"features": f, "delta": delta, "verts": self.template.to(f.dtype) + delta, "scale": scale,
                 "translation": translation, "quaternion": quaternion, "prob": prob, "flow": flow}
 
+    @staticmethod
+    def best_camera(out: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """The most probable hypothesis of :meth:`predict`'s multiplex: ``scale (B,)``, ``translation (B, 2)``,
+        ``quaternion (B, 4)``."""
+        best = out["prob"].argmax(1)
+        idx = torch.arange(best.shape[0], device=best.device)
+        return out["scale"][idx, best], out["translation"][idx, best], out["quaternion"][idx, best]
+
     def sample_flow(self, flow: Tensor, uv: Tensor) -> Tensor:
         """The texture flow ``(B, Hu, Wu, 2)`` read at UV points ``uv (B, ..., 2)`` (circular in u), in NDC."""
         return _grid_to_ndc(self._texturer.sample_texture(flow.permute(0, 3, 1, 2), uv))
@@ -581,11 +589,9 @@ class UmrModel(nn.Module):
         B = out["verts"].shape[0]
         dtype, device = out["verts"].dtype, out["verts"].device
         turn = invrender.rotation_matrix(torch.rand(B, generator=generator).to(device, dtype) * math.pi)
-        idx = torch.arange(B, device=device)
-        best = out["prob"].argmax(1)
-        rotation = invrender.cameras.quaternion_to_matrix(out["quaternion"][idx, best]) @ turn
-        image, _, _ = self.render(out["verts"], out["scale"][idx, best], out["translation"][idx, best], rotation,
-                                  out["texture"].detach())
+        scale, translation, quaternion = self.best_camera(out)
+        rotation = invrender.cameras.quaternion_to_matrix(quaternion) @ turn
+        image, _, _ = self.render(out["verts"], scale, translation, rotation, out["texture"].detach())
         return image
 
     def _step(self, name: str, loss: Tensor, optimizers, params, reduce_gradients=None) -> None:
@@ -665,14 +671,8 @@ class UmrModel(nn.Module):
         for batch in batches:
             images, masks = batch["image"], batch["mask"]
             out = self.predict(images)
-            best = out["prob"].argmax(1)
-
-            def pick(t):
-                return t.gather(1, best.view(-1, *([1] * (t.dim() - 1))).expand(-1, 1, *t.shape[2:]))[:, 0]
-
             texture = self.texture_map(images, out["flow"])
-            image, sil, _ = self.render(out["verts"], pick(out["scale"]), pick(out["translation"]),
-                                        pick(out["quaternion"]), texture)
+            image, sil, _ = self.render(out["verts"], *self.best_camera(out), texture)
             ious.append(invrender.metrics.mask_iou(sil, masks))
             tex.append(self._texture_error(image, images, masks))
             B = images.shape[0]
@@ -886,10 +886,7 @@ class UmrTask(SyntheticDataMixin):
         ``translation``, ``quaternion`` of that camera, the ``rotation`` matrix, the render ``image``, ``mask``
         and, once a canonical map exists, the rendered ``parts``."""
         out = model.predict(images)
-        best = out["prob"].argmax(1)
-        idx = torch.arange(images.shape[0], device=images.device)
-        cam = {"scale": out["scale"][idx, best], "translation": out["translation"][idx, best],
-               "quaternion": out["quaternion"][idx, best]}
+        cam = dict(zip(("scale", "translation", "quaternion"), model.best_camera(out)))
         texture = model.texture_map(images, out["flow"])
         channels = torch.cat([texture, model.canonical_texture().to(texture.dtype).expand(len(images), -1, -1, -1)], 1)
         image, mask, _ = model.render(out["verts"], cam["scale"], cam["translation"], cam["quaternion"], channels)
