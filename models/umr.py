@@ -60,6 +60,7 @@ class UmrConfig:
     feature_dim: int = 200              # (code) ResNet-18 -> 200-d
     template_level: int = 3             # 642 vertices (code)
     template_radius: float = 0.75       # (ours) the sphere fills 3/4 of the view at scale 1
+    template_axes: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # (ours, UNICORN's ellipsoid) the start, per axis
     num_cameras: int = 8                # (code) camera multiplex
     uv_size: Tuple[int, int] = (128, 256)  # (ours) texture-flow UV map (H, W); CPU configs (32, 64)
     flow_channels: int = 128            # (ours) width of the texture-flow decoder
@@ -85,13 +86,19 @@ class UmrConfig:
     cycle_samples: int = 6              # (ours) N_c texture-flow samples per face in eq. 5
     select_fraction: float = 0.5        # (ours) share of the M-step's samples kept in Q and U (the appendix's top k)
     perceptual_weights: Optional[str] = None  # VGG16 weights file (torchvision layout); None: masked L1
+    # The first E-step (stage 1; see UmrModel.losses).
+    deform_start_round: int = 1         # (code, train_s1) the deformation loss applies after the first template update
+    rigid_steps: int = 0                # (ours, UNICORN's stage 1) first iterations with one shape for all images
+    shape_from_best: bool = False       # (ours, UNICORN's 3D step) mesh gradients from the most probable camera only
+    camera_usage_weight: float = 0.0    # (ours, UNICORN's 0.02) sum_k |mean_b p_k - 1/K|: every hypothesis used
 
     def __post_init__(self):
         def fail(name, expected, value):
             raise ConfigError(f"umr: model.{name} must be {expected}, got {value!r}")
 
         for name, lo in (("image_size", 32), ("num_parts", 1), ("feature_dim", 1), ("num_cameras", 1),
-                         ("flow_channels", 1), ("layers", 1), ("part_pixels", 1), ("cycle_samples", 1)):
+                         ("flow_channels", 1), ("layers", 1), ("part_pixels", 1), ("cycle_samples", 1),
+                         ("deform_start_round", 0), ("rigid_steps", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 fail(name, f"an int >= {lo}", v)
@@ -103,6 +110,12 @@ class UmrConfig:
                 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 8 and x % 8 == 0 for x in uv)):
             fail("uv_size", "a pair (H, W) of multiples of 8", uv)
         self.uv_size = tuple(uv)
+        ax = self.template_axes
+        if (not isinstance(ax, (tuple, list)) or len(ax) != 3
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+                           for x in ax)):
+            fail("template_axes", "three positive numbers (x, y, z)", ax)
+        self.template_axes = tuple(float(x) for x in ax)
         for name in ("template_radius", "sigma", "gamma", "lr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
@@ -112,6 +125,8 @@ class UmrConfig:
                 v = getattr(self, f.name)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                     fail(f.name, "a number >= 0", v)
+        if not isinstance(self.shape_from_best, bool):
+            fail("shape_from_best", "a bool", self.shape_from_best)
         if not 0 < self.select_fraction <= 1:
             fail("select_fraction", "a number in (0, 1]", self.select_fraction)
         b = self.betas
@@ -137,15 +152,24 @@ def symmetric_template(level: int = 3, radius: float = 1.0, dtype=torch.float32)
     return verts.to(dtype), faces, mirror
 
 
-def sphere_view_flow(uv_size: Tuple[int, int], radius: float) -> Tensor:
-    """``(Hu, Wu, 2)`` ``grid_sample`` coordinates of the texel centres' sphere points (``Phi``, :func:`_vertex_uvs`'s
-    inverse) seen by the identity weak-perspective camera at scale 1: the texture flow's starting point (ours)."""
+def starting_template(config: "UmrConfig", dtype=torch.float32) -> Tensor:
+    """The template before any M-step ``(V, 3)``: :func:`symmetric_template`'s sphere of ``template_radius``,
+    scaled by ``template_axes`` (the sphere by default, as the paper)."""
+    verts = symmetric_template(config.template_level, config.template_radius, dtype=torch.float64)[0]
+    return (verts * verts.new_tensor(config.template_axes)).to(dtype)
+
+
+def sphere_view_flow(uv_size: Tuple[int, int], radius: float,
+                     axes: Tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Tensor:
+    """``(Hu, Wu, 2)`` ``grid_sample`` coordinates of the texel centres' template points (``Phi``,
+    :func:`_vertex_uvs`'s inverse, on the sphere of ``radius`` scaled by ``axes``) seen by the identity
+    weak-perspective camera at scale 1: the texture flow's starting point (ours)."""
     hu, wu = uv_size
     u = (torch.arange(wu, dtype=torch.float64) + 0.5) / wu
     v = (torch.arange(hu, dtype=torch.float64) + 0.5) / hu
     theta, phi = torch.meshgrid(v * math.pi, u * 2 * math.pi - math.pi, indexing="ij")
     x, y = torch.sin(theta) * torch.sin(phi), torch.cos(theta)
-    return (torch.stack([x, -y], -1) * radius).float()
+    return (torch.stack([x * axes[0], -y * axes[1]], -1) * radius).float()
 
 
 def _vertex_uvs(verts: Tensor) -> Tensor:
@@ -280,6 +304,13 @@ def camera_entropy(prob: Tensor) -> Tensor:
     return -(prob * prob.clamp_min(1e-12).log()).sum(1)
 
 
+def camera_usage(prob: Tensor) -> Tensor:
+    """How unevenly a batch uses the camera multiplex: ``sum_k |mean_b p_k - 1/K|`` for ``prob (B, K)`` (UNICORN's
+    prior on its pose candidates; 0 when every hypothesis is chosen equally often, ``2 (K - 1) / K`` when one
+    hypothesis takes every image). A scalar."""
+    return (prob.mean(0) - 1.0 / prob.shape[1]).abs().sum()
+
+
 def mask_distance(mask: Tensor, k: float = 50.0) -> Tensor:
     """CMR's distance-transform barrier of silhouettes ``mask (B, 1, H, W)`` -> ``(B, 1, H, W)`` in (0, 1):
     ``sigmoid(k (edt(outside) - edt(inside)) / max(H, W))`` (code: ``compute_dt_barrier``, k = 50), near 0 inside
@@ -344,7 +375,8 @@ class UmrModel(nn.Module):
     def __init__(self, config: UmrConfig):
         super().__init__()
         self.config = c = config
-        verts, faces, mirror = symmetric_template(c.template_level, c.template_radius)
+        sphere, faces, mirror = symmetric_template(c.template_level, 1.0)
+        verts = starting_template(c)
         V = verts.shape[0]
         indep = (verts[:, 0] >= -1e-6).nonzero().squeeze(1)
         slot = torch.full((V,), -1, dtype=torch.long)
@@ -358,7 +390,6 @@ class UmrModel(nn.Module):
         self.register_buffer("mirror", mirror)
         self.register_buffer("delta_source", source)
         self.register_buffer("delta_sign", sign)
-        sphere = verts / c.template_radius
         self.register_buffer("face_uvs", invrender.mesh.spherical_uvs(sphere, faces))
         self.register_buffer("vertex_uvs", _vertex_uvs(sphere))
         self.register_buffer("cycle_uvs", face_uv_samples(self.face_uvs, c.cycle_samples))
@@ -394,7 +425,7 @@ class UmrModel(nn.Module):
         # with it. The last layer starts at zero so the flow starts exactly there.
         nn.init.zeros_(self.flow_decoder[-1].weight)
         nn.init.zeros_(self.flow_decoder[-1].bias)
-        self.register_buffer("flow_start", sphere_view_flow(c.uv_size, c.template_radius))
+        self.register_buffer("flow_start", sphere_view_flow(c.uv_size, c.template_radius, c.template_axes))
         self.camera = invrender.cameras.WeakPerspectiveCamera(depth_offset=2.0)
         from invrender.renderers import LayeredRenderer
 
@@ -416,14 +447,20 @@ class UmrModel(nn.Module):
         """``(B, V_indep, 3)`` offsets of the ``x >= 0`` vertices -> ``(B, V, 3)`` mirror-symmetric offsets."""
         return indep[:, self.delta_source] * self.delta_sign.to(indep.dtype)
 
-    def predict(self, images: Tensor) -> Dict[str, Tensor]:
+    def predict(self, images: Tensor, rigid: bool = False) -> Dict[str, Tensor]:
+        """``rigid``: every image of the batch gets the same shape, the decoded mean code of the batch
+        ``template + D_shape(mean_b E(I_b))`` (the code detached: the shape does not train the encoder), so the
+        cameras explain the silhouettes (:attr:`UmrConfig.rigid_steps`). It is the shape the M-step's template
+        update (eq. 4) reads out, learned directly; the decoder's weights move it as fast as the instance shapes
+        later (its bias alone would move ``lr`` per step)."""
         c = self.config
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (c.image_size,) * 2:
             raise ValueError(f"UmrModel: argument 'images' must be (B, 3, {c.image_size}, {c.image_size}), "
                              f"got {tuple(images.shape)}")
         B, K = images.shape[0], c.num_cameras
         f = self.feature(self.encoder(images))
-        delta = self.mirror_offsets(self.shape_head(f).view(B, -1, 3))
+        shape = self.shape_head(f.detach().mean(0, keepdim=True)).expand(B, -1) if rigid else self.shape_head(f)
+        delta = self.mirror_offsets(shape.reshape(B, -1, 3))
         cam = self.camera_head(f).view(B, K, 8)
         scale = F.softplus(cam[..., 0] + math.log(math.e - 1.0))            # 1 at the start
         translation = cam[..., 1:3]
@@ -518,7 +555,8 @@ class UmrModel(nn.Module):
         return (rendered * m - masked_target.repeat_interleave(repeat, 0)).abs().flatten(1).mean(1)
 
     def losses(self, images: Tensor, masks: Tensor, parts: Optional[Tensor] = None,
-               generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Dict[str, Tensor], Dict[str, Tensor]]:
+               generator: Optional[torch.Generator] = None,
+               step: Optional[int] = None) -> Tuple[Tensor, Dict[str, Tensor], Dict[str, Tensor]]:
         """The reconstruction network's objective on a batch.
 
         Every loss that depends on the camera is computed for each of the ``K`` hypotheses and weighted by its
@@ -529,9 +567,17 @@ class UmrModel(nn.Module):
         prediction: Laplacian and flatten on the mesh, deformation (the mean offset length, code), the texture
         flow's distance-transform barrier.
 
+        The first E-step (stage 1): the deformation loss waits for round ``deform_start_round`` (code: after the
+        first template update). Options of ours, from UNICORN, that let the cameras rather than the meshes explain
+        the silhouettes: for the first ``rigid_steps`` iterations one shape serves every image (:meth:`predict`
+        ``rigid``); ``shape_from_best`` sends the mesh gradients through the most probable hypothesis only (the
+        others still train their cameras and the probabilities); ``camera_usage_weight`` keeps the batch using
+        every hypothesis (:func:`camera_usage`).
+
         Args:
             images: ``(B, 3, S, S)`` in [0, 1]; masks: ``(B, 1, S, S)`` silhouettes; parts: ``(B, Np, S, S)``
-                part probabilities (None: no semantic losses).
+                part probabilities (None: no semantic losses); step: the E-step iteration (None: past
+                ``rigid_steps``).
 
         Returns:
             ``(loss, logs, prediction)``: the weighted scalar, the detached terms, and :meth:`predict`'s dict
@@ -539,8 +585,12 @@ class UmrModel(nn.Module):
         """
         c = self.config
         B, K = images.shape[0], c.num_cameras
-        out = self.predict(images)
+        out = self.predict(images, rigid=step is not None and step < c.rigid_steps)
         verts, flow, prob = out["verts"], out["flow"], out["prob"]
+        render_verts = verts.repeat_interleave(K, 0)
+        if c.shape_from_best and K > 1:
+            best = F.one_hot(prob.detach().argmax(1), K).bool().reshape(B * K, 1, 1)
+            render_verts = torch.where(best, render_verts, render_verts.detach())
         texture = self.texture_map(images, flow)
         out["texture"] = texture
         semantic = self.semantic_active(parts)
@@ -548,7 +598,7 @@ class UmrModel(nn.Module):
         if semantic:
             channels = torch.cat([texture, self.canonical_texture().to(texture.dtype).expand(B, -1, -1, -1)], 1)
         cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
-        rendered, silhouette, fragments = self.render(verts.repeat_interleave(K, 0), *cams,
+        rendered, silhouette, fragments = self.render(render_verts, *cams,
                                                       channels.repeat_interleave(K, 0))
         per: Dict[str, Tensor] = {}
         per["mask"] = 1.0 - invrender.metrics.mask_iou(silhouette, masks.repeat_interleave(K, 0))
@@ -573,9 +623,11 @@ class UmrModel(nn.Module):
         faces = self.faces
         terms = {"laplacian": (c.laplacian_weight, invrender.mesh.laplacian_loss(verts, faces)),
                  "flatten": (c.flatten_weight, invrender.mesh.flatten_loss(verts, faces)),
-                 "deformation": (c.deform_weight, (out["delta"].pow(2).sum(-1) + 1e-12).sqrt().mean()),
+                 "deformation": (c.deform_weight if int(self.em_round) >= c.deform_start_round else 0.0,
+                                 (out["delta"].pow(2).sum(-1) + 1e-12).sqrt().mean()),
                  "texture_dt": (c.texture_dt_weight, texture_dt_loss(flow, mask_distance(masks)).mean()),
-                 "camera_entropy": (c.camera_entropy_weight, camera_entropy(prob).mean())}
+                 "camera_entropy": (c.camera_entropy_weight, camera_entropy(prob).mean()),
+                 "camera_usage": (c.camera_usage_weight, camera_usage(prob))}
         for name, (w, value) in terms.items():
             if w > 0:
                 loss = loss + w * value
@@ -613,7 +665,7 @@ class UmrModel(nn.Module):
             for group in opt.param_groups:
                 group["lr"] = c.lr / (1.0 + c.lr_decay * step)
         images, masks = batch["image"], batch["mask"]
-        loss, logs, out = self.losses(images, masks, batch.get("parts"), generator)
+        loss, logs, out = self.losses(images, masks, batch.get("parts"), generator, step=step)
         fake = None
         if self.discriminator is not None:
             fake = self.random_view_renders(out, generator)
@@ -789,7 +841,7 @@ class UmrTask(SyntheticDataMixin):
 
         hints = typing.get_type_hints(UmrConfig)
         model = {f.name: hints[f.name] for f in dataclasses.fields(UmrConfig) if f.name not in ("image_size",)}
-        model["uv_size"] = model["betas"] = List[float]
+        model["uv_size"] = model["betas"] = model["template_axes"] = List[float]
         data = {"kind": str, "root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
                 "cache": bool, "synthetic": synthetic.default_dataset_schema(),
                 "part_noise": {"grow": int, "shrink": int, "swap_fraction": float, "seed": int},
@@ -840,7 +892,7 @@ class UmrTask(SyntheticDataMixin):
         fields = dict(config.get("model") or {})
         fields["image_size"] = int(config["data"].get("image_size", 64))
         fields.setdefault("num_parts", self.num_parts(config))
-        for key in ("uv_size", "betas"):
+        for key in ("uv_size", "betas", "template_axes"):
             if key in fields:
                 fields[key] = tuple(fields[key])
         return UmrConfig(**fields)
@@ -1021,14 +1073,15 @@ class UmrTask(SyntheticDataMixin):
         images):
 
         * ``mask_iou``: soft IoU of the rendered and true silhouettes (UMR's metric); reference
-          ``sphere_mask_iou``: the starting sphere at scale 1, centred;
+          ``sphere_mask_iou``: the starting template (:func:`starting_template`, the sphere by default) at scale 1,
+          centred;
         * keypoint transfer PCK@``eval.alpha`` via camera and via texture flow (:meth:`keypoint_transfer`,
           ``eval.pairs`` random pairs); reference ``pck_identity``;
         * synthetic data only: the pose error (geodesic, degrees) after one rotation aligning the learned object
           frame to the true one (:func:`fit_rotation_offset`, fitted on the val split, else the test views), with
           reference ``constant_pose_*`` (the same rotation for every image, aligned the same way: the spread of the
           true poses); and Chamfer-L1 x10 after ICP (:func:`invrender.metrics.chamfer_l1_meshes`, ``align=True``)
-          against the true mesh, with references the sphere, the learned template, the medoid training shape and
+          against the true mesh, with references the starting template, the learned template, the medoid training shape and
           the category spread, on one view per test object.
         """
         from invrender import metrics
@@ -1053,7 +1106,7 @@ class UmrTask(SyntheticDataMixin):
         out: Dict[str, object] = {"test_images": len(items)}
         out["mask_iou"] = float(metrics.mask_iou(rec["mask"], masks).mean())
         n = len(items)
-        sphere_verts = symmetric_template(model.config.template_level, model.config.template_radius)[0].to(device)
+        sphere_verts = starting_template(model.config).to(device)
         one = torch.ones(n, device=device)
         _, sphere_mask, _ = model.render(sphere_verts.expand(n, -1, -1), one, torch.zeros(n, 2, device=device),
                                          torch.tensor([1.0, 0, 0, 0], device=device).expand(n, 4),

@@ -79,7 +79,8 @@ def test_camera_hypotheses_start_spread_over_azimuths():
 
 def test_bad_configs_raise_naming_the_field():
     for field, value in (("uv_size", (10, 16)), ("num_cameras", 0), ("sigma", -1.0), ("mask_weight", -1.0),
-                         ("select_fraction", 0.0), ("template_level", 9)):
+                         ("select_fraction", 0.0), ("template_level", 9), ("rigid_steps", -1),
+                         ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1)):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -274,6 +275,79 @@ def test_the_multiplex_weights_each_hypothesis_by_its_probability():
                              model.texture_map(batch["image"], out["flow"]))
     own = 1 - invrender.metrics.mask_iou(sil, batch["mask"])
     torch.testing.assert_close(logs["mask"], own.mean(), atol=1e-4, rtol=1e-4)
+
+
+def test_camera_usage_is_zero_for_even_use_and_largest_when_one_hypothesis_takes_all():
+    assert float(U.camera_usage(torch.eye(4))) == 0.0                          # each image its own hypothesis
+    assert float(U.camera_usage(torch.full((3, 4), 0.25))) == 0.0
+    one = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).expand(5, 4)
+    torch.testing.assert_close(U.camera_usage(one), torch.tensor(2 * 3 / 4))
+    torch.testing.assert_close(U.camera_usage(torch.tensor([[0.7, 0.3], [0.5, 0.5]])), torch.tensor(0.2))
+
+
+def test_rigid_prediction_gives_every_image_the_batchs_decoded_mean_code():
+    model = tiny_model()
+    with torch.no_grad():
+        model.shape_head.weight.normal_(std=0.05)
+    images = torch.rand(3, 3, 32, 32)
+    rigid = model.predict(images, rigid=True)
+    free = model.predict(images)
+    mean_code = free["features"].mean(0, keepdim=True)
+    expected = model.template + model.mirror_offsets(model.shape_head(mean_code).view(1, -1, 3))[0]
+    for b in range(3):
+        torch.testing.assert_close(rigid["verts"][b], expected)
+    assert not torch.allclose(free["verts"][0], free["verts"][1])              # the instance code acts otherwise
+    torch.testing.assert_close(rigid["quaternion"], free["quaternion"])        # cameras and flow unchanged
+    torch.testing.assert_close(rigid["flow"], free["flow"])
+    model.zero_grad()
+    rigid["verts"].sum().backward()                                            # the shape trains the decoder only
+    assert model.shape_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.encoder.parameters())
+
+
+def _mask_only(**kw):
+    zero = {k: 0.0 for k in ("laplacian_weight", "flatten_weight", "deform_weight", "texture_weight",
+                             "texture_dt_weight", "texture_cycle_weight", "camera_entropy_weight")}
+    return tiny_model(**{**zero, **kw})
+
+
+def test_shape_from_best_sends_mesh_gradients_through_the_most_probable_hypothesis_only():
+    model = _mask_only(shape_from_best=True)
+    batch = _batch(model, B=2, parts=False)
+    with torch.no_grad():                                    # hypotheses far apart, probabilities distinct
+        model.camera_head.bias.view(4, 8)[:, 7] = torch.tensor([0.5, 1.5, -0.5, 0.0])
+        model.shape_head.bias.normal_(std=0.05)
+    loss, _, _ = model.losses(batch["image"], batch["mask"])
+    got = torch.autograd.grad(loss, model.shape_head.bias)[0]
+    # Oracle: the probability-weighted mask loss of hypothesis 1 alone, cameras and probabilities held fixed.
+    out = model.predict(batch["image"])
+    assert torch.all(out["prob"].argmax(1) == 1)
+    cam = [t.detach() for t in (out["scale"][:, 1], out["translation"][:, 1], out["quaternion"][:, 1])]
+    _, sil, _ = model.render(out["verts"], *cam, model.texture_map(batch["image"], out["flow"]).detach())
+    own = (out["prob"][:, 1].detach() * model.config.mask_weight
+           * (1 - invrender.metrics.mask_iou(sil, batch["mask"]))).mean()
+    want = torch.autograd.grad(own, model.shape_head.bias)[0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    # Without the option every hypothesis moves the mesh.
+    plain = _mask_only()
+    plain.load_state_dict(model.state_dict())
+    loss, _, _ = plain.losses(batch["image"], batch["mask"])
+    assert not torch.allclose(torch.autograd.grad(loss, plain.shape_head.bias)[0], want, atol=1e-6, rtol=1e-3)
+
+
+def test_deformation_loss_waits_for_the_first_template_update_and_rigid_steps_use_one_shape():
+    model = _mask_only(mask_weight=0.0, deform_weight=1.0, rigid_steps=5)
+    batch = _batch(model, B=2, parts=False)
+    with torch.no_grad():
+        model.shape_head.bias.normal_(std=0.05)
+    loss0, logs0, _ = model.losses(batch["image"], batch["mask"], step=0)
+    assert float(loss0.detach()) == 0.0 and float(logs0["deformation"]) > 0          # logged, not weighed, in round 0
+    model.em_round += 1
+    _, _, out = model.losses(batch["image"], batch["mask"], step=4)            # still rigid
+    torch.testing.assert_close(out["verts"][0], out["verts"][1])
+    loss1, logs1, out = model.losses(batch["image"], batch["mask"], step=5)
+    torch.testing.assert_close(loss1, logs1["deformation"])
+    assert not torch.allclose(out["verts"][0], out["verts"][1])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""How well a UMR run's cameras follow the true poses, at each of its checkpoints (synthetic data; a quick probe
+while a run trains, without the full evaluation's keypoints and Chamfer).
+
+    python tools/umr_pose_probe.py runs/umr/<run> [--views 96]
+
+For each checkpoint: the median geodesic pose error on test views after one rotation aligning the learned object
+frame to the true one (fitted on the val split, as ``invrender eval``), the same allowing each image a half turn
+about the true vertical axis (the front-back confusion of silhouettes), the share of images each camera hypothesis
+wins, the mean scale and the mean silhouette IoU; beside them the constant pose's error.
+"""
+
+import argparse
+import math
+import os
+
+import torch
+
+from invrender import metrics, training
+from invrender.models import umr as U
+from invrender.models.unicorn import one_view_per_object, rotation_angle
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--views", type=int, default=96, help="test views (spread over the split)")
+    args = parser.parse_args(argv)
+    config = training.load_config(os.path.join(args.run_dir, "config.yaml"))
+    task = training.get_task("umr")
+    test = task._base(config, "test", noise=False)
+    val = task._base(config, "val", noise=False)
+    idx = torch.linspace(0, len(test) - 1, min(args.views, len(test))).round().long().unique().tolist()
+    items = [test[i] for i in idx]
+    images = torch.stack([it["image"] for it in items])
+    masks = torch.stack([it["mask"] for it in items])
+    gt = torch.stack([it["camera"]["rotation"] for it in items]).double()
+    vitems = [val[i] for i in one_view_per_object(val, torch.Generator().manual_seed(0))]
+    vimages = torch.stack([it["image"] for it in vitems])
+    vgt = torch.stack([it["camera"]["rotation"] for it in vitems]).double()
+    half = torch.diag(torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64))     # half turn about y
+    constant = torch.eye(3, dtype=torch.float64).expand(len(vgt), 3, 3)
+    c_offset = U.fit_rotation_offset(constant, vgt)
+    c_err = rotation_angle(constant[:1].expand(len(gt), 3, 3), gt @ c_offset)
+    c_flip = torch.minimum(c_err, rotation_angle(constant[:1].expand(len(gt), 3, 3), gt @ half @ c_offset))
+    print(f"constant pose: median {float(c_err.median()):.1f} deg, up to a half turn {float(c_flip.median()):.1f} deg")
+    model, _ = task.build(config, torch.device("cpu"))
+    for step, path in training.list_checkpoints(args.run_dir):
+        model.load_state_dict(training.load_checkpoint(path)["model"])
+        model.eval()
+        with torch.no_grad():
+            rec = task.reconstruct(model, images)
+            vrec = task.reconstruct(model, vimages)
+            prob = model.predict(images)["prob"]
+        offset = U.fit_rotation_offset(vrec["rotation"], vgt)
+        rot = rec["rotation"].double()
+        err = rotation_angle(rot, gt @ offset)
+        flip = torch.minimum(err, rotation_angle(rot, gt @ half @ offset))
+        wins = torch.bincount(prob.argmax(1), minlength=prob.shape[1]).tolist()
+        iou = float(metrics.mask_iou(rec["mask"], masks).mean())
+        print(f"step {step:5d}: pose median {float(err.median()):5.1f} deg (<30: {float((err < 30).double().mean()):.0%}),"
+              f" up to a half turn {float(flip.median()):5.1f} deg; hypotheses won {wins}; scale "
+              f"{float(rec['scale'].mean()):.2f}; mask IoU {iou:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
