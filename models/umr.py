@@ -62,6 +62,8 @@ class UmrConfig:
     template_radius: float = 0.75       # (ours) the sphere fills 3/4 of the view at scale 1
     template_axes: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # (ours, UNICORN's ellipsoid) the start, per axis
     num_cameras: int = 8                # (code) camera multiplex
+    camera_elevation: float = 0.0       # (ours; UNICORN 30 on ShapeNet) degrees the hypotheses start above the horizon
+    camera_bounds: Optional[Tuple[float, float, float]] = None  # (code az_ele_quat; UNICORN) see UmrModel.predict
     uv_size: Tuple[int, int] = (128, 256)  # (ours) texture-flow UV map (H, W); CPU configs (32, 64)
     flow_channels: int = 128            # (ours) width of the texture-flow decoder
     layers: int = 25                    # faces kept per pixel for the soft rasteriser (ours, as UNICORN)
@@ -91,6 +93,7 @@ class UmrConfig:
     rigid_steps: int = 0                # (ours, UNICORN's stage 1) first iterations with one shape for all images
     shape_from_best: bool = False       # (ours, UNICORN's 3D step) mesh gradients from the most probable camera only
     camera_usage_weight: float = 0.0    # (ours, UNICORN's 0.02) sum_k |mean_b p_k - 1/K|: every hypothesis used
+    semantic_trains_probability: bool = False  # (ours) eqs. 2-3 train the multiplex probabilities, as the mask loss
 
     def __post_init__(self):
         def fail(name, expected, value):
@@ -125,14 +128,24 @@ class UmrConfig:
                 v = getattr(self, f.name)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                     fail(f.name, "a number >= 0", v)
-        if not isinstance(self.shape_from_best, bool):
-            fail("shape_from_best", "a bool", self.shape_from_best)
+        for name in ("shape_from_best", "semantic_trains_probability"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "a bool", getattr(self, name))
         if not 0 < self.select_fraction <= 1:
             fail("select_fraction", "a number in (0, 1]", self.select_fraction)
         b = self.betas
         if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(0 <= x < 1 for x in b)):
             fail("betas", "a pair in [0, 1)", b)
         self.betas = tuple(float(x) for x in b)
+        if isinstance(self.camera_elevation, bool) or not isinstance(self.camera_elevation, (int, float)) or \
+                not -90 <= self.camera_elevation <= 90:
+            fail("camera_elevation", "degrees in [-90, 90]", self.camera_elevation)
+        cb = self.camera_bounds
+        if cb is not None:
+            if (not isinstance(cb, (tuple, list)) or len(cb) != 3
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 180 for x in cb)):
+                fail("camera_bounds", "None or three angles in [0, 180] degrees (azimuth, elevation, roll)", cb)
+            self.camera_bounds = tuple(float(x) for x in cb)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,6 +354,14 @@ def _quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
                         aw * bz + ax * by - ay * bx + az * bw], -1)
 
 
+def axis_angle_quaternion(angle: Tensor, axis: int) -> Tensor:
+    """Quaternions ``(..., 4)`` ``(w, x, y, z)`` of turns by ``angle (...)`` radians about coordinate ``axis``."""
+    q = torch.zeros(*angle.shape, 4, dtype=angle.dtype, device=angle.device)
+    q[..., 0] = torch.cos(angle / 2)
+    q[..., 1 + axis] = torch.sin(angle / 2)
+    return q
+
+
 def base_quaternions(num: int, elevation_deg: float = 0.0) -> Tensor:
     """The camera multiplex's ``num`` starting rotations ``(num, 4)``: azimuths ``360 k / num`` degrees about the
     vertical axis (then ``elevation_deg`` about x), so every hypothesis starts on a different side (ours, as
@@ -363,6 +384,9 @@ class UmrModel(nn.Module):
       mirrored to the others (``x -> -x``; 0 in x on the symmetry plane); ``verts = template + delta``;
     - the camera multiplex ``scale (B, K)``, ``translation (B, K, 2)`` (NDC), ``quaternion (B, K, 4)`` (object to
       view, each hypothesis a small turn of its :func:`base_quaternions` start) and ``prob (B, K)`` (softmax);
+      with ``camera_bounds = (a, e, r)`` degrees (the code's ``az_ele_quat``, UNICORN's bounded pose offsets) each
+      hypothesis is instead ``R_z(roll) R_x(elevation) R_y(azimuth)`` with azimuth its start ``360 k / K`` plus at
+      most ``a``, elevation ``camera_elevation`` plus at most ``e``, roll at most ``r`` (tanh-bounded);
     - ``flow (B, Hu, Wu, 2)``: the texture flow, for each texel of the UV map the image point (``grid_sample``
       coordinates, tanh-bounded) its colour comes from, starting from :func:`sphere_view_flow` (ours); ``Phi`` maps the UV map to the template's surface by the
       sphere's spherical coordinates (:func:`_vertex_uvs`, fixed as the template deforms).
@@ -396,7 +420,9 @@ class UmrModel(nn.Module):
         self.register_buffer("canonical_parts", torch.zeros(c.num_parts, *c.uv_size))
         self.register_buffer("vertex_part", torch.full((V,), -1, dtype=torch.long))
         self.register_buffer("em_round", torch.zeros((), dtype=torch.long))
-        self.register_buffer("base_quaternion", base_quaternions(c.num_cameras))
+        self.register_buffer("base_quaternion", base_quaternions(c.num_cameras, c.camera_elevation))
+        self.register_buffer("base_azimuth", torch.arange(c.num_cameras, dtype=torch.float32) * (2 * math.pi / c.num_cameras),
+                             persistent=False)
 
         self.encoder = ResNet18()
         self.feature = nn.Sequential(nn.Linear(ResNet18.out_features, c.feature_dim), nn.LeakyReLU(0.2))
@@ -464,8 +490,16 @@ class UmrModel(nn.Module):
         cam = self.camera_head(f).view(B, K, 8)
         scale = F.softplus(cam[..., 0] + math.log(math.e - 1.0))            # 1 at the start
         translation = cam[..., 1:3]
-        turn = cam[..., 3:7] + cam.new_tensor([1.0, 0.0, 0.0, 0.0])          # near the identity at the start
-        quaternion = _quaternion_multiply(self.base_quaternion.to(f.dtype).expand(B, K, 4), F.normalize(turn, dim=-1))
+        if c.camera_bounds is None:
+            turn = cam[..., 3:7] + cam.new_tensor([1.0, 0.0, 0.0, 0.0])      # near the identity at the start
+            quaternion = _quaternion_multiply(self.base_quaternion.to(f.dtype).expand(B, K, 4),
+                                              F.normalize(turn, dim=-1))
+        else:
+            az, el, roll = (torch.tanh(cam[..., 3:6]) * cam.new_tensor(c.camera_bounds) * (math.pi / 180)).unbind(-1)
+            az = az + self.base_azimuth.to(f.dtype)
+            el = el + math.radians(c.camera_elevation)
+            quaternion = _quaternion_multiply(axis_angle_quaternion(roll, 2), _quaternion_multiply(
+                axis_angle_quaternion(el, 0), axis_angle_quaternion(az, 1)))
         prob = torch.softmax(cam[..., 7], dim=1)
         h = self.flow_fc(f).view(B, *self._flow_start)
         start = torch.atanh(self.flow_start.to(h.dtype).clamp(-0.99, 0.99)).permute(2, 0, 1)
@@ -572,7 +606,8 @@ class UmrModel(nn.Module):
         the silhouettes: for the first ``rigid_steps`` iterations one shape serves every image (:meth:`predict`
         ``rigid``); ``shape_from_best`` sends the mesh gradients through the most probable hypothesis only (the
         others still train their cameras and the probabilities); ``camera_usage_weight`` keeps the batch using
-        every hypothesis (:func:`camera_usage`).
+        every hypothesis (:func:`camera_usage`). With ``semantic_trains_probability`` (ours) the semantic losses
+        train the probabilities as the mask loss does: the parts, not only the silhouette, choose the camera.
 
         Args:
             images: ``(B, 3, S, S)`` in [0, 1]; masks: ``(B, 1, S, S)`` silhouettes; parts: ``(B, Np, S, S)``
@@ -617,7 +652,8 @@ class UmrModel(nn.Module):
         weight = {"mask": c.mask_weight, "texture": c.texture_weight, "texture_cycle": c.texture_cycle_weight,
                   "part_probability": c.part_probability_weight, "part_vertex": c.part_vertex_weight}
         # (code) only the mask loss trains the probabilities; the others weight by detached probabilities
-        loss = sum((prob if k == "mask" else prob.detach()) * (weight[k] * v).view(B, K) for k, v in per.items())
+        trains = {"mask"} | ({"part_probability", "part_vertex"} if c.semantic_trains_probability else set())
+        loss = sum((prob if k in trains else prob.detach()) * (weight[k] * v).view(B, K) for k, v in per.items())
         loss = loss.sum(1).mean()
         logs = {k: (prob.detach() * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
         faces = self.faces
@@ -842,6 +878,7 @@ class UmrTask(SyntheticDataMixin):
         hints = typing.get_type_hints(UmrConfig)
         model = {f.name: hints[f.name] for f in dataclasses.fields(UmrConfig) if f.name not in ("image_size",)}
         model["uv_size"] = model["betas"] = model["template_axes"] = List[float]
+        model["camera_bounds"] = Optional[List[float]]
         data = {"kind": str, "root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
                 "cache": bool, "synthetic": synthetic.default_dataset_schema(),
                 "part_noise": {"grow": int, "shrink": int, "swap_fraction": float, "seed": int},
@@ -892,8 +929,8 @@ class UmrTask(SyntheticDataMixin):
         fields = dict(config.get("model") or {})
         fields["image_size"] = int(config["data"].get("image_size", 64))
         fields.setdefault("num_parts", self.num_parts(config))
-        for key in ("uv_size", "betas", "template_axes"):
-            if key in fields:
+        for key in ("uv_size", "betas", "template_axes", "camera_bounds"):
+            if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         return UmrConfig(**fields)
 

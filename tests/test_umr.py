@@ -77,10 +77,34 @@ def test_camera_hypotheses_start_spread_over_azimuths():
     assert el.abs().max() < 1.0
 
 
+def _turn(degrees, axis):
+    """The right-handed rotation matrix of ``degrees`` about coordinate ``axis`` (closed form)."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    m = torch.eye(3, dtype=DT)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def test_bounded_cameras_stay_within_their_azimuth_elevation_and_roll_ranges():
+    model = tiny_model(camera_bounds=(45.0, 10.0, 5.0), camera_elevation=30.0)
+    with torch.no_grad():                                    # drive every offset to its bound
+        model.camera_head.bias.view(4, 8)[:, 3:6] = torch.tensor([50.0, -50.0, 50.0])
+    out = model.predict(torch.rand(2, 3, 32, 32))
+    R = invrender.cameras.quaternion_to_matrix(out["quaternion"].double())
+    for k in range(4):
+        want = _turn(5.0, 2) @ _turn(20.0, 0) @ _turn(90.0 * k + 45.0, 1)
+        torch.testing.assert_close(R[:, k], want.expand(2, 3, 3), atol=1e-5, rtol=0)
+    start = tiny_model(camera_bounds=(45.0, 10.0, 5.0), camera_elevation=30.0).predict(torch.rand(2, 3, 32, 32))
+    torch.testing.assert_close(start["quaternion"], U.base_quaternions(4, 30.0).expand(2, 4, 4), atol=1e-3, rtol=0)
+
+
 def test_bad_configs_raise_naming_the_field():
     for field, value in (("uv_size", (10, 16)), ("num_cameras", 0), ("sigma", -1.0), ("mask_weight", -1.0),
                          ("select_fraction", 0.0), ("template_level", 9), ("rigid_steps", -1),
-                         ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1)):
+                         ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1),
+                         ("camera_bounds", (10.0, 10.0)), ("camera_elevation", 100.0), ("template_axes", (1, 0, 1)),
+                         ("semantic_trains_probability", "yes")):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -333,6 +357,19 @@ def test_shape_from_best_sends_mesh_gradients_through_the_most_probable_hypothes
     plain.load_state_dict(model.state_dict())
     loss, _, _ = plain.losses(batch["image"], batch["mask"])
     assert not torch.allclose(torch.autograd.grad(loss, plain.shape_head.bias)[0], want, atol=1e-6, rtol=1e-3)
+
+
+def test_semantic_losses_train_the_probabilities_only_when_asked():
+    grads = []
+    for trains in (False, True):
+        model = _mask_only(mask_weight=0.0, semantic_trains_probability=trains)
+        batch = _batch(model, B=2)
+        model.m_step([batch])                                   # a canonical map: the semantic losses apply
+        loss, logs, _ = model.losses(batch["image"], batch["mask"], batch["parts"],
+                                     generator=torch.Generator().manual_seed(0))
+        assert float(logs["part_probability"]) > 0 and float(logs["part_vertex"]) > 0
+        grads.append(torch.autograd.grad(loss, model.camera_head.bias)[0].view(4, 8)[:, 7])
+    assert grads[0].abs().max() == 0 and grads[1].abs().max() > 0
 
 
 def test_deformation_loss_waits_for_the_first_template_update_and_rigid_steps_use_one_shape():
