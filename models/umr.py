@@ -64,6 +64,8 @@ class UmrConfig:
     num_cameras: int = 8                # (code) camera multiplex
     camera_elevation: float = 0.0       # (ours; UNICORN 30 on ShapeNet) degrees the hypotheses start above the horizon
     camera_bounds: Optional[Tuple[float, float, float]] = None  # (code az_ele_quat; UNICORN) see UmrModel.predict
+    camera_shared_offsets: bool = False  # (ours) with camera_bounds: one pose offset, the hypotheses its turned copies
+    reset_multiplex: bool = False       # (ours) each M-step resets the hypotheses' probabilities to uniform
     uv_size: Tuple[int, int] = (128, 256)  # (ours) texture-flow UV map (H, W); CPU configs (32, 64)
     flow_channels: int = 128            # (ours) width of the texture-flow decoder
     layers: int = 25                    # faces kept per pixel for the soft rasteriser (ours, as UNICORN)
@@ -128,7 +130,7 @@ class UmrConfig:
                 v = getattr(self, f.name)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                     fail(f.name, "a number >= 0", v)
-        for name in ("shape_from_best", "semantic_trains_probability"):
+        for name in ("shape_from_best", "semantic_trains_probability", "camera_shared_offsets", "reset_multiplex"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool", getattr(self, name))
         if not 0 < self.select_fraction <= 1:
@@ -146,6 +148,8 @@ class UmrConfig:
                     or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 180 for x in cb)):
                 fail("camera_bounds", "None or three angles in [0, 180] degrees (azimuth, elevation, roll)", cb)
             self.camera_bounds = tuple(float(x) for x in cb)
+        if self.camera_shared_offsets and cb is None:
+            fail("camera_shared_offsets", "false without camera_bounds (the offsets it shares)", True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,7 +390,9 @@ class UmrModel(nn.Module):
       view, each hypothesis a small turn of its :func:`base_quaternions` start) and ``prob (B, K)`` (softmax);
       with ``camera_bounds = (a, e, r)`` degrees (the code's ``az_ele_quat``, UNICORN's bounded pose offsets) each
       hypothesis is instead ``R_z(roll) R_x(elevation) R_y(azimuth)`` with azimuth its start ``360 k / K`` plus at
-      most ``a``, elevation ``camera_elevation`` plus at most ``e``, roll at most ``r`` (tanh-bounded);
+      most ``a``, elevation ``camera_elevation`` plus at most ``e``, roll at most ``r`` (tanh-bounded); with
+      ``camera_shared_offsets`` the offsets are hypothesis 0's for all, so hypothesis ``k`` is hypothesis 0's
+      camera with the object turned ``360 k / K`` degrees about its vertical axis (its symmetric alternatives);
     - ``flow (B, Hu, Wu, 2)``: the texture flow, for each texel of the UV map the image point (``grid_sample``
       coordinates, tanh-bounded) its colour comes from, starting from :func:`sphere_view_flow` (ours); ``Phi`` maps the UV map to the template's surface by the
       sphere's spherical coordinates (:func:`_vertex_uvs`, fixed as the template deforms).
@@ -495,7 +501,10 @@ class UmrModel(nn.Module):
             quaternion = _quaternion_multiply(self.base_quaternion.to(f.dtype).expand(B, K, 4),
                                               F.normalize(turn, dim=-1))
         else:
-            az, el, roll = (torch.tanh(cam[..., 3:6]) * cam.new_tensor(c.camera_bounds) * (math.pi / 180)).unbind(-1)
+            offsets = cam[..., 3:6]
+            if c.camera_shared_offsets:
+                offsets = offsets[:, :1].expand(B, K, 3)
+            az, el, roll = (torch.tanh(offsets) * cam.new_tensor(c.camera_bounds) * (math.pi / 180)).unbind(-1)
             az = az + self.base_azimuth.to(f.dtype)
             el = el + math.radians(c.camera_elevation)
             quaternion = _quaternion_multiply(axis_angle_quaternion(roll, 2), _quaternion_multiply(
@@ -751,6 +760,7 @@ class UmrModel(nn.Module):
           ``select_fraction`` of samples whose semantic UV maps are nearest (L2) to the exemplar's; the map is
           their mean, and the template vertices' parts are read from it (:meth:`vertex_labels`).
 
+        With ``reset_multiplex`` (ours) the camera head's probability outputs are zeroed: uniform hypotheses.
         Increments ``em_round``. Returns statistics (the selected counts, the template's mean offset)."""
         c = self.config
         was_training = self.training
@@ -792,6 +802,10 @@ class UmrModel(nn.Module):
             self.vertex_part.copy_(self.vertex_labels(self.canonical_parts))
             stats.update(canonical_selected=float(len(u)),
                          labelled_vertices=float((self.vertex_part >= 0).float().mean()))
+        if c.reset_multiplex:   # (ours) every hypothesis gets a new chance under the new template and parts
+            logits = torch.arange(c.num_cameras, device=self.template.device) * 8 + 7
+            self.camera_head.weight[logits] = 0.0
+            self.camera_head.bias[logits] = 0.0
         self.em_round += 1
         self.train(was_training)
         return stats

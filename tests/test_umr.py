@@ -99,12 +99,26 @@ def test_bounded_cameras_stay_within_their_azimuth_elevation_and_roll_ranges():
     torch.testing.assert_close(start["quaternion"], U.base_quaternions(4, 30.0).expand(2, 4, 4), atol=1e-3, rtol=0)
 
 
+def test_shared_offsets_make_the_hypotheses_turned_copies_and_the_m_step_can_reset_them():
+    model = tiny_model(camera_bounds=(45.0, 10.0, 5.0), camera_shared_offsets=True, reset_multiplex=True)
+    with torch.no_grad():
+        model.camera_head.weight.normal_(std=0.1)
+    batch = _batch(model, B=2, parts=False)
+    out = model.predict(batch["image"])
+    R = invrender.cameras.quaternion_to_matrix(out["quaternion"].double())
+    for k in range(4):
+        torch.testing.assert_close(R[:, k], R[:, 0] @ _turn(90.0 * k, 1), atol=1e-5, rtol=0)
+    assert out["prob"].max() > 0.3                                             # not uniform before
+    model.m_step([batch])
+    torch.testing.assert_close(model.predict(batch["image"])["prob"], torch.full((2, 4), 0.25))
+
+
 def test_bad_configs_raise_naming_the_field():
     for field, value in (("uv_size", (10, 16)), ("num_cameras", 0), ("sigma", -1.0), ("mask_weight", -1.0),
                          ("select_fraction", 0.0), ("template_level", 9), ("rigid_steps", -1),
                          ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1),
                          ("camera_bounds", (10.0, 10.0)), ("camera_elevation", 100.0), ("template_axes", (1, 0, 1)),
-                         ("semantic_trains_probability", "yes")):
+                         ("semantic_trains_probability", "yes"), ("camera_shared_offsets", True)):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
