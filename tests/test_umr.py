@@ -401,6 +401,30 @@ def test_deformation_loss_waits_for_the_first_template_update_and_rigid_steps_us
     assert not torch.allclose(out["verts"][0], out["verts"][1])
 
 
+def test_turn_tolerant_pose_errors_and_the_robust_alignment_see_through_quarter_turns():
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    az = torch.rand(n, generator=g, dtype=DT) * 360
+    gt = torch.stack([_turn(30.0, 0) @ _turn(float(a), 1) for a in az])
+    offset = _turn(70.0, 2) @ _turn(20.0, 0)
+    k = torch.randint(4, (n,), generator=g)
+    pred = torch.stack([gt[i] @ _turn(90.0 * int(k[i]), 1) @ offset for i in range(n)])
+    pred[:5] = torch.stack([_turn(float(a), 0) for a in torch.rand(5, generator=g, dtype=DT) * 180])  # outliers
+    quarter = (0, 1, 2, 3)
+    a = U.fit_rotation_offset_robust(pred, gt, quarter)
+    err = U.turn_tolerant_errors(pred, gt, a, quarter)
+    assert float(err[5:].max()) < 1e-4 and float(err[:5].min()) > 1.0          # degrees; acos near 1
+    exact = U.turn_tolerant_errors(pred, gt, U.fit_rotation_offset_robust(pred, gt), (0,))
+    assert float(exact.median()) > 45                                          # the turns count without tolerance
+    half = U.turn_tolerant_errors(pred, gt, U.fit_rotation_offset_robust(pred, gt, (0, 2)), (0, 2))
+    odd = (k[5:] % 2 == 1)
+    assert float(half[5:][~odd].max()) < 1e-4 and torch.allclose(half[5:][odd], torch.full_like(half[5:][odd], 90.0))
+    # Against the definition: the error up to quarter turns is the least over the four turned truths.
+    one = U.turn_tolerant_errors(pred[5:6], gt[5:6], offset, quarter)
+    assert float(one) < 1e-4 and float(U.turn_tolerant_errors(pred[5:6], gt[5:6], offset, (0,))) == \
+        pytest.approx(90.0 * min(int(k[5]), 4 - int(k[5])), abs=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 # keypoint transfer and pose alignment
 

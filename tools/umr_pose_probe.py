@@ -16,34 +16,13 @@ import torch
 
 from invrender import metrics, training
 from invrender.models import umr as U
-from invrender.models.unicorn import one_view_per_object, rotation_angle
-
-
-QUARTER = torch.tensor([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]], dtype=torch.float64)   # a quarter turn about y
-
-
-def errors(rot, gt, offset, turns):
-    """Per-image pose error (degrees) allowing the true object any of ``turns`` (quarter turns about its
-    vertical axis, e.g. (0,) none, (0, 2) a half turn, (0, 1, 2, 3) any quarter turn)."""
-    return torch.stack([rotation_angle(rot, gt @ torch.linalg.matrix_power(QUARTER, k) @ offset)
-                        for k in turns]).min(0).values
-
-
-def robust_offset(rot, gt, turns):
-    """The frame alignment under the ambiguity: each val image's own alignment as a candidate, the one of least
-    median error kept, then refined once by least squares with each image's best turn."""
-    candidates = gt.transpose(1, 2) @ rot
-    best = min(candidates, key=lambda a: float(errors(rot, gt, a, turns).median()))
-    k = torch.stack([rotation_angle(rot, gt @ torch.linalg.matrix_power(QUARTER, t) @ best) for t in turns]).argmin(0)
-    turned = torch.stack([gt[i] @ torch.linalg.matrix_power(QUARTER, turns[int(k[i])]) for i in range(len(gt))])
-    refined = U.fit_rotation_offset(rot, turned)
-    return min((best, refined), key=lambda a: float(errors(rot, gt, a, turns).median()))
+from invrender.models.unicorn import one_view_per_object
 
 
 def report(rot, gt, vrot, vgt):
     parts = []
     for name, turns in (("exact", (0,)), ("half turn", (0, 2)), ("quarter turn", (0, 1, 2, 3))):
-        err = errors(rot, gt, robust_offset(vrot, vgt, turns), turns)
+        err = U.turn_tolerant_errors(rot, gt, U.fit_rotation_offset_robust(vrot, vgt, turns), turns)
         parts.append(f"{name} {float(err.median()):5.1f}")
     return ", ".join(parts)
 
