@@ -81,6 +81,8 @@ class UmrConfig:
     deform_weight: float = 1.0
     texture_weight: float = 3.0         # perceptual with VGG weights from a file; masked L1 without (ours)
     texture_dt_weight: float = 3.0
+    texture_dt_flat_inside: bool = False  # (ours) the barrier 0 on the whole silhouette (see mask_distance)
+    texture_detach: bool = True         # (code: detach_shape, detach_cam) texture losses leave mesh and camera alone
     texture_cycle_weight: float = 1.0
     gan_weight: float = 1.0
     camera_entropy_weight: float = 0.05
@@ -130,7 +132,8 @@ class UmrConfig:
                 v = getattr(self, f.name)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                     fail(f.name, "a number >= 0", v)
-        for name in ("shape_from_best", "semantic_trains_probability", "camera_shared_offsets", "reset_multiplex"):
+        for name in ("shape_from_best", "semantic_trains_probability", "camera_shared_offsets", "reset_multiplex",
+                     "texture_dt_flat_inside", "texture_detach"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool", getattr(self, name))
         if not 0 < self.select_fraction <= 1:
@@ -328,10 +331,15 @@ def camera_usage(prob: Tensor) -> Tensor:
     return (prob.mean(0) - 1.0 / prob.shape[1]).abs().sum()
 
 
-def mask_distance(mask: Tensor, k: float = 50.0) -> Tensor:
+def mask_distance(mask: Tensor, k: float = 50.0, flat_inside: bool = False) -> Tensor:
     """CMR's distance-transform barrier of silhouettes ``mask (B, 1, H, W)`` -> ``(B, 1, H, W)`` in (0, 1):
     ``sigmoid(k (edt(outside) - edt(inside)) / max(H, W))`` (code: ``compute_dt_barrier``, k = 50), near 0 inside
-    the mask and near 1 outside; an empty mask gives 0 everywhere (no pull)."""
+    the mask and near 1 outside; an empty mask gives 0 everywhere (no pull).
+
+    ``flat_inside`` (ours): ``2 sigmoid(k edt(outside) / max(H, W)) - 1``, exactly 0 on the whole silhouette. The
+    signed barrier keeps falling with the depth inside, so it pulls every texel of the flow toward the
+    silhouette's deepest pixels; on thin shapes at low resolution (an airplane at 64^2 is 3 pixels deep) that pull
+    is as strong as the barrier itself and the flow collapses onto the fuselage."""
     from scipy import ndimage
 
     out = torch.zeros_like(mask, dtype=torch.float32, device="cpu")
@@ -339,8 +347,12 @@ def mask_distance(mask: Tensor, k: float = 50.0) -> Tensor:
     size = max(m.shape[-2:])
     for b in range(m.shape[0]):
         if m[b, 0].any():
-            signed = ndimage.distance_transform_edt(~m[b, 0]) - ndimage.distance_transform_edt(m[b, 0])
-            out[b, 0] = torch.sigmoid(torch.from_numpy(k * signed / size)).float()
+            outside = ndimage.distance_transform_edt(~m[b, 0])
+            if flat_inside:
+                out[b, 0] = (2 * torch.sigmoid(torch.from_numpy(k * outside / size)) - 1).float()
+            else:
+                signed = outside - ndimage.distance_transform_edt(m[b, 0])
+                out[b, 0] = torch.sigmoid(torch.from_numpy(k * signed / size)).float()
     return out.to(device=mask.device, dtype=mask.dtype)
 
 
@@ -638,23 +650,30 @@ class UmrModel(nn.Module):
         texture = self.texture_map(images, flow)
         out["texture"] = texture
         semantic = self.semantic_active(parts)
-        channels = texture
-        if semantic:
-            channels = torch.cat([texture, self.canonical_texture().to(texture.dtype).expand(B, -1, -1, -1)], 1)
+        canonical = self.canonical_texture().to(texture.dtype).expand(B, -1, -1, -1) if semantic else None
         cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
-        rendered, silhouette, fragments = self.render(render_verts, *cams,
-                                                      channels.repeat_interleave(K, 0))
+        if c.texture_detach:
+            # (code: detach_shape, detach_cam) the texture losses train the flow only: their render has the mesh
+            # and cameras detached; a second render carries the silhouette and the parts
+            rgb, _, texture_fragments = self.render(render_verts.detach(), *(t.detach() for t in cams),
+                                                    texture.repeat_interleave(K, 0))
+            other = canonical if semantic else texture.new_zeros(B, 1, *texture.shape[2:])
+            rendered_parts, silhouette, _ = self.render(render_verts, *cams, other.repeat_interleave(K, 0))
+        else:
+            channels = texture if canonical is None else torch.cat([texture, canonical], 1)
+            rendered, silhouette, texture_fragments = self.render(render_verts, *cams, channels.repeat_interleave(K, 0))
+            rgb, rendered_parts = rendered[:, :3], rendered[:, 3:]
         per: Dict[str, Tensor] = {}
         per["mask"] = 1.0 - invrender.metrics.mask_iou(silhouette, masks.repeat_interleave(K, 0))
-        per["texture"] = self._texture_error(rendered[:, :3], images, masks, K)
+        per["texture"] = self._texture_error(rgb, images, masks, K)
         if c.texture_cycle_weight > 0:
             nf = self.faces.shape[0]
             flow_at = self.sample_flow(flow, self.cycle_uvs.to(flow.dtype).expand(B, *self.cycle_uvs.shape))
-            alpha = invrender.layer_alpha(fragments, c.sigma, kind="sigmoid")
-            centroids, total = invrender.face_pixel_centroids(fragments, alpha, nf)
+            alpha = invrender.layer_alpha(texture_fragments, c.sigma, kind="sigmoid")
+            centroids, total = invrender.face_pixel_centroids(texture_fragments, alpha, nf)
             per["texture_cycle"] = texture_cycle_loss(flow_at.repeat_interleave(K, 0), centroids, total)
         if semantic:
-            per["part_probability"] = part_probability_loss(rendered[:, 3:], parts.repeat_interleave(K, 0))
+            per["part_probability"] = part_probability_loss(rendered_parts, parts.repeat_interleave(K, 0))
             points = self.project(self.template.to(verts.dtype).expand(B * K, -1, -1), *cams)[..., :2]
             per["part_vertex"] = vertex_part_loss(points, self.vertex_part, self.part_labels(parts).repeat_interleave(K, 0),
                                                   c.num_parts, c.part_pixels, generator)
@@ -670,7 +689,8 @@ class UmrModel(nn.Module):
                  "flatten": (c.flatten_weight, invrender.mesh.flatten_loss(verts, faces)),
                  "deformation": (c.deform_weight if int(self.em_round) >= c.deform_start_round else 0.0,
                                  (out["delta"].pow(2).sum(-1) + 1e-12).sqrt().mean()),
-                 "texture_dt": (c.texture_dt_weight, texture_dt_loss(flow, mask_distance(masks)).mean()),
+                 "texture_dt": (c.texture_dt_weight, texture_dt_loss(flow, mask_distance(masks, flat_inside=c.texture_dt_flat_inside))
+                                                    .mean()),
                  "camera_entropy": (c.camera_entropy_weight, camera_entropy(prob).mean()),
                  "camera_usage": (c.camera_usage_weight, camera_usage(prob))}
         for name, (w, value) in terms.items():

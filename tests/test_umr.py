@@ -243,6 +243,12 @@ def test_texture_dt_barrier_is_low_inside_and_high_outside():
     outside = torch.full((1, 2, 2, 2), -0.95)     # the top-left corner
     assert U.texture_dt_loss(inside, dist) < 1e-3 and U.texture_dt_loss(outside, dist) > 0.99
     assert torch.equal(U.mask_distance(torch.zeros(1, 1, 4, 4)), torch.zeros(1, 1, 4, 4))
+    # flat inside: exactly 0 on the silhouette, the same outside growth, no pull toward the centre
+    flat = U.mask_distance(mask, flat_inside=True)[0, 0]
+    assert torch.equal(flat[mask[0, 0].bool()], torch.zeros(16))
+    want = 2 * torch.sigmoid(torch.from_numpy(50 * ndimage.distance_transform_edt(~m) / 8)).float() - 1
+    torch.testing.assert_close(flat, want)
+    assert flat[0, 0] > 0.99 and dist[0, 0, 2, 2] > dist[0, 0, 3, 3]          # the signed one falls inward
 
 
 def test_camera_entropy():
@@ -384,6 +390,21 @@ def test_semantic_losses_train_the_probabilities_only_when_asked():
         assert float(logs["part_probability"]) > 0 and float(logs["part_vertex"]) > 0
         grads.append(torch.autograd.grad(loss, model.camera_head.bias)[0].view(4, 8)[:, 7])
     assert grads[0].abs().max() == 0 and grads[1].abs().max() > 0
+
+
+def test_texture_losses_train_the_flow_only_as_in_the_code():
+    for detach in (True, False):
+        model = _mask_only(mask_weight=0.0, texture_weight=3.0, texture_cycle_weight=1.0, texture_detach=detach)
+        batch = _batch(model, B=2, parts=False)
+        with torch.no_grad():
+            model.camera_head.weight.normal_(std=0.01)
+        loss, _, _ = model.losses(batch["image"], batch["mask"])
+        geometry = [model.shape_head.weight, model.camera_head.weight]
+        flow = [model.flow_decoder[-1].weight]
+        g_geo = torch.autograd.grad(loss, geometry, retain_graph=True)
+        g_flow = torch.autograd.grad(loss, flow)
+        assert g_flow[0].abs().sum() > 0
+        assert all((g.abs().sum() == 0) == detach for g in g_geo), detach
 
 
 def test_deformation_loss_waits_for_the_first_template_update_and_rigid_steps_use_one_shape():

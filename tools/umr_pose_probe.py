@@ -6,7 +6,8 @@ while a run trains, without the full evaluation's keypoints and Chamfer).
 For each checkpoint: the median geodesic pose error on test views after one rotation aligning the learned object
 frame to the true one (fitted on the val split, as ``invrender eval``), the same allowing each image a half turn
 about the true vertical axis (the front-back confusion of silhouettes), the same up to quarter turns (the cross a rigid stage learns first is ambiguous by them), the share of images each camera hypothesis
-wins, the mean scale and the mean silhouette IoU; beside them the constant pose's error.
+wins, the mean scale, the mean silhouette IoU and the texture flow's spread (1: it reads the whole object, 0:
+a spot); beside them the constant pose's error.
 """
 
 import argparse
@@ -17,6 +18,19 @@ import torch
 from invrender import metrics, training
 from invrender.models import umr as U
 from invrender.models.unicorn import one_view_per_object
+
+
+def flow_spread(flow, masks):
+    """The texture flow's spread over the image (the std of its sample points) over the silhouette's: 1 when the
+    UV map fetches colours from the whole object, near 0 when it collapsed onto a spot."""
+    S = masks.shape[-1]
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij")
+    grid = torch.stack([xs, ys], -1).reshape(-1, 2)
+    m = masks.flatten(1)
+    mean = (m[..., None] * grid).sum(1) / m.sum(1, keepdim=True)
+    sil = ((m[..., None] * (grid - mean[:, None]) ** 2).sum(1) / m.sum(1, keepdim=True)).sum(-1).sqrt()
+    fl = flow.flatten(1, 2)
+    return float((fl.var(1).sum(-1).sqrt() / sil).mean())
 
 
 def report(rot, gt, vrot, vgt):
@@ -54,12 +68,14 @@ def main(argv=None):
         with torch.no_grad():
             rec = task.reconstruct(model, images)
             vrec = task.reconstruct(model, vimages)
-            prob = model.predict(images)["prob"]
+            pred = model.predict(images)
+            prob = pred["prob"]
+        spread = flow_spread(pred["flow"], masks)
         pose = report(rec["rotation"].double(), gt, vrec["rotation"].double(), vgt)
         wins = torch.bincount(prob.argmax(1), minlength=prob.shape[1]).tolist()
         iou = float(metrics.mask_iou(rec["mask"], masks).mean())
         print(f"  step {step:5d}: {pose}; hypotheses won {wins}; scale {float(rec['scale'].mean()):.2f};"
-              f" mask IoU {iou:.3f}")
+              f" mask IoU {iou:.3f}; flow spread {spread:.2f}")
     return 0
 
 
