@@ -20,6 +20,29 @@ def ablation(cfg) -> str:
     return "full" if not off else "without " + " and ".join(off)
 
 
+def stage_options(cfg) -> str:
+    """The options of ours a run trained with (UmrConfig's stage-1 switches), "code" for none. Runs trained before
+    ``texture_detach`` existed let the texture losses move the mesh and cameras: "texture moves geometry"."""
+    m = cfg.get("model") or {}
+    out = []
+    if m.get("camera_bounds"):
+        out.append("bounded cameras" + (" (shared)" if m.get("camera_shared_offsets") else ""))
+    for key, name in (("rigid_steps", "rigid"), ("shape_from_best", "shape from best"),
+                      ("reset_multiplex", "reset"), ("semantic_trains_probability", "parts pick camera"),
+                      ("texture_dt_flat_inside", "flat DT")):
+        if m.get(key):
+            out.append(name)
+    if m.get("camera_usage_weight"):
+        out.append(f"usage {m['camera_usage_weight']:g}")
+    if not m.get("texture_detach", False):
+        out.append("texture moves geometry")
+    return ", ".join(out) or "code"
+
+
+def fmt(value, spec=".1f"):
+    return "-" if value is None else format(value, spec)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", nargs="?", default="runs/umr")
@@ -34,14 +57,17 @@ def main():
         log = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]
         minutes = sum(h.get("time/step_s", 0.0) * cfg.get("log_every", 1) for h in log) / 60
         rows.append((run, cfg, m, minutes))
-    print("| run | model | steps (EM round length) | train min | mask IoU | PCK camera | PCK texture flow | "
-          "pose median deg | pose < 30 deg | Chamfer-L1 x10 (ICP) | its learned template's |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | model | options (ours) | steps (EM round length) | train min | mask IoU | PCK camera | PCK texture flow "
+          "| pose median deg | pose < 30 deg | up to a half turn | up to a quarter turn | Chamfer-L1 x10 (ICP) "
+          "| its learned template's |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run, cfg, m, minutes in rows:
-        print(f"| {os.path.basename(run)} | {ablation(cfg)} | {m['step']} ({cfg['em']['steps_per_round']}) | "
+        print(f"| {os.path.basename(run)} | {ablation(cfg)} | {stage_options(cfg)} | {m['step']} "
+              f"({cfg['em']['steps_per_round']}) | "
               f"{minutes:.0f} | {m['mask_iou']:.3f} | {m.get('pck_camera', float('nan')):.1f} | "
               f"{m.get('pck_texture_flow', float('nan')):.1f} | {m.get('pose_rotation_median_deg', float('nan')):.1f} | "
-              f"{100 * m.get('pose_accuracy_30deg', float('nan')):.0f}% | {m.get('chamfer_l1_icp', float('nan')):.3f} | "
+              f"{100 * m.get('pose_accuracy_30deg', float('nan')):.0f}% | {fmt(m.get('pose_half_turn_median_deg'))} | "
+              f"{fmt(m.get('pose_quarter_turn_median_deg'))} | {m.get('chamfer_l1_icp', float('nan')):.3f} | "
               f"{m.get('template_chamfer_l1_icp', float('nan')):.3f} |")
     if rows:
         m = rows[0][2]
@@ -49,16 +75,20 @@ def main():
         print(f"References under the same protocol ({m['test_images']} test views, {m.get('pck_pairs')} pairs with "
               f"{m.get('pck_keypoints')} keypoints visible in both, Chamfer on {m.get('chamfer_objects')} objects):")
         print()
-        print("| reference | mask IoU | PCK | pose median deg | pose < 30 deg | Chamfer-L1 x10 (ICP) |")
-        print("|---|---|---|---|---|---|")
-        print(f"| starting sphere | {m['sphere_mask_iou']:.3f} | | | | {m.get('sphere_chamfer_l1_icp', float('nan')):.3f} |")
-        print(f"| copy the source keypoint | | {m.get('pck_identity', float('nan')):.1f} | | | |")
+        ref = max((r[2] for r in rows), key=lambda x: "constant_pose_quarter_turn_median_deg" in x)
+        print("| reference | mask IoU | PCK | pose median deg | pose < 30 deg | up to a half turn | up to a quarter turn "
+              "| Chamfer-L1 x10 (ICP) |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| starting sphere | {m['sphere_mask_iou']:.3f} | | | | | | {m.get('sphere_chamfer_l1_icp', float('nan')):.3f} |")
+        print(f"| copy the source keypoint | | {m.get('pck_identity', float('nan')):.1f} | | | | | |")
         print(f"| one constant pose | | | {m.get('constant_pose_rotation_median_deg', float('nan')):.1f} | "
-              f"{100 * m.get('constant_pose_accuracy_30deg', float('nan')):.0f}% | |")
+              f"{100 * m.get('constant_pose_accuracy_30deg', float('nan')):.0f}% | "
+              f"{fmt(ref.get('constant_pose_half_turn_median_deg'))} | "
+              f"{fmt(ref.get('constant_pose_quarter_turn_median_deg'))} | |")
         for name, key in (("medoid training shape", "medoid_chamfer_l1_icp"),
                           ("category spread (another test object)", "spread_chamfer_l1_icp")):
             if key in m:
-                print(f"| {name} | | | | | {m[key]:.3f} |")
+                print(f"| {name} | | | | | | | {m[key]:.3f} |")
 
 
 if __name__ == "__main__":
