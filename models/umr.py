@@ -83,6 +83,7 @@ class UmrConfig:
     texture_dt_weight: float = 3.0
     texture_dt_flat_inside: bool = False  # (ours) the barrier 0 on the whole silhouette (see mask_distance)
     texture_detach: bool = True         # (code: detach_shape, detach_cam) texture losses leave mesh and camera alone
+    semantic_uv_source: str = "flow"    # eq. 1's instance maps: "flow" (paper) or "projection" (ours; m_step)
     texture_cycle_weight: float = 1.0
     gan_weight: float = 1.0
     camera_entropy_weight: float = 0.05
@@ -136,6 +137,8 @@ class UmrConfig:
                      "texture_dt_flat_inside", "texture_detach"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool", getattr(self, name))
+        if self.semantic_uv_source not in ("flow", "projection"):
+            fail("semantic_uv_source", "'flow' or 'projection'", self.semantic_uv_source)
         if not 0 < self.select_fraction <= 1:
             fail("select_fraction", "a number in (0, 1]", self.select_fraction)
         b = self.betas
@@ -216,6 +219,40 @@ def semantic_uv_maps(parts: Tensor, flow: Tensor) -> Tensor:
     sampled bilinearly at the texture flow ``flow (B, Hu, Wu, 2)`` (``grid_sample`` coordinates: x right, y down,
     [-1, 1]; ``align_corners=False``). Returns ``(B, Np, Hu, Wu)``."""
     return F.grid_sample(parts, flow, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def texel_faces(uv_size: Tuple[int, int], verts: Tensor, faces: Tensor, chunk: int = 4096) -> Tuple[Tensor, Tensor]:
+    """Where each texel of the UV map lies on the template: ``Phi`` of the texel centres (the unit sphere's point
+    of spherical coordinates u, v, as :func:`_vertex_uvs`) cast from the centre onto the mesh of the unit-sphere
+    vertices ``verts (V, 3)``, ``faces (F, 3)``. Returns ``face (Hu Wu,)`` the face hit and ``bary (Hu Wu, 3)``
+    the barycentric weights of the hit point (so a deformed mesh carries every texel along)."""
+    hu, wu = uv_size
+    u = (torch.arange(wu, dtype=torch.float64) + 0.5) / wu
+    v = (torch.arange(hu, dtype=torch.float64) + 0.5) / hu
+    theta, phi = torch.meshgrid(v * math.pi, u * 2 * math.pi - math.pi, indexing="ij")
+    d = torch.stack([torch.sin(theta) * torch.sin(phi), torch.cos(theta), torch.sin(theta) * torch.cos(phi)], -1)
+    d = d.reshape(-1, 3)
+    tri = verts.double()[faces]                                        # (F, 3, 3)
+    a, e1, e2 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    face_out, bary_out = [], []
+    for start in range(0, d.shape[0], chunk):
+        ray = d[start:start + chunk, None]                             # (T, 1, 3) from the origin (Moller-Trumbore)
+        h = torch.cross(ray.expand(-1, e2.shape[0], 3), e2.expand(ray.shape[0], -1, 3), dim=-1)
+        det = (e1 * h).sum(-1)
+        svec = -a                                                      # origin - a
+        b1 = (svec * h).sum(-1) / det
+        q = torch.cross(svec, e1, dim=-1)
+        b2 = (ray * q).sum(-1) / det
+        t = (e2 * q).sum(-1) / det
+        score = torch.minimum(torch.minimum(b1, b2), 1 - b1 - b2)      # >= 0 inside the triangle
+        score = torch.where((t > 0) & (det.abs() > 1e-12), score, torch.full_like(score, -math.inf))
+        best = score.argmax(1)
+        rows = torch.arange(best.shape[0])
+        bb1, bb2 = b1[rows, best], b2[rows, best]
+        face_out.append(best)
+        bary_out.append(torch.stack([1 - bb1 - bb2, bb1, bb2], -1).clamp_min(0))
+    bary = torch.cat(bary_out)
+    return torch.cat(face_out), (bary / bary.sum(-1, keepdim=True)).float()
 
 
 def canonical_uv_map(uv_maps: Tensor, selected: Optional[Tensor] = None) -> Tensor:
@@ -540,6 +577,33 @@ class UmrModel(nn.Module):
         """The texture flow ``(B, Hu, Wu, 2)`` read at UV points ``uv (B, ..., 2)`` (circular in u), in NDC."""
         return _grid_to_ndc(self._texturer.sample_texture(flow.permute(0, 3, 1, 2), uv))
 
+    def projected_flow(self, verts: Tensor, scale: Tensor, translation: Tensor, quaternion: Tensor,
+                       fragments=None) -> Tuple[Tensor, Tensor]:
+        """The texture flow the cycle (eqs. 5-6) asks for: ``(B, Hu, Wu, 2)`` ``grid_sample`` coordinates where each
+        texel's point on the mesh ``verts (B, V, 3)`` (:func:`texel_faces`) projects under the camera, and ``(B, 1,
+        Hu, Wu)`` 1 where that point's face is seen in ``fragments`` (the render by that camera; all 1 without).
+        ``semantic_uv_source: projection`` builds eq. 1's instance maps with it (ours)."""
+        c = self.config
+        if getattr(self, "_texel_faces", None) is None or self._texel_faces[0].device != verts.device:
+            sphere = symmetric_template(c.template_level, 1.0)[0]
+            face, bary = texel_faces(c.uv_size, sphere, self.faces.cpu())
+            self._texel_faces = (face.to(verts.device), bary.to(verts.device))
+        face, bary = self._texel_faces
+        B = verts.shape[0]
+        ndc = self.project(verts, scale, translation, quaternion)[..., :2]
+        corners = ndc[:, self.faces[face]]                                    # (B, T, 3, 2)
+        points = (bary.to(ndc.dtype)[None, :, :, None] * corners).sum(2)
+        flow = _grid_to_ndc(points).view(B, *c.uv_size, 2)
+        seen = torch.ones(B, 1, *c.uv_size, dtype=verts.dtype, device=verts.device)
+        if fragments is not None:   # a depth test against the nearest face at the texel's pixel
+            depth = (bary.to(ndc.dtype)[None, :, :] *
+                     self.project(verts, scale, translation, quaternion)[..., 2][:, self.faces[face]]).sum(2)
+            nearest = torch.where(fragments.face_idx[..., 0] >= 0, fragments.depth[..., 0],
+                                  torch.full_like(fragments.depth[..., 0], -math.inf))
+            at = F.grid_sample(nearest[:, None], flow, mode="nearest", padding_mode="zeros", align_corners=False)
+            seen = (depth.view(B, 1, *c.uv_size) <= at + 4.0 / c.image_size).to(verts.dtype)   # 2 pixels of slope
+        return flow, seen
+
     # -- rendering -------------------------------------------------------------------------------------
 
     def project(self, verts: Tensor, scale: Tensor, translation: Tensor, quaternion: Tensor) -> Tensor:
@@ -785,12 +849,13 @@ class UmrModel(nn.Module):
         c = self.config
         was_training = self.training
         self.eval()
-        feats, ious, sils, uv_maps, tex = [], [], [], [], []
+        feats, ious, sils, uv_maps, tex, seen_maps = [], [], [], [], [], []
         for batch in batches:
             images, masks = batch["image"], batch["mask"]
             out = self.predict(images)
             texture = self.texture_map(images, out["flow"])
-            image, sil, _ = self.render(out["verts"], *self.best_camera(out), texture)
+            camera = self.best_camera(out)
+            image, sil, fragments = self.render(out["verts"], *camera, texture)
             ious.append(invrender.metrics.mask_iou(sil, masks))
             tex.append(self._texture_error(image, images, masks))
             B = images.shape[0]
@@ -800,7 +865,12 @@ class UmrModel(nn.Module):
             sils.append(canonical_sil > 0.5)
             feats.append(out["features"])
             if batch.get("parts") is not None:
-                uv_maps.append(semantic_uv_maps(batch["parts"], out["flow"]))
+                if c.semantic_uv_source == "projection":
+                    flow, seen = self.projected_flow(out["verts"], *camera, fragments)
+                    uv_maps.append(semantic_uv_maps(batch["parts"], flow) * seen)
+                    seen_maps.append(seen)
+                else:
+                    uv_maps.append(semantic_uv_maps(batch["parts"], out["flow"]))
         if not feats:
             raise ValueError("UmrModel.m_step: argument 'batches' is empty")
         feats, ious, sils, tex = torch.cat(feats), torch.cat(ious), torch.cat(sils), torch.cat(tex)
@@ -818,7 +888,12 @@ class UmrModel(nn.Module):
             exemplar = int(tex.argmin())
             distance = (uv_maps - uv_maps[exemplar:exemplar + 1]).pow(2).flatten(1).sum(1)
             u = self._top(distance, c.select_fraction, largest=False)
-            self.canonical_parts.copy_(canonical_uv_map(uv_maps, u).to(self.canonical_parts.dtype))
+            if seen_maps:   # the mean over the selected samples that see each texel
+                seen_maps = torch.cat(seen_maps)
+                canonical = uv_maps[u].sum(0) / seen_maps[u].sum(0).clamp_min(1.0)
+            else:
+                canonical = canonical_uv_map(uv_maps, u)
+            self.canonical_parts.copy_(canonical.to(self.canonical_parts.dtype))
             self.vertex_part.copy_(self.vertex_labels(self.canonical_parts))
             stats.update(canonical_selected=float(len(u)),
                          labelled_vertices=float((self.vertex_part >= 0).float().mean()))

@@ -51,6 +51,36 @@ def test_predictions_have_their_shapes_and_are_mirror_symmetric():
     assert v[:, model.template[:, 0].abs() < 1e-6, 0].abs().max() < 1e-6
 
 
+def test_texel_faces_put_every_texel_on_the_template_where_phi_says():
+    verts, faces, _ = U.symmetric_template(2, 1.0)
+    face, bary = U.texel_faces((16, 32), verts, faces)
+    assert face.shape == (512,) and bary.shape == (512, 3) and torch.all(bary >= 0)
+    torch.testing.assert_close(bary.sum(-1), torch.ones(512))
+    points = (bary[:, :, None] * verts[faces[face]]).sum(1)
+    u = (torch.arange(32) + 0.5) / 32
+    v = (torch.arange(16) + 0.5) / 16
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    torch.testing.assert_close(U._vertex_uvs(points), torch.stack([uu, vv], -1).reshape(-1, 2), atol=1e-5, rtol=0)
+
+
+def test_projected_flow_is_the_spheres_view_and_sees_the_front_half():
+    model = tiny_model(template_level=2)
+    B, hu, wu = 2, 8, 16
+    verts = model.template.expand(B, -1, -1)
+    one, q = torch.ones(B), torch.tensor([1.0, 0, 0, 0]).expand(B, 4)
+    _, _, fragments = model.render(verts, one, torch.zeros(B, 2), q, torch.zeros(B, 1, hu, wu))
+    flow, seen = model.projected_flow(verts, one, torch.zeros(B, 2), q, fragments)
+    # flat faces sit inside the sphere: within the chord's sagitta of the sphere's own view
+    torch.testing.assert_close(flow[0], U.sphere_view_flow((hu, wu), model.config.template_radius), atol=0.03, rtol=0)
+    u = (torch.arange(wu) + 0.5) / wu * 2 * math.pi - math.pi
+    v = (torch.arange(hu) + 0.5) / hu * math.pi
+    th, ph = torch.meshgrid(v, u, indexing="ij")
+    z = torch.sin(th) * torch.cos(ph)                 # toward the camera (depth 2 - z)
+    assert seen[0, 0][z > 0.2].min() == 1 and seen[0, 0][z < -0.2].max() == 0
+    shifted, _ = model.projected_flow(verts, one, torch.tensor([[0.25, 0.0]] * B), q)
+    torch.testing.assert_close(shifted[..., 0] - flow[..., 0], torch.full((B, hu, wu), 0.25), atol=1e-5, rtol=0)
+
+
 def test_the_texture_flow_starts_as_the_spheres_own_view():
     # Each texel's sphere point, projected by the identity camera (x right, y up; grid y down), is where the
     # untrained flow reads the image: the texel of the front-facing point (u = 0.5, v = 0.5) reads the centre.
@@ -118,7 +148,8 @@ def test_bad_configs_raise_naming_the_field():
                          ("select_fraction", 0.0), ("template_level", 9), ("rigid_steps", -1),
                          ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1),
                          ("camera_bounds", (10.0, 10.0)), ("camera_elevation", 100.0), ("template_axes", (1, 0, 1)),
-                         ("semantic_trains_probability", "yes"), ("camera_shared_offsets", True)):
+                         ("semantic_trains_probability", "yes"), ("camera_shared_offsets", True),
+                         ("semantic_uv_source", "pixels")):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -288,6 +319,26 @@ def test_semantic_losses_start_after_the_first_m_step_and_the_step_lowers_the_lo
     assert {"part_probability", "part_vertex", "texture_cycle", "mask"} <= set(logs)
     assert all(math.isfinite(float(v)) for v in logs.values())
     assert min(losses[-3:]) < losses[0]
+
+
+def test_m_step_builds_the_canonical_map_from_projections_over_the_samples_that_see_each_texel():
+    model = tiny_model(semantic_uv_source="projection")
+    batch = _batch(model)
+    model.m_step([batch], update_template=False)
+    canonical = model.canonical_parts
+    model.eval()                                       # as the M-step reads the batch
+    assert float(canonical.max()) <= 1 + 1e-6 and float(canonical.sum()) > 0
+    out = model.predict(batch["image"])
+    camera = model.best_camera(out)
+    _, _, fragments = model.render(out["verts"], *camera, torch.zeros(4, 1, 8, 16))
+    flow, seen = model.projected_flow(out["verts"], *camera, fragments)
+    maps = U.semantic_uv_maps(batch["parts"], flow) * seen
+    never = seen.sum(0)[0] == 0
+    assert never.any() and canonical[:, never].abs().max() == 0             # unseen texels stay empty
+    # half of 4 samples selected: the canonical map is their seen-weighted mean, so it is one of these means
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    means = [(maps[i] + maps[j]) / (seen[i] + seen[j]).clamp_min(1) for i, j in pairs]
+    assert any(torch.allclose(canonical, m, atol=1e-5) for m in means)
 
 
 def test_m_step_moves_the_template_by_the_decoded_mean_code():

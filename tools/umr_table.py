@@ -21,8 +21,8 @@ def ablation(cfg) -> str:
 
 
 def stage_options(cfg) -> str:
-    """The options of ours a run trained with (UmrConfig's stage-1 switches), "code" for none. Runs trained before
-    ``texture_detach`` existed let the texture losses move the mesh and cameras: "texture moves geometry"."""
+    """The options of ours a run trained with (UmrConfig's stage-1 switches), "code" for none; "texture moves
+    geometry" for ``model.texture_detach: false`` (the runs trained before it existed carry it in their config)."""
     m = cfg.get("model") or {}
     out = []
     if m.get("camera_bounds"):
@@ -34,7 +34,7 @@ def stage_options(cfg) -> str:
             out.append(name)
     if m.get("camera_usage_weight"):
         out.append(f"usage {m['camera_usage_weight']:g}")
-    if not m.get("texture_detach", False):
+    if not m.get("texture_detach", True):
         out.append("texture moves geometry")
     return ", ".join(out) or "code"
 
