@@ -78,6 +78,7 @@ class UmrConfig:
     mask_weight: float = 2.5
     laplacian_weight: float = 0.15
     flatten_weight: float = 5e-4
+    regularizer_reduction: str = "sum"  # (code: SoftRas) Laplacian summed over vertices, flatten over edges; or "mean"
     deform_weight: float = 1.0
     texture_weight: float = 3.0         # perceptual with VGG weights from a file; masked L1 without (ours)
     texture_dt_weight: float = 3.0
@@ -137,6 +138,8 @@ class UmrConfig:
                      "texture_dt_flat_inside", "texture_detach"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool", getattr(self, name))
+        if self.regularizer_reduction not in ("sum", "mean"):
+            fail("regularizer_reduction", "'sum' or 'mean'", self.regularizer_reduction)
         if self.semantic_uv_source not in ("flow", "projection"):
             fail("semantic_uv_source", "'flow' or 'projection'", self.semantic_uv_source)
         if not 0 < self.select_fraction <= 1:
@@ -466,6 +469,8 @@ class UmrModel(nn.Module):
         sign[verts[:, 0].abs() < 1e-6, 0] = 0.0      # on the symmetry plane: no sideways offset
         self.register_buffer("template", verts.clone())
         self.register_buffer("faces", faces)
+        edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(1).values
+        self._num_edges = int(torch.unique(edges, dim=0).shape[0])
         self.register_buffer("mirror", mirror)
         self.register_buffer("delta_source", source)
         self.register_buffer("delta_sign", sign)
@@ -749,8 +754,11 @@ class UmrModel(nn.Module):
         loss = loss.sum(1).mean()
         logs = {k: (prob.detach() * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
         faces = self.faces
-        terms = {"laplacian": (c.laplacian_weight, invrender.mesh.laplacian_loss(verts, faces)),
-                 "flatten": (c.flatten_weight, invrender.mesh.flatten_loss(verts, faces)),
+        # (code) SoftRas's LaplacianLoss and FlattenLoss sum over the vertices and the edges, where
+        # invrender.mesh's losses average: the code's weights need the sums
+        lap_scale, flat_scale = (verts.shape[1], self._num_edges) if c.regularizer_reduction == "sum" else (1, 1)
+        terms = {"laplacian": (c.laplacian_weight, lap_scale * invrender.mesh.laplacian_loss(verts, faces)),
+                 "flatten": (c.flatten_weight, flat_scale * invrender.mesh.flatten_loss(verts, faces)),
                  "deformation": (c.deform_weight if int(self.em_round) >= c.deform_start_round else 0.0,
                                  (out["delta"].pow(2).sum(-1) + 1e-12).sqrt().mean()),
                  "texture_dt": (c.texture_dt_weight, texture_dt_loss(flow, mask_distance(masks, flat_inside=c.texture_dt_flat_inside))

@@ -149,7 +149,7 @@ def test_bad_configs_raise_naming_the_field():
                          ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1),
                          ("camera_bounds", (10.0, 10.0)), ("camera_elevation", 100.0), ("template_axes", (1, 0, 1)),
                          ("semantic_trains_probability", "yes"), ("camera_shared_offsets", True),
-                         ("semantic_uv_source", "pixels")):
+                         ("semantic_uv_source", "pixels"), ("regularizer_reduction", "max")):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -456,6 +456,31 @@ def test_texture_losses_train_the_flow_only_as_in_the_code():
         g_flow = torch.autograd.grad(loss, flow)
         assert g_flow[0].abs().sum() > 0
         assert all((g.abs().sum() == 0) == detach for g in g_geo), detach
+
+
+def test_mesh_regularizers_sum_over_vertices_and_edges_as_softras_does():
+    model = _mask_only(mask_weight=0.0)
+    batch = _batch(model, B=2, parts=False)
+    with torch.no_grad():
+        model.shape_head.bias.normal_(std=0.05)
+    _, logs, out = model.losses(batch["image"], batch["mask"])
+    verts, faces = out["verts"], model.faces
+    # SoftRas LaplacianLoss: L with rows (deg_i on the diagonal, -1 per neighbour) / deg_i; sum_i |(L v)_i|^2
+    V = verts.shape[1]
+    lap = torch.zeros(V, V)
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        lap[faces[:, a], faces[:, b]] = -1
+        lap[faces[:, b], faces[:, a]] = -1
+    lap[range(V), range(V)] = -lap.sum(1)
+    lap = lap / lap.diagonal()[:, None]
+    want = (lap @ verts).pow(2).sum((1, 2)).mean()
+    torch.testing.assert_close(logs["laplacian"], want, rtol=1e-4, atol=1e-6)
+    edges = {tuple(sorted((int(f[a]), int(f[b])))) for f in faces for a, b in ((0, 1), (1, 2), (2, 0))}
+    torch.testing.assert_close(logs["flatten"], len(edges) * invrender.mesh.flatten_loss(verts, faces))
+    mean = _mask_only(mask_weight=0.0, regularizer_reduction="mean")
+    mean.load_state_dict(model.state_dict())
+    _, logs_mean, _ = mean.losses(batch["image"], batch["mask"])
+    torch.testing.assert_close(logs_mean["laplacian"] * V, logs["laplacian"])
 
 
 def test_deformation_loss_waits_for_the_first_template_update_and_rigid_steps_use_one_shape():
