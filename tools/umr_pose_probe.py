@@ -7,7 +7,7 @@ For each checkpoint: the median geodesic pose error on test views after one rota
 frame to the true one (fitted on the val split, as ``invrender eval``), the same allowing each image a half turn
 about the true vertical axis (the front-back confusion of silhouettes), the same up to quarter turns (the cross a rigid stage learns first is ambiguous by them), the share of images each camera hypothesis
 wins, the mean scale, the mean silhouette IoU and the texture flow's spread (1: it reads the whole object, 0:
-a spot); beside them the constant pose's error.
+a spot) and the share of faces folded over; beside them the constant pose's error.
 """
 
 import argparse
@@ -18,6 +18,18 @@ import torch
 from invrender import metrics, training
 from invrender.models import umr as U
 from invrender.models.unicorn import one_view_per_object
+
+
+def flipped_faces(verts, faces):
+    """The share of the meshes' faces whose normal turned against the sphere's (the mesh folded over)."""
+    sphere = U.symmetric_template(3, 1.0)[0] if verts.shape[1] == 642 else None
+    if sphere is None:
+        return float("nan")
+
+    def normals(v):
+        return torch.cross(v[..., faces[:, 1], :] - v[..., faces[:, 0], :], v[..., faces[:, 2], :] - v[..., faces[:, 0], :],
+                           dim=-1)
+    return float(((normals(verts) * normals(sphere)).sum(-1) < 0).double().mean())
 
 
 def flow_spread(flow, masks):
@@ -71,11 +83,12 @@ def main(argv=None):
             pred = model.predict(images)
             prob = pred["prob"]
         spread = flow_spread(pred["flow"], masks)
+        flipped = flipped_faces(pred["verts"], model.faces)
         pose = report(rec["rotation"].double(), gt, vrec["rotation"].double(), vgt)
         wins = torch.bincount(prob.argmax(1), minlength=prob.shape[1]).tolist()
         iou = float(metrics.mask_iou(rec["mask"], masks).mean())
         print(f"  step {step:5d}: {pose}; hypotheses won {wins}; scale {float(rec['scale'].mean()):.2f};"
-              f" mask IoU {iou:.3f}; flow spread {spread:.2f}")
+              f" mask IoU {iou:.3f}; flow spread {spread:.2f}; faces flipped {flipped:.0%}")
     return 0
 
 

@@ -22,7 +22,8 @@ def ablation(cfg) -> str:
 
 def stage_options(cfg) -> str:
     """The options of ours a run trained with (UmrConfig's stage-1 switches), "code" for none; "texture moves
-    geometry" for ``model.texture_detach: false`` (the runs trained before it existed carry it in their config)."""
+    geometry" for ``model.texture_detach: false`` and "mean regularizers" for ``model.regularizer_reduction: mean``
+    (the runs trained before these existed carry them in their config)."""
     m = cfg.get("model") or {}
     out = []
     if m.get("camera_bounds"):
@@ -34,6 +35,10 @@ def stage_options(cfg) -> str:
             out.append(name)
     if m.get("camera_usage_weight"):
         out.append(f"usage {m['camera_usage_weight']:g}")
+    if m.get("semantic_uv_source") == "projection":
+        out.append("parts by projection")
+    if m.get("regularizer_reduction", "sum") == "mean":
+        out.append("mean regularizers")
     if not m.get("texture_detach", True):
         out.append("texture moves geometry")
     return ", ".join(out) or "code"
