@@ -66,6 +66,7 @@ class UmrConfig:
     camera_bounds: Optional[Tuple[float, float, float]] = None  # (code az_ele_quat; UNICORN) see UmrModel.predict
     camera_shared_offsets: bool = False  # (ours) with camera_bounds: one pose offset, the hypotheses its turned copies
     reset_multiplex: bool = False       # (ours) each M-step resets the hypotheses' probabilities to uniform
+    recenter_decoder: bool = False      # (ours) the M-step takes the offset it adds to the template off the decoder
     uv_size: Tuple[int, int] = (128, 256)  # (ours) texture-flow UV map (H, W); CPU configs (32, 64)
     flow_channels: int = 128            # (ours) width of the texture-flow decoder
     layers: int = 25                    # faces kept per pixel for the soft rasteriser (ours, as UNICORN)
@@ -135,7 +136,7 @@ class UmrConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                     fail(f.name, "a number >= 0", v)
         for name in ("shape_from_best", "semantic_trains_probability", "camera_shared_offsets", "reset_multiplex",
-                     "texture_dt_flat_inside", "texture_detach"):
+                     "texture_dt_flat_inside", "texture_detach", "recenter_decoder"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool", getattr(self, name))
         if self.regularizer_reduction not in ("sum", "mean"):
@@ -853,6 +854,9 @@ class UmrModel(nn.Module):
           their mean, and the template vertices' parts are read from it (:meth:`vertex_labels`).
 
         With ``reset_multiplex`` (ours) the camera head's probability outputs are zeroed: uniform hypotheses.
+        With ``recenter_decoder`` (ours) the decoder's bias gives back the offset added to the template, so every
+        prediction stays where it was and the instance offsets (and the deformation loss) count from the new
+        template; without it (code) each prediction jumps by the decoded mean code.
         Increments ``em_round``. Returns statistics (the selected counts, the template's mean offset)."""
         c = self.config
         was_training = self.training
@@ -888,8 +892,11 @@ class UmrModel(nn.Module):
             similarity = invrender.metrics.mask_iou(sils.float(), sils[exemplar:exemplar + 1].float().expand_as(sils),
                                                     soft=False)
             q = self._top(similarity, c.select_fraction, largest=True)
-            delta = self.mirror_offsets(self.shape_head(feats[q].mean(0, keepdim=True)).view(1, -1, 3))[0]
+            offset = self.shape_head(feats[q].mean(0, keepdim=True))[0]
+            delta = self.mirror_offsets(offset.view(1, -1, 3))[0]
             self.template += delta.to(self.template.dtype)
+            if c.recenter_decoder:   # predictions unchanged: the decoder now predicts offsets from the new template
+                self.shape_head.bias -= offset
             stats.update(template_selected=float(len(q)), template_offset=float(delta.norm(dim=-1).mean()))
         if uv_maps:
             uv_maps = torch.cat(uv_maps)

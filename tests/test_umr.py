@@ -341,6 +341,21 @@ def test_m_step_builds_the_canonical_map_from_projections_over_the_samples_that_
     assert any(torch.allclose(canonical, m, atol=1e-5) for m in means)
 
 
+def test_recentered_m_step_keeps_every_prediction_in_place():
+    model = tiny_model(recenter_decoder=True)
+    with torch.no_grad():
+        model.shape_head.weight.normal_(std=0.02)
+        model.shape_head.bias.normal_(std=0.05)
+    batch = _batch(model, parts=False)
+    model.eval()
+    before_template = model.template.clone()
+    before = model.predict(batch["image"])["verts"]
+    model.m_step([batch])
+    after = model.predict(batch["image"])["verts"]
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    assert (model.template - before_template).abs().max() > 1e-3            # the template did move
+
+
 def test_m_step_moves_the_template_by_the_decoded_mean_code():
     model = tiny_model()
     with torch.no_grad():
