@@ -21,8 +21,12 @@ Building blocks, each unit-tested (``tests/test_umr.py``):
 - :class:`UmrTask`: ``invrender train umr`` in the paper's stages, ``invrender eval`` (mask IoU, keypoint
   transfer PCK via texture flow and via camera, and on synthetic data pose error and Chamfer-L1).
 
-Defaults are the paper's or its code's (marked "(code)", from ``../shared/reference-notes.md``); "(ours)" marks
-choices the paper leaves open.
+Defaults are the paper's or its code's (marked "(code)", from ``../shared/reference-notes.md`` and the released
+code); "(ours)" marks choices the paper leaves open. :class:`UmrConfig` also carries first-stage options of ours
+(bounded, shared camera hypotheses; mesh gradients from the best hypothesis; a multiplex reset at each M-step;
+eq. 1 from the mesh's projection; a flat-inside distance barrier; a recentred decoder), all off by default and on
+in ``configs/umr/airplane_cpu.yaml``, where they made the cameras learn at a CPU budget
+(``benchmarks/results/umr-ablation.md``).
 """
 
 from __future__ import annotations
