@@ -64,7 +64,6 @@ class UmrConfig:
     feature_dim: int = 200              # (code) ResNet-18 -> 200-d
     template_level: int = 3             # 642 vertices (code)
     template_radius: float = 0.75       # (ours) the sphere fills 3/4 of the view at scale 1
-    template_axes: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # (ours, UNICORN's ellipsoid) the start, per axis
     num_cameras: int = 8                # (code) camera multiplex
     camera_elevation: float = 0.0       # (ours; UNICORN 30 on ShapeNet) degrees the hypotheses start above the horizon
     camera_bounds: Optional[Tuple[float, float, float]] = None  # (code az_ele_quat; UNICORN) see UmrModel.predict
@@ -124,12 +123,6 @@ class UmrConfig:
                 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 8 and x % 8 == 0 for x in uv)):
             fail("uv_size", "a pair (H, W) of multiples of 8", uv)
         self.uv_size = tuple(uv)
-        ax = self.template_axes
-        if (not isinstance(ax, (tuple, list)) or len(ax) != 3
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-                           for x in ax)):
-            fail("template_axes", "three positive numbers (x, y, z)", ax)
-        self.template_axes = tuple(float(x) for x in ax)
         for name in ("template_radius", "sigma", "gamma", "lr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
@@ -183,24 +176,22 @@ def symmetric_template(level: int = 3, radius: float = 1.0, dtype=torch.float32)
     return verts.to(dtype), faces, mirror
 
 
-def starting_template(config: "UmrConfig", dtype=torch.float32) -> Tensor:
-    """The template before any M-step ``(V, 3)``: :func:`symmetric_template`'s sphere of ``template_radius``,
-    scaled by ``template_axes`` (the sphere by default, as the paper)."""
-    verts = symmetric_template(config.template_level, config.template_radius, dtype=torch.float64)[0]
-    return (verts * verts.new_tensor(config.template_axes)).to(dtype)
-
-
-def sphere_view_flow(uv_size: Tuple[int, int], radius: float,
-                     axes: Tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Tensor:
-    """``(Hu, Wu, 2)`` ``grid_sample`` coordinates of the texel centres' template points (``Phi``,
-    :func:`_vertex_uvs`'s inverse, on the sphere of ``radius`` scaled by ``axes``) seen by the identity
-    weak-perspective camera at scale 1: the texture flow's starting point (ours)."""
+def _texel_directions(uv_size: Tuple[int, int]) -> Tensor:
+    """``(Hu, Wu, 3)`` float64 unit vectors of the texel centres: ``Phi`` onto the unit sphere, the inverse of
+    :func:`_vertex_uvs` (u around y from -z through +x, v down from the +y pole)."""
     hu, wu = uv_size
     u = (torch.arange(wu, dtype=torch.float64) + 0.5) / wu
     v = (torch.arange(hu, dtype=torch.float64) + 0.5) / hu
     theta, phi = torch.meshgrid(v * math.pi, u * 2 * math.pi - math.pi, indexing="ij")
-    x, y = torch.sin(theta) * torch.sin(phi), torch.cos(theta)
-    return (torch.stack([x * axes[0], -y * axes[1]], -1) * radius).float()
+    return torch.stack([torch.sin(theta) * torch.sin(phi), torch.cos(theta), torch.sin(theta) * torch.cos(phi)], -1)
+
+
+def sphere_view_flow(uv_size: Tuple[int, int], radius: float) -> Tensor:
+    """``(Hu, Wu, 2)`` ``grid_sample`` coordinates of the texel centres' sphere points (``Phi``,
+    :func:`_texel_directions`) seen by the identity weak-perspective camera at scale 1: the texture flow's starting
+    point (ours)."""
+    d = _texel_directions(uv_size)
+    return (torch.stack([d[..., 0], -d[..., 1]], -1) * radius).float()
 
 
 def _vertex_uvs(verts: Tensor) -> Tensor:
@@ -234,12 +225,7 @@ def texel_faces(uv_size: Tuple[int, int], verts: Tensor, faces: Tensor, chunk: i
     of spherical coordinates u, v, as :func:`_vertex_uvs`) cast from the centre onto the mesh of the unit-sphere
     vertices ``verts (V, 3)``, ``faces (F, 3)``. Returns ``face (Hu Wu,)`` the face hit and ``bary (Hu Wu, 3)``
     the barycentric weights of the hit point (so a deformed mesh carries every texel along)."""
-    hu, wu = uv_size
-    u = (torch.arange(wu, dtype=torch.float64) + 0.5) / wu
-    v = (torch.arange(hu, dtype=torch.float64) + 0.5) / hu
-    theta, phi = torch.meshgrid(v * math.pi, u * 2 * math.pi - math.pi, indexing="ij")
-    d = torch.stack([torch.sin(theta) * torch.sin(phi), torch.cos(theta), torch.sin(theta) * torch.cos(phi)], -1)
-    d = d.reshape(-1, 3)
+    d = _texel_directions(uv_size).reshape(-1, 3)
     tri = verts.double()[faces]                                        # (F, 3, 3)
     a, e1, e2 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
     face_out, bary_out = [], []
@@ -462,8 +448,8 @@ class UmrModel(nn.Module):
     def __init__(self, config: UmrConfig):
         super().__init__()
         self.config = c = config
-        sphere, faces, mirror = symmetric_template(c.template_level, 1.0)
-        verts = starting_template(c)
+        verts, faces, mirror = symmetric_template(c.template_level, c.template_radius)
+        sphere = verts / c.template_radius
         V = verts.shape[0]
         indep = (verts[:, 0] >= -1e-6).nonzero().squeeze(1)
         slot = torch.full((V,), -1, dtype=torch.long)
@@ -481,6 +467,7 @@ class UmrModel(nn.Module):
         self.register_buffer("delta_sign", sign)
         self.register_buffer("face_uvs", invrender.mesh.spherical_uvs(sphere, faces))
         self.register_buffer("vertex_uvs", _vertex_uvs(sphere))
+        self.register_buffer("vertex_sphere", sphere.clone(), persistent=False)   # the unit sphere (Phi's image)
         self.register_buffer("cycle_uvs", face_uv_samples(self.face_uvs, c.cycle_samples))
         self.register_buffer("canonical_parts", torch.zeros(c.num_parts, *c.uv_size))
         self.register_buffer("vertex_part", torch.full((V,), -1, dtype=torch.long))
@@ -516,7 +503,7 @@ class UmrModel(nn.Module):
         # with it. The last layer starts at zero so the flow starts exactly there.
         nn.init.zeros_(self.flow_decoder[-1].weight)
         nn.init.zeros_(self.flow_decoder[-1].bias)
-        self.register_buffer("flow_start", sphere_view_flow(c.uv_size, c.template_radius, c.template_axes))
+        self.register_buffer("flow_start", sphere_view_flow(c.uv_size, c.template_radius))
         self.camera = invrender.cameras.WeakPerspectiveCamera(depth_offset=2.0)
         from invrender.renderers import LayeredRenderer
 
@@ -595,19 +582,16 @@ class UmrModel(nn.Module):
         ``semantic_uv_source: projection`` builds eq. 1's instance maps with it (ours)."""
         c = self.config
         if getattr(self, "_texel_faces", None) is None or self._texel_faces[0].device != verts.device:
-            sphere = symmetric_template(c.template_level, 1.0)[0]
-            face, bary = texel_faces(c.uv_size, sphere, self.faces.cpu())
+            face, bary = texel_faces(c.uv_size, self.vertex_sphere.cpu(), self.faces.cpu())
             self._texel_faces = (face.to(verts.device), bary.to(verts.device))
         face, bary = self._texel_faces
         B = verts.shape[0]
-        ndc = self.project(verts, scale, translation, quaternion)[..., :2]
-        corners = ndc[:, self.faces[face]]                                    # (B, T, 3, 2)
-        points = (bary.to(ndc.dtype)[None, :, :, None] * corners).sum(2)
-        flow = _grid_to_ndc(points).view(B, *c.uv_size, 2)
+        ndc = self.project(verts, scale, translation, quaternion)
+        points = (bary.to(ndc.dtype)[None, :, :, None] * ndc[:, self.faces[face]]).sum(2)     # (B, T, 3)
+        flow = _grid_to_ndc(points[..., :2]).view(B, *c.uv_size, 2)
         seen = torch.ones(B, 1, *c.uv_size, dtype=verts.dtype, device=verts.device)
         if fragments is not None:   # a depth test against the nearest face at the texel's pixel
-            depth = (bary.to(ndc.dtype)[None, :, :] *
-                     self.project(verts, scale, translation, quaternion)[..., 2][:, self.faces[face]]).sum(2)
+            depth = points[..., 2]
             nearest = torch.where(fragments.face_idx[..., 0] >= 0, fragments.depth[..., 0],
                                   torch.full_like(fragments.depth[..., 0], -math.inf))
             at = F.grid_sample(nearest[:, None], flow, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -1039,7 +1023,7 @@ class UmrTask(SyntheticDataMixin):
 
         hints = typing.get_type_hints(UmrConfig)
         model = {f.name: hints[f.name] for f in dataclasses.fields(UmrConfig) if f.name not in ("image_size",)}
-        model["uv_size"] = model["betas"] = model["template_axes"] = List[float]
+        model["uv_size"] = model["betas"] = List[float]
         model["camera_bounds"] = Optional[List[float]]
         data = {"kind": str, "root": Optional[str], "categories": Union[str, List[str], None], "image_size": int,
                 "cache": bool, "synthetic": synthetic.default_dataset_schema(),
@@ -1091,7 +1075,7 @@ class UmrTask(SyntheticDataMixin):
         fields = dict(config.get("model") or {})
         fields["image_size"] = int(config["data"].get("image_size", 64))
         fields.setdefault("num_parts", self.num_parts(config))
-        for key in ("uv_size", "betas", "template_axes", "camera_bounds"):
+        for key in ("uv_size", "betas", "camera_bounds"):
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         return UmrConfig(**fields)
@@ -1272,8 +1256,7 @@ class UmrTask(SyntheticDataMixin):
         images):
 
         * ``mask_iou``: soft IoU of the rendered and true silhouettes (UMR's metric); reference
-          ``sphere_mask_iou``: the starting template (:func:`starting_template`, the sphere by default) at scale 1,
-          centred;
+          ``sphere_mask_iou``: the starting sphere at scale 1, centred;
         * keypoint transfer PCK@``eval.alpha`` via camera and via texture flow (:meth:`keypoint_transfer`,
           ``eval.pairs`` random pairs); reference ``pck_identity``;
         * synthetic data only: the pose error (geodesic, degrees) after one rotation aligning the learned object
@@ -1282,7 +1265,7 @@ class UmrTask(SyntheticDataMixin):
           true poses), and as diagnostics the errors up to a half turn (``pose_half_turn_median_deg``: the front-back
           confusion) and up to quarter turns about the vertical axis (``pose_quarter_turn_median_deg``), frames
           aligned by :func:`fit_rotation_offset_robust`, beside the constant pose's; and Chamfer-L1 x10 after ICP (:func:`invrender.metrics.chamfer_l1_meshes`, ``align=True``)
-          against the true mesh, with references the starting template, the learned template, the medoid training shape and
+          against the true mesh, with references the sphere, the learned template, the medoid training shape and
           the category spread, on one view per test object.
         """
         from invrender import metrics
@@ -1307,7 +1290,7 @@ class UmrTask(SyntheticDataMixin):
         out: Dict[str, object] = {"test_images": len(items)}
         out["mask_iou"] = float(metrics.mask_iou(rec["mask"], masks).mean())
         n = len(items)
-        sphere_verts = starting_template(model.config).to(device)
+        sphere_verts = symmetric_template(model.config.template_level, model.config.template_radius)[0].to(device)
         one = torch.ones(n, device=device)
         _, sphere_mask, _ = model.render(sphere_verts.expand(n, -1, -1), one, torch.zeros(n, 2, device=device),
                                          torch.tensor([1.0, 0, 0, 0], device=device).expand(n, 4),

@@ -147,7 +147,7 @@ def test_bad_configs_raise_naming_the_field():
     for field, value in (("uv_size", (10, 16)), ("num_cameras", 0), ("sigma", -1.0), ("mask_weight", -1.0),
                          ("select_fraction", 0.0), ("template_level", 9), ("rigid_steps", -1),
                          ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1),
-                         ("camera_bounds", (10.0, 10.0)), ("camera_elevation", 100.0), ("template_axes", (1, 0, 1)),
+                         ("camera_bounds", (10.0, 10.0)), ("camera_elevation", 100.0),
                          ("semantic_trains_probability", "yes"), ("camera_shared_offsets", True),
                          ("semantic_uv_source", "pixels"), ("regularizer_reduction", "max")):
         with pytest.raises(ConfigError, match=field):

@@ -20,16 +20,14 @@ from invrender.models import umr as U
 from invrender.models.unicorn import one_view_per_object
 
 
-def flipped_faces(verts, faces):
+def flipped_faces(verts, model):
     """The share of the meshes' faces whose normal turned against the sphere's (the mesh folded over)."""
-    sphere = U.symmetric_template(3, 1.0)[0] if verts.shape[1] == 642 else None
-    if sphere is None:
-        return float("nan")
+    faces = model.faces
 
     def normals(v):
         return torch.cross(v[..., faces[:, 1], :] - v[..., faces[:, 0], :], v[..., faces[:, 2], :] - v[..., faces[:, 0], :],
                            dim=-1)
-    return float(((normals(verts) * normals(sphere)).sum(-1) < 0).double().mean())
+    return float(((normals(verts) * normals(model.vertex_sphere)).sum(-1) < 0).double().mean())
 
 
 def flow_spread(flow, masks):
@@ -83,7 +81,7 @@ def main(argv=None):
             pred = model.predict(images)
             prob = pred["prob"]
         spread = flow_spread(pred["flow"], masks)
-        flipped = flipped_faces(pred["verts"], model.faces)
+        flipped = flipped_faces(pred["verts"], model)
         pose = report(rec["rotation"].double(), gt, vrec["rotation"].double(), vgt)
         wins = torch.bincount(prob.argmax(1), minlength=prob.shape[1]).tolist()
         iou = float(metrics.mask_iou(rec["mask"], masks).mean())
