@@ -104,6 +104,13 @@ class UmrConfig:
     shape_from_best: bool = False       # (ours, UNICORN's 3D step) mesh gradients from the most probable camera only
     camera_usage_weight: float = 0.0    # (ours, UNICORN's 0.02) sum_k |mean_b p_k - 1/K|: every hypothesis used
     semantic_trains_probability: bool = False  # (ours) eqs. 2-3 train the multiplex probabilities, as the mask loss
+    # (ours; UCMR/UNICORN-style) "min_loss": from EM round camera_selection_round on, each image trains only its
+    # hypothesis of lowest mask (+ semantic) loss, and the probabilities learn that choice by cross-entropy
+    # (weight camera_choice_weight); "probability" (code): the probability-weighted multiplex.
+    camera_selection: str = "probability"
+    camera_selection_round: int = 0
+    camera_choice_weight: float = 1.0
+    m_step_align_hypotheses: bool = False  # (ours) eq. 1 from each sample's best-agreeing hypothesis (aligned_canonical_map)
 
     def __post_init__(self):
         def fail(name, expected, value):
@@ -111,7 +118,7 @@ class UmrConfig:
 
         for name, lo in (("image_size", 32), ("num_parts", 1), ("feature_dim", 1), ("num_cameras", 1),
                          ("flow_channels", 1), ("layers", 1), ("part_pixels", 1), ("cycle_samples", 1),
-                         ("deform_start_round", 0), ("rigid_steps", 0)):
+                         ("deform_start_round", 0), ("rigid_steps", 0), ("camera_selection_round", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 fail(name, f"an int >= {lo}", v)
@@ -133,11 +140,13 @@ class UmrConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                     fail(f.name, "a number >= 0", v)
         for name in ("shape_from_best", "semantic_trains_probability", "camera_shared_offsets", "reset_multiplex",
-                     "texture_dt_flat_inside", "texture_detach", "recenter_decoder"):
+                     "texture_dt_flat_inside", "texture_detach", "recenter_decoder", "m_step_align_hypotheses"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool", getattr(self, name))
         if self.regularizer_reduction not in ("sum", "mean"):
             fail("regularizer_reduction", "'sum' or 'mean'", self.regularizer_reduction)
+        if self.camera_selection not in ("probability", "min_loss"):
+            fail("camera_selection", "'probability' or 'min_loss'", self.camera_selection)
         if self.semantic_uv_source not in ("flow", "projection"):
             fail("semantic_uv_source", "'flow' or 'projection'", self.semantic_uv_source)
         if not 0 < self.select_fraction <= 1:
@@ -155,6 +164,9 @@ class UmrConfig:
                     or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 180 for x in cb)):
                 fail("camera_bounds", "None or three angles in [0, 180] degrees (azimuth, elevation, roll)", cb)
             self.camera_bounds = tuple(float(x) for x in cb)
+        if self.m_step_align_hypotheses and self.semantic_uv_source != "projection":
+            fail("m_step_align_hypotheses", "false unless semantic_uv_source is 'projection' (the maps it compares "
+                 "depend on the camera)", True)
         if self.camera_shared_offsets and cb is None:
             fail("camera_shared_offsets", "false without camera_bounds (the offsets it shares)", True)
 
@@ -257,6 +269,33 @@ def canonical_uv_map(uv_maps: Tensor, selected: Optional[Tensor] = None) -> Tens
     if uv_maps.shape[0] == 0:
         raise ValueError("canonical_uv_map: argument 'selected' selects no sample")
     return uv_maps.mean(0)
+
+
+def aligned_canonical_map(uv_maps: Tensor, seen: Tensor, exemplar: Tuple[int, int], fraction: float,
+                          iterations: int = 5) -> Tuple[Tensor, Tensor, Tensor]:
+    """Eq. 1 with each sample's camera hypothesis chosen to agree with the others (ours; a congealing of the
+    instance maps): ``uv_maps (N, K, Np, Hu, Wu)`` are the instance semantic UV maps of ``N`` samples under each of
+    ``K`` hypotheses, ``seen (N, K, 1, Hu, Wu)`` where each is observed. Starting from the map of ``exemplar``
+    ``(sample, hypothesis)``, each round picks every sample's hypothesis nearest the current map (mean squared
+    difference over the texels both observe), keeps the ``fraction`` of samples nearest it and averages their maps
+    over the texels each observes. Returns ``(canonical (Np, Hu, Wu), hypothesis (N,), selected indices)``."""
+    N, K = uv_maps.shape[:2]
+    if seen.shape[:2] != (N, K) or seen.shape[2] != 1 or seen.shape[3:] != uv_maps.shape[3:]:
+        raise ValueError(f"aligned_canonical_map: argument 'seen' must be {(N, K, 1, *uv_maps.shape[3:])}, "
+                         f"got {tuple(seen.shape)}")
+    if not (0 <= exemplar[0] < N and 0 <= exemplar[1] < K):
+        raise ValueError(f"aligned_canonical_map: argument 'exemplar' must index ({N}, {K}), got {exemplar}")
+    canonical, observed = uv_maps[exemplar], seen[exemplar]
+    keep = max(1, math.ceil(fraction * N))
+    for _ in range(iterations):
+        both = seen * observed
+        distance = (both * (uv_maps - canonical).pow(2)).flatten(2).sum(2) / both.flatten(2).sum(2).clamp_min(1.0)
+        nearest, hypothesis = distance.min(1)
+        selected = nearest.topk(keep, largest=False).indices
+        rows, rows_seen = uv_maps[selected, hypothesis[selected]], seen[selected, hypothesis[selected]]
+        counts = rows_seen.sum(0)
+        canonical, observed = (rows * rows_seen).sum(0) / counts.clamp_min(1.0), (counts > 0).to(uv_maps.dtype)
+    return canonical, hypothesis, selected
 
 
 def part_probability_loss(rendered_parts: Tensor, parts: Tensor) -> Tensor:
@@ -657,6 +696,12 @@ class UmrModel(nn.Module):
         return (parts is not None and int(self.em_round) > 0
                 and (c.part_probability_weight > 0 or c.part_vertex_weight > 0))
 
+    def selects_by_loss(self) -> bool:
+        """Whether :meth:`losses` trains each image's hypothesis of lowest loss (``camera_selection: min_loss``
+        from EM round ``camera_selection_round``) rather than the probability-weighted multiplex."""
+        c = self.config
+        return c.camera_selection == "min_loss" and c.num_cameras > 1 and int(self.em_round) >= c.camera_selection_round
+
     def _texture_error(self, rendered: Tensor, target: Tensor, mask: Tensor, repeat: int = 1) -> Tensor:
         """Per-render texture loss: the perceptual distance (VGG16 from a file) of the masked render and the
         masked image, or without weights their mean absolute difference (ours). ``rendered (B K, 3, S, S)``,
@@ -702,7 +747,8 @@ class UmrModel(nn.Module):
         out = self.predict(images, rigid=step is not None and step < c.rigid_steps)
         verts, flow, prob = out["verts"], out["flow"], out["prob"]
         render_verts = verts.repeat_interleave(K, 0)
-        if c.shape_from_best and K > 1:
+        by_loss = self.selects_by_loss()
+        if c.shape_from_best and K > 1 and not by_loss:   # by loss, only the chosen hypothesis has a weight anyway
             best = F.one_hot(prob.detach().argmax(1), K).bool().reshape(B * K, 1, 1)
             render_verts = torch.where(best, render_verts, render_verts.detach())
         texture = self.texture_map(images, flow)
@@ -737,11 +783,26 @@ class UmrModel(nn.Module):
                                                   c.num_parts, c.part_pixels, generator)
         weight = {"mask": c.mask_weight, "texture": c.texture_weight, "texture_cycle": c.texture_cycle_weight,
                   "part_probability": c.part_probability_weight, "part_vertex": c.part_vertex_weight}
-        # (code) only the mask loss trains the probabilities; the others weight by detached probabilities
-        trains = {"mask"} | ({"part_probability", "part_vertex"} if c.semantic_trains_probability else set())
-        loss = sum((prob if k in trains else prob.detach()) * (weight[k] * v).view(B, K) for k, v in per.items())
-        loss = loss.sum(1).mean()
-        logs = {k: (prob.detach() * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
+        if by_loss:
+            # (ours) each image's hypothesis of lowest camera loss (mask, and the parts once they are active) is
+            # the only one trained; the probabilities learn to predict that choice (cross-entropy)
+            score = sum(weight[k] * per[k].detach().view(B, K) for k in ("mask", "part_probability", "part_vertex")
+                        if k in per)
+            choice = score.argmin(1)
+            chosen = F.one_hot(choice, K).to(prob.dtype)
+            loss = sum(chosen * (weight[k] * v).view(B, K) for k, v in per.items()).sum(1).mean()
+            choice_loss = F.nll_loss(torch.log(prob.clamp_min(1e-12)), choice)
+            loss = loss + c.camera_choice_weight * choice_loss
+            logs = {k: (chosen * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
+            logs["camera_choice"] = choice_loss.detach()
+            logs["camera_choice_agreement"] = (prob.detach().argmax(1) == choice).to(prob.dtype).mean()
+            logs["camera_choice_usage"] = (chosen.mean(0) - 1.0 / K).abs().sum()   # 0: even
+        else:
+            # (code) only the mask loss trains the probabilities; the others weight by detached probabilities
+            trains = {"mask"} | ({"part_probability", "part_vertex"} if c.semantic_trains_probability else set())
+            loss = sum((prob if k in trains else prob.detach()) * (weight[k] * v).view(B, K) for k, v in per.items())
+            loss = loss.sum(1).mean()
+            logs = {k: (prob.detach() * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
         faces = self.faces
         # (code) SoftRas's LaplacianLoss and FlattenLoss sum over the vertices and the edges, where
         # invrender.mesh's losses average: the code's weights need the sums
@@ -849,7 +910,7 @@ class UmrModel(nn.Module):
         c = self.config
         was_training = self.training
         self.eval()
-        feats, ious, sils, uv_maps, tex, seen_maps = [], [], [], [], [], []
+        feats, ious, sils, uv_maps, tex, seen_maps, best = [], [], [], [], [], [], []
         for batch in batches:
             images, masks = batch["image"], batch["mask"]
             out = self.predict(images)
@@ -865,7 +926,17 @@ class UmrModel(nn.Module):
             sils.append(canonical_sil > 0.5)
             feats.append(out["features"])
             if batch.get("parts") is not None:
-                if c.semantic_uv_source == "projection":
+                if c.m_step_align_hypotheses:   # every hypothesis's instance map (B, K, Np, Hu, Wu)
+                    K = c.num_cameras
+                    cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
+                    verts_k = out["verts"].repeat_interleave(K, 0)
+                    _, _, fragments_k = self.render(verts_k, *cams, texture[:, :1].repeat_interleave(K, 0))
+                    flow, seen = self.projected_flow(verts_k, *cams, fragments_k)
+                    maps = semantic_uv_maps(batch["parts"].repeat_interleave(K, 0), flow) * seen
+                    uv_maps.append(maps.view(B, K, *maps.shape[1:]))
+                    seen_maps.append(seen.view(B, K, *seen.shape[1:]))
+                    best.append(out["prob"].argmax(1))
+                elif c.semantic_uv_source == "projection":
                     flow, seen = self.projected_flow(out["verts"], *camera, fragments)
                     uv_maps.append(semantic_uv_maps(batch["parts"], flow) * seen)
                     seen_maps.append(seen)
@@ -889,13 +960,19 @@ class UmrModel(nn.Module):
         if uv_maps:
             uv_maps = torch.cat(uv_maps)
             exemplar = int(tex.argmin())
-            distance = (uv_maps - uv_maps[exemplar:exemplar + 1]).pow(2).flatten(1).sum(1)
-            u = self._top(distance, c.select_fraction, largest=False)
-            if seen_maps:   # the mean over the selected samples that see each texel
-                seen_maps = torch.cat(seen_maps)
-                canonical = uv_maps[u].sum(0) / seen_maps[u].sum(0).clamp_min(1.0)
+            if best:   # (ours) each sample's hypothesis that agrees best with the others
+                best = torch.cat(best)
+                canonical, hypothesis, u = aligned_canonical_map(uv_maps, torch.cat(seen_maps),
+                                                                 (exemplar, int(best[exemplar])), c.select_fraction)
+                stats["aligned_changed"] = float((hypothesis != best).float().mean())
             else:
-                canonical = canonical_uv_map(uv_maps, u)
+                distance = (uv_maps - uv_maps[exemplar:exemplar + 1]).pow(2).flatten(1).sum(1)
+                u = self._top(distance, c.select_fraction, largest=False)
+                if seen_maps:   # the mean over the selected samples that see each texel
+                    seen_maps = torch.cat(seen_maps)
+                    canonical = uv_maps[u].sum(0) / seen_maps[u].sum(0).clamp_min(1.0)
+                else:
+                    canonical = canonical_uv_map(uv_maps, u)
             self.canonical_parts.copy_(canonical.to(self.canonical_parts.dtype))
             self.vertex_part.copy_(self.vertex_labels(self.canonical_parts))
             stats.update(canonical_selected=float(len(u)),

@@ -149,7 +149,9 @@ def test_bad_configs_raise_naming_the_field():
                          ("shape_from_best", 1), ("deform_start_round", 1.5), ("camera_usage_weight", -0.1),
                          ("camera_bounds", (10.0, 10.0)), ("camera_elevation", 100.0),
                          ("semantic_trains_probability", "yes"), ("camera_shared_offsets", True),
-                         ("semantic_uv_source", "pixels"), ("regularizer_reduction", "max")):
+                         ("semantic_uv_source", "pixels"), ("regularizer_reduction", "max"),
+                         ("camera_selection", "best"), ("camera_selection_round", -1),
+                         ("camera_choice_weight", -1.0), ("m_step_align_hypotheses", True)):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -443,6 +445,89 @@ def test_shape_from_best_sends_mesh_gradients_through_the_most_probable_hypothes
     plain.load_state_dict(model.state_dict())
     loss, _, _ = plain.losses(batch["image"], batch["mask"])
     assert not torch.allclose(torch.autograd.grad(loss, plain.shape_head.bias)[0], want, atol=1e-6, rtol=1e-3)
+
+
+def test_min_loss_selection_trains_each_images_lowest_loss_hypothesis_and_teaches_the_probabilities():
+    model = _mask_only(camera_selection="min_loss")
+    batch = _batch(model, B=3, parts=False)
+    S = model.config.image_size
+    for b, half in enumerate((4, 9, 15)):                    # silhouettes of three sizes
+        batch["mask"][b] = 0
+        batch["mask"][b, :, S // 2 - half:S // 2 + half, S // 2 - half:S // 2 + half] = 1
+    with torch.no_grad():                                    # hypotheses with distinct scales and offsets
+        model.camera_head.weight.normal_(std=0.05)
+        model.camera_head.bias.view(4, 8)[:, 0] = torch.tensor([0.0, -1.0, 0.5, -0.5])
+    loss, logs, out = model.losses(batch["image"], batch["mask"])
+    # Oracle: each hypothesis rendered on its own; the choice is the lowest mask loss.
+    K = 4
+    per = torch.stack([1 - invrender.metrics.mask_iou(
+        model.render(out["verts"], out["scale"][:, k], out["translation"][:, k], out["quaternion"][:, k],
+                     out["texture"])[1], batch["mask"]) for k in range(K)], 1).detach()
+    choice = per.argmin(1)
+    assert len(set(choice.tolist())) > 1                     # the images choose differently
+    g_scale, g_prob = torch.autograd.grad(loss, [out["scale"], out["prob"]])
+    chosen = torch.nn.functional.one_hot(choice, K).bool()
+    assert torch.all(g_scale[~chosen] == 0) and torch.all(g_scale[chosen] != 0)
+    want = model.config.mask_weight * per[chosen].mean() - out["prob"][chosen].log().mean()
+    torch.testing.assert_close(loss.detach(), want.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_prob, -chosen.float() / out["prob"].detach() / 3)   # d(cross-entropy)/dp
+    torch.testing.assert_close(logs["camera_choice_agreement"], (out["prob"].argmax(1) == choice).float().mean())
+    # Before camera_selection_round the multiplex is the probability-weighted one.
+    later = _mask_only(camera_selection="min_loss", camera_selection_round=1)
+    later.load_state_dict(model.state_dict())
+    assert not later.selects_by_loss() and model.selects_by_loss()
+    _, logs, _ = later.losses(batch["image"], batch["mask"])
+    assert "camera_choice" not in logs
+
+
+def test_aligned_canonical_map_recovers_each_samples_turn_on_a_constructed_case():
+    g = torch.Generator().manual_seed(0)
+    N, K, Np, Hu, Wu = 10, 4, 3, 8, 16
+    truth = torch.softmax(5 * torch.randn(Np, Hu, Wu, generator=g), 0)
+    turn = torch.randint(0, K, (N,), generator=g)
+    # sample i shows the truth under hypothesis turn[i]; under the others the truth turned by a quarter per step
+    maps = torch.stack([torch.stack([truth.roll((k - int(turn[i])) * Wu // K, dims=2) for k in range(K)])
+                        for i in range(N)])
+    seen = (torch.rand(N, K, 1, Hu, Wu, generator=g) > 0.3).float()
+    maps = maps * seen
+    maps[-2:] = torch.rand(2, K, Np, Hu, Wu, generator=g) * seen[-2:]      # two samples of noise
+    canonical, hypothesis, selected = U.aligned_canonical_map(maps, seen, (0, int(turn[0])), fraction=0.8)
+    assert torch.equal(hypothesis[:-2], turn[:-2])
+    assert sorted(selected.tolist()) == list(range(N - 2))                  # the noise is left out
+    torch.testing.assert_close(canonical, truth)
+    # a wrong start converges to the turned truth, every sample's turn moved alike
+    canonical, hypothesis, _ = U.aligned_canonical_map(maps, seen, (0, (int(turn[0]) + 1) % K), fraction=0.8)
+    assert torch.equal(hypothesis[:-2], (turn[:-2] + 1) % K)
+    torch.testing.assert_close(canonical, truth.roll(Wu // K, dims=2))
+    with pytest.raises(ValueError, match="'seen'"):
+        U.aligned_canonical_map(maps, seen[:, :2], (0, 0), 0.5)
+    with pytest.raises(ValueError, match="'exemplar'"):
+        U.aligned_canonical_map(maps, seen, (0, K), 0.5)
+
+
+def test_aligned_m_step_builds_the_canonical_map_from_every_hypothesis():
+    model = tiny_model(semantic_uv_source="projection", m_step_align_hypotheses=True, camera_bounds=(45, 15, 15),
+                       camera_shared_offsets=True)
+    batch = _batch(model)
+    with torch.no_grad():
+        model.camera_head.weight.normal_(std=0.05)
+    stats = model.m_step([batch], update_template=False)
+    assert 0 <= stats["aligned_changed"] <= 1 and stats["canonical_selected"] == 2.0
+    # the same map from the maps of every hypothesis, recomputed here
+    model.eval()
+    out = model.predict(batch["image"])
+    K, B = 4, 4
+    cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
+    verts = out["verts"].repeat_interleave(K, 0)
+    _, _, fragments = model.render(verts, *cams, torch.zeros(B * K, 1, 8, 16))
+    flow, seen = model.projected_flow(verts, *cams, fragments)
+    maps = (U.semantic_uv_maps(batch["parts"].repeat_interleave(K, 0), flow) * seen).view(B, K, 3, 8, 16)
+    texture = model.texture_map(batch["image"], out["flow"])
+    image, _, _ = model.render(out["verts"], *model.best_camera(out), texture)
+    exemplar = int(model._texture_error(image, batch["image"], batch["mask"]).argmin())
+    want, _, _ = U.aligned_canonical_map(maps, seen.view(B, K, 1, 8, 16),
+                                         (exemplar, int(out["prob"][exemplar].argmax())), 0.5)
+    torch.testing.assert_close(model.canonical_parts, want)
 
 
 def test_semantic_losses_train_the_probabilities_only_when_asked():
