@@ -24,7 +24,8 @@ Building blocks, each unit-tested (``tests/test_umr.py``):
 Defaults are the paper's or its code's (marked "(code)", from ``../shared/reference-notes.md`` and the released
 code); "(ours)" marks choices the paper leaves open. :class:`UmrConfig` also carries first-stage options of ours
 (bounded, shared camera hypotheses; mesh gradients from the best hypothesis; a multiplex reset at each M-step;
-eq. 1 from the mesh's projection; a flat-inside distance barrier; a recentred decoder), all off by default and on
+eq. 1 from the mesh's projection; a flat-inside distance barrier; a recentred decoder; each image's lowest-loss
+hypothesis trained, :func:`aligned_canonical_map` for eq. 1), all off by default and on
 in ``configs/umr/airplane_cpu.yaml``, where they made the cameras learn at a CPU budget
 (``benchmarks/results/umr-ablation.md``).
 """
@@ -732,6 +733,10 @@ class UmrModel(nn.Module):
         others still train their cameras and the probabilities); ``camera_usage_weight`` keeps the batch using
         every hypothesis (:func:`camera_usage`). With ``semantic_trains_probability`` (ours) the semantic losses
         train the probabilities as the mask loss does: the parts, not only the silhouette, choose the camera.
+        With ``camera_selection: min_loss`` (ours, as UCMR's and UNICORN's multiplexes) each image trains only its
+        hypothesis of lowest mask plus semantic loss, and the probabilities learn that choice by cross-entropy
+        (logged: ``camera_choice``, ``camera_choice_agreement`` of the most probable and the chosen hypothesis,
+        ``camera_choice_usage`` as :func:`camera_usage` of the choices).
 
         Args:
             images: ``(B, 3, S, S)`` in [0, 1]; masks: ``(B, 1, S, S)`` silhouettes; parts: ``(B, Np, S, S)``

@@ -37,6 +37,13 @@ def stage_options(cfg) -> str:
         out.append(f"usage {m['camera_usage_weight']:g}")
     if m.get("semantic_uv_source") == "projection":
         out.append("parts by projection")
+    if m.get("camera_selection") == "min_loss":
+        out.append(f"lowest-loss hypothesis (from round {m.get('camera_selection_round', 0)})")
+    if m.get("m_step_align_hypotheses"):
+        out.append("aligned M-step")
+    for key, name, default in (("laplacian_weight", "Laplacian", 0.15), ("flatten_weight", "flatten", 5e-4)):
+        if key in m and m[key] != default:
+            out.append(f"{name} {m[key]:g}")
     if m.get("regularizer_reduction", "sum") == "mean":
         out.append("mean regularizers")
     if not m.get("texture_detach", True):
