@@ -26,7 +26,7 @@ from invrender.models import umr as U  # noqa: E402
 from invrender.models.unicorn import ground_truth_mesh  # noqa: E402
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=None, help="synthetic data root (default: the embedded data's cache)")
     ap.add_argument("--object", type=int, default=0, help="training object index")
@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     task = U.UmrTask()
     from invrender import training
 
-    cfg = training.resolve_config(task, "configs/umr/airplane_cpu.yaml",
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/umr/airplane_cpu.yaml")
+    cfg = training.resolve_config(task, config,
                                   [f"data.image_size={args.size}"] + ([f"data.root={args.root}"] if args.root else []))
     train = task._base(cfg, "train", noise=False)
     gt_v, gt_f = ground_truth_mesh(train, args.object)
@@ -80,9 +81,16 @@ def main(argv=None) -> None:
                                                     generator=torch.Generator().manual_seed(0), icp_num_points=2000)[0])
 
     verts = verts.detach()[0]
-    print(f"Chamfer-L1 x10 (ICP): fitted {chamfer(verts, model.faces):.3f}, sphere {chamfer(model.template, model.faces):.3f}; "
-          f"height / width fitted {float(verts[:, 1].max() - verts[:, 1].min()) / float(verts[:, 0].max() - verts[:, 0].min()):.2f}, "
-          f"true {float(gt_v[:, 1].max() - gt_v[:, 1].min()) / float(gt_v[:, 0].max() - gt_v[:, 0].min()):.2f}")
+
+    def height_width(v):
+        return float(v[:, 1].max() - v[:, 1].min()) / float(v[:, 0].max() - v[:, 0].min())
+
+    out = {"mask_iou": 1 - float(mask.detach()), "chamfer_fitted": chamfer(verts, model.faces),
+           "chamfer_sphere": chamfer(model.template, model.faces), "height_width_fitted": height_width(verts),
+           "height_width_true": height_width(gt_v)}
+    print(f"Chamfer-L1 x10 (ICP): fitted {out['chamfer_fitted']:.3f}, sphere {out['chamfer_sphere']:.3f}; "
+          f"height / width fitted {out['height_width_fitted']:.2f}, true {out['height_width_true']:.2f}")
+    return out
 
 
 if __name__ == "__main__":
