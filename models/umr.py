@@ -610,6 +610,12 @@ class UmrModel(nn.Module):
         idx = torch.arange(best.shape[0], device=best.device)
         return out["scale"][idx, best], out["translation"][idx, best], out["quaternion"][idx, best]
 
+    @staticmethod
+    def multiplex_cameras(out: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Every hypothesis of :meth:`predict`'s multiplex, flattened image-major: ``scale (B K,)``, ``translation
+        (B K, 2)``, ``quaternion (B K, 4)`` (to render ``verts.repeat_interleave(K, 0)``)."""
+        return out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4)
+
     def sample_flow(self, flow: Tensor, uv: Tensor) -> Tensor:
         """The texture flow ``(B, Hu, Wu, 2)`` read at UV points ``uv (B, ..., 2)`` (circular in u), in NDC."""
         return _grid_to_ndc(self._texturer.sample_texture(flow.permute(0, 3, 1, 2), uv))
@@ -760,7 +766,7 @@ class UmrModel(nn.Module):
         out["texture"] = texture
         semantic = self.semantic_active(parts)
         canonical = self.canonical_texture().to(texture.dtype).expand(B, -1, -1, -1) if semantic else None
-        cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
+        cams = self.multiplex_cameras(out)
         if c.texture_detach:
             # (code: detach_shape, detach_cam) the texture losses train the flow only: their render has the mesh
             # and cameras detached; a second render carries the silhouette and the parts
@@ -801,7 +807,7 @@ class UmrModel(nn.Module):
             logs = {k: (chosen * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
             logs["camera_choice"] = choice_loss.detach()
             logs["camera_choice_agreement"] = (prob.detach().argmax(1) == choice).to(prob.dtype).mean()
-            logs["camera_choice_usage"] = (chosen.mean(0) - 1.0 / K).abs().sum()   # 0: even
+            logs["camera_choice_usage"] = camera_usage(chosen)   # 0: even
         else:
             # (code) only the mask loss trains the probabilities; the others weight by detached probabilities
             trains = {"mask"} | ({"part_probability", "part_vertex"} if c.semantic_trains_probability else set())
@@ -933,7 +939,7 @@ class UmrModel(nn.Module):
             if batch.get("parts") is not None:
                 if c.m_step_align_hypotheses:   # every hypothesis's instance map (B, K, Np, Hu, Wu)
                     K = c.num_cameras
-                    cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
+                    cams = self.multiplex_cameras(out)
                     verts_k = out["verts"].repeat_interleave(K, 0)
                     _, _, fragments_k = self.render(verts_k, *cams, texture[:, :1].repeat_interleave(K, 0))
                     flow, seen = self.projected_flow(verts_k, *cams, fragments_k)

@@ -517,7 +517,7 @@ def test_aligned_m_step_builds_the_canonical_map_from_every_hypothesis():
     model.eval()
     out = model.predict(batch["image"])
     K, B = 4, 4
-    cams = (out["scale"].reshape(-1), out["translation"].reshape(-1, 2), out["quaternion"].reshape(-1, 4))
+    cams = model.multiplex_cameras(out)
     verts = out["verts"].repeat_interleave(K, 0)
     _, _, fragments = model.render(verts, *cams, torch.zeros(B * K, 1, 8, 16))
     flow, seen = model.projected_flow(verts, *cams, fragments)
