@@ -1,10 +1,13 @@
 """UMR (Li et al. 2020): template symmetry, the reconstruction network, eqs. 1-3 and 5-6 on hand-computed and
 dense cases, the EM template update, the camera multiplex, keypoint transfer and pose alignment."""
 
+import json
 import math
+import os
 
 import pytest
 import torch
+import yaml
 
 import invrender
 from invrender.errors import ConfigError
@@ -151,7 +154,8 @@ def test_bad_configs_raise_naming_the_field():
                          ("semantic_trains_probability", "yes"), ("camera_shared_offsets", True),
                          ("semantic_uv_source", "pixels"), ("regularizer_reduction", "max"),
                          ("camera_selection", "best"), ("camera_selection_round", -1),
-                         ("camera_choice_weight", -1.0), ("m_step_align_hypotheses", True)):
+                         ("camera_choice_weight", -1.0), ("m_step_align_hypotheses", True),
+                         ("shape_lr_scale", 0.0)):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -321,6 +325,21 @@ def test_semantic_losses_start_after_the_first_m_step_and_the_step_lowers_the_lo
     assert {"part_probability", "part_vertex", "texture_cycle", "mask"} <= set(logs)
     assert all(math.isfinite(float(v)) for v in logs.values())
     assert min(losses[-3:]) < losses[0]
+
+
+def test_shape_lr_scale_sets_the_shape_decoders_learning_rate_through_the_decay():
+    model = tiny_model(shape_lr_scale=10.0, gan_weight=0.0, lr=1e-3, lr_decay=0.5)
+    opt = model.configure_optimizers()
+    groups = opt["reconstruction"].param_groups
+    shape = {id(p) for p in model.shape_head.parameters()}
+    assert [len({id(p) for p in g["params"]} & shape) for g in groups] == [0, 2]
+    assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters()])   # every parameter once
+    model.train_step(_batch(model), opt, step=2)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 / 2, 1e-2 / 2])
+    before = model.shape_head.bias.detach().clone()
+    model.train_step(_batch(model), opt, step=0)           # Adam's first steps move each weight by about its lr
+    moved = (model.shape_head.bias.detach() - before).abs().max()
+    assert 5e-3 < float(moved) < 2e-2
 
 
 def test_m_step_builds_the_canonical_map_from_projections_over_the_samples_that_see_each_texel():
@@ -671,7 +690,6 @@ def test_pck_and_rotation_offset():
 # ------------------------------------------------------------------------------------------------
 # the task: training in stages, resume, DDP, CLI, evaluation (tiny synthetic data the tests write)
 
-import os  # noqa: E402
 
 from invrender import training  # noqa: E402
 
@@ -820,13 +838,41 @@ def test_synthetic_keypoints_are_part_centres_and_ends_on_their_parts(planes):
         assert (kp[4, :2] - kp[5, :2]).norm() > 0.3
 
 
-def test_shape_capacity_tool_fits_the_mesh_to_known_views(planes, capsys):
+def _tool(name):
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "umr_shape_capacity.py")
-    spec = importlib.util.spec_from_file_location("umr_shape_capacity", path)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_oracle_camera_tool_draws_the_data_as_its_masks_and_trains_under_them(planes, tmp_path):
+    tool = _tool("umr_oracle_cameras")
+    from invrender.data import ShapeNetNMR
+
+    base = ShapeNetNMR(planes, split="train", image_size=32)
+    # the weak-perspective stand-in for the data's perspective camera: the true meshes fall on the masks
+    iou = tool.ground_truth_iou(base, range(6), tool.FOCAL / tool.DISTANCE, 32)
+    assert iou > 0.7
+    assert tool.ground_truth_iou(base, range(6), 0.6 * tool.FOCAL / tool.DISTANCE, 32) < iou - 0.15
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {k: v for k, v in TINY.items()}, "data": {"root": planes, "image_size": 32},
+                                      "em": {"steps_per_round": 3, "m_step_samples": 8}, "batch_size": 4,
+                                      "steps": 6}))
+    out = tool.main(["--config", str(config), "--out", str(tmp_path / "out.json")])
+    assert out["steps"] == 6 and out["oracle_rounds"] is None
+    for key in ("mask_iou", "chamfer_l1_icp", "template_chamfer_l1_icp", "medoid_chamfer_l1_icp", "pose_median_deg"):
+        assert math.isfinite(out[key]), key
+    assert out["pose_median_deg"] < 1e-3          # one hypothesis, the true camera: the reading is the truth
+    assert json.loads((tmp_path / "out.json").read_text())["steps"] == 6
+    mixed = tool.main(["--config", str(config), "--oracle-rounds", "1"])
+    assert mixed["pose_median_deg"] > 1.0          # the model's own cameras after the first round
+
+
+def test_shape_capacity_tool_fits_the_mesh_to_known_views(planes, capsys):
+    tool = _tool("umr_shape_capacity")
     out = tool.main(["--root", str(planes), "--size", "32", "--views", "6", "--steps", "40", "--lr", "2e-2"])
     assert out["mask_iou"] > 0.5 and out["chamfer_fitted"] < 0.6 * out["chamfer_sphere"]   # start: 0.19, equal
     assert "Chamfer-L1 x10 (ICP): fitted" in capsys.readouterr().out
