@@ -869,6 +869,8 @@ def test_oracle_camera_tool_draws_the_data_as_its_masks_and_trains_under_them(pl
     assert json.loads((tmp_path / "out.json").read_text())["steps"] == 6
     mixed = tool.main(["--config", str(config), "--oracle-rounds", "1"])
     assert mixed["pose_median_deg"] > 1.0          # the model's own cameras after the first round
+    late = tool.main(["--config", str(config), "--oracle-from", "1"])
+    assert late["pose_median_deg"] < 1e-3          # its own cameras in the first round, the true ones after
 
 
 def test_shape_capacity_tool_fits_the_mesh_to_known_views(planes, capsys):

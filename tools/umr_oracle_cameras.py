@@ -100,16 +100,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--oracle-rounds", type=int, default=None,
                     help="the true cameras for this many EM rounds only, then the model's own multiplex (the "
                          "config's num_cameras); default: every round, one hypothesis")
+    ap.add_argument("--oracle-from", type=int, default=0,
+                    help="the model's own multiplex before this EM round, the true cameras from it on")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     task = U.UmrTask()
     cfg = training.resolve_config(task, args.config, list(args.overrides)
-                                  + (["model.num_cameras=1"] if args.oracle_rounds is None else []))
+                                  + (["model.num_cameras=1"] if args.oracle_rounds is None and not args.oracle_from
+                                     else []))
     steps = int(args.steps if args.steps is not None else cfg["steps"])
     torch.manual_seed(int(cfg.get("seed", 0)))
     model, optimizers = task.build(cfg, "cpu")
     c = model.config
     oracle = Oracle(model, FOCAL / DISTANCE * 0.5 / c.template_radius)  # the data's objects reach |x| = 0.5
+    until = args.oracle_rounds if args.oracle_rounds is not None else float("inf")
+
+    def set_active():
+        oracle.active = args.oracle_from <= int(model.em_round) < until
+
+    set_active()
     train = task._base(cfg, "train")
     data = load(train, range(len(train)))
     n, bs, per_round = len(train), int(cfg["batch_size"]), int(cfg["em"]["steps_per_round"])
@@ -129,8 +138,7 @@ def main(argv=None) -> dict:
     for step in tqdm(range(steps), desc="umr oracle cameras"):
         while int(model.em_round) < step // per_round:
             model.m_step(m_batches())
-            if args.oracle_rounds is not None and int(model.em_round) >= args.oracle_rounds:
-                oracle.active = False
+            set_active()
         if pos + bs > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos:pos + bs]
@@ -171,7 +179,7 @@ def main(argv=None) -> dict:
     mv, mf = ground_truth_mesh(task._base(cfg, "train", noise=False),
                                medoid_object(train, 16, generator=torch.Generator().manual_seed(4)))
     result = {"steps": steps, "overrides": list(args.overrides),
-              "oracle_rounds": args.oracle_rounds, "pose_median_deg": pose["pose_rotation_median_deg"],
+              "oracle_rounds": args.oracle_rounds, "oracle_from": args.oracle_from, "pose_median_deg": pose["pose_rotation_median_deg"],
               "mask_iou": float(metrics.mask_iou(torch.cat(sils), batch["mask"]).mean()),
               "chamfer_l1_icp": chamfer(verts[chosen], model.faces.expand(k, -1, -1)),
               "template_chamfer_l1_icp": chamfer(model.template.expand(k, -1, -1), model.faces.expand(k, -1, -1)),
