@@ -112,6 +112,10 @@ class UmrConfig:
     camera_selection: str = "probability"
     camera_selection_round: int = 0
     camera_choice_weight: float = 1.0
+    # (ours) False: once the semantic losses apply, the mask loss trains the mesh and the probabilities but not the
+    # cameras' pose, scale and translation, which learn from the parts (eqs. 2-3): a camera cannot turn or stretch
+    # to fit the silhouette of a wrong shape, so the shape has to change
+    mask_trains_camera: bool = True
     m_step_align_hypotheses: bool = False  # (ours) eq. 1 from each sample's best-agreeing hypothesis (aligned_canonical_map)
 
     def __post_init__(self):
@@ -142,7 +146,8 @@ class UmrConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                     fail(f.name, "a number >= 0", v)
         for name in ("shape_from_best", "semantic_trains_probability", "camera_shared_offsets", "reset_multiplex",
-                     "texture_dt_flat_inside", "texture_detach", "recenter_decoder", "m_step_align_hypotheses"):
+                     "texture_dt_flat_inside", "texture_detach", "recenter_decoder", "m_step_align_hypotheses",
+                     "mask_trains_camera"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool", getattr(self, name))
         if self.regularizer_reduction not in ("sum", "mean"):
@@ -169,6 +174,8 @@ class UmrConfig:
                     or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 180 for x in cb)):
                 fail("camera_bounds", "None or three angles in [0, 180] degrees (azimuth, elevation, roll)", cb)
             self.camera_bounds = tuple(float(x) for x in cb)
+        if not self.mask_trains_camera and not self.texture_detach:
+            fail("mask_trains_camera", "true unless texture_detach is true (its render is the one it detaches)", False)
         if self.m_step_align_hypotheses and self.semantic_uv_source != "projection":
             fail("m_step_align_hypotheses", "false unless semantic_uv_source is 'projection' (the maps it compares "
                  "depend on the camera)", True)
@@ -782,6 +789,9 @@ class UmrModel(nn.Module):
                                                     texture.repeat_interleave(K, 0))
             other = canonical if semantic else texture.new_zeros(B, 1, *texture.shape[2:])
             rendered_parts, silhouette, _ = self.render(render_verts, *cams, other.repeat_interleave(K, 0))
+            if semantic and not c.mask_trains_camera:   # (ours) the silhouette of the cameras as they are
+                _, silhouette, _ = self.render(render_verts, *(t.detach() for t in cams),
+                                               texture.new_zeros(B * K, 1, *texture.shape[2:]))
         else:
             channels = texture if canonical is None else torch.cat([texture, canonical], 1)
             rendered, silhouette, texture_fragments = self.render(render_verts, *cams, channels.repeat_interleave(K, 0))

@@ -155,7 +155,7 @@ def test_bad_configs_raise_naming_the_field():
                          ("semantic_uv_source", "pixels"), ("regularizer_reduction", "max"),
                          ("camera_selection", "best"), ("camera_selection_round", -1),
                          ("camera_choice_weight", -1.0), ("m_step_align_hypotheses", True),
-                         ("shape_lr_scale", 0.0)):
+                         ("shape_lr_scale", 0.0), ("mask_trains_camera", 0)):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -497,6 +497,30 @@ def test_min_loss_selection_trains_each_images_lowest_loss_hypothesis_and_teache
     assert not later.selects_by_loss() and model.selects_by_loss()
     _, logs, _ = later.losses(batch["image"], batch["mask"])
     assert "camera_choice" not in logs
+
+
+@pytest.mark.parametrize("mask_trains_camera", [True, False])
+def test_without_mask_trains_camera_the_mask_loss_moves_the_mesh_and_not_the_cameras(mask_trains_camera):
+    model = tiny_model(mask_trains_camera=mask_trains_camera)
+    batch = _batch(model)
+    model.m_step([batch])                                    # the semantic losses apply from here
+    assert model.semantic_active(batch["parts"])
+    with torch.no_grad():
+        model.camera_head.weight.normal_(std=0.05)
+
+    def grads(mask_weight):
+        model.config.mask_weight = mask_weight
+        loss, _, out = model.losses(batch["image"], batch["mask"], batch["parts"],
+                                    generator=torch.Generator().manual_seed(0))
+        return torch.autograd.grad(loss, [out["verts"], out["scale"], out["translation"], out["quaternion"]])
+
+    with_mask, without = grads(2.5), grads(0.0)
+    assert not torch.allclose(with_mask[0], without[0])     # the mask loss trains the mesh either way
+    for a, b in zip(with_mask[1:], without[1:]):
+        assert b.abs().sum() > 0                             # the parts train the cameras
+        assert torch.allclose(a, b, atol=1e-7) != mask_trains_camera
+    with pytest.raises(ConfigError, match="mask_trains_camera"):
+        U.UmrConfig(mask_trains_camera=False, texture_detach=False)
 
 
 def test_aligned_canonical_map_recovers_each_samples_turn_on_a_constructed_case():
