@@ -112,6 +112,13 @@ class UmrConfig:
     camera_selection: str = "probability"
     camera_selection_round: int = 0
     camera_choice_weight: float = 1.0
+    # (ours) the M-step's template update: "mean_code" (eq. 4: the decoded mean code of the selected samples) or
+    # "fit": the template fitted directly (per-vertex offsets, mirror symmetric, Adam) to the silhouettes of the
+    # select_fraction of samples best explained by their most probable camera, under those cameras, with the mask
+    # loss and the regularizers (the M-step maximising over the template given the E-step's cameras)
+    template_update: str = "mean_code"
+    template_fit_steps: int = 100
+    template_fit_lr: float = 1e-2
     # (ours) False: once the semantic losses apply, the mask loss trains the mesh and the probabilities but not the
     # cameras' pose, scale and translation, which learn from the parts (eqs. 2-3): a camera cannot turn or stretch
     # to fit the silhouette of a wrong shape, so the shape has to change
@@ -124,7 +131,8 @@ class UmrConfig:
 
         for name, lo in (("image_size", 32), ("num_parts", 1), ("feature_dim", 1), ("num_cameras", 1),
                          ("flow_channels", 1), ("layers", 1), ("part_pixels", 1), ("cycle_samples", 1),
-                         ("deform_start_round", 0), ("rigid_steps", 0), ("camera_selection_round", 0)):
+                         ("deform_start_round", 0), ("rigid_steps", 0), ("camera_selection_round", 0),
+                         ("template_fit_steps", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 fail(name, f"an int >= {lo}", v)
@@ -136,7 +144,7 @@ class UmrConfig:
                 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 8 and x % 8 == 0 for x in uv)):
             fail("uv_size", "a pair (H, W) of multiples of 8", uv)
         self.uv_size = tuple(uv)
-        for name in ("template_radius", "sigma", "gamma", "lr"):
+        for name in ("template_radius", "sigma", "gamma", "lr", "template_fit_lr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 fail(name, "a positive number", v)
@@ -152,6 +160,8 @@ class UmrConfig:
                 fail(name, "a bool", getattr(self, name))
         if self.regularizer_reduction not in ("sum", "mean"):
             fail("regularizer_reduction", "'sum' or 'mean'", self.regularizer_reduction)
+        if self.template_update not in ("mean_code", "fit"):
+            fail("template_update", "'mean_code' or 'fit'", self.template_update)
         if self.camera_selection not in ("probability", "min_loss"):
             fail("camera_selection", "'probability' or 'min_loss'", self.camera_selection)
         if self.semantic_uv_source not in ("flow", "projection"):
@@ -832,12 +842,8 @@ class UmrModel(nn.Module):
             loss = sum((prob if k in trains else prob.detach()) * (weight[k] * v).view(B, K) for k, v in per.items())
             loss = loss.sum(1).mean()
             logs = {k: (prob.detach() * v.detach().view(B, K)).sum(1).mean() for k, v in per.items()}
-        faces = self.faces
-        # (code) SoftRas's LaplacianLoss and FlattenLoss sum over the vertices and the edges, where
-        # invrender.mesh's losses average: the code's weights need the sums
-        lap_scale, flat_scale = (verts.shape[1], self._num_edges) if c.regularizer_reduction == "sum" else (1, 1)
-        terms = {"laplacian": (c.laplacian_weight, lap_scale * invrender.mesh.laplacian_loss(verts, faces)),
-                 "flatten": (c.flatten_weight, flat_scale * invrender.mesh.flatten_loss(verts, faces)),
+        laplacian, flatten = self.smoothness(verts)
+        terms = {"laplacian": (c.laplacian_weight, laplacian), "flatten": (c.flatten_weight, flatten),
                  "deformation": (c.deform_weight if int(self.em_round) >= c.deform_start_round else 0.0,
                                  (out["delta"].pow(2).sum(-1) + 1e-12).sqrt().mean()),
                  "texture_dt": (c.texture_dt_weight, texture_dt_loss(flow, mask_distance(masks, flat_inside=c.texture_dt_flat_inside))
@@ -850,6 +856,45 @@ class UmrModel(nn.Module):
             logs[name] = value.detach()
         logs["camera_max_prob"] = prob.detach().max(1).values.mean()
         return loss, logs, out
+
+    def smoothness(self, verts: Tensor) -> Tuple[Tensor, Tensor]:
+        """Laplacian and flatten losses of meshes ``verts (B, V, 3)`` (scalars): summed over the vertices and the
+        edges as SoftRas's losses in the code (``regularizer_reduction: sum``; :mod:`invrender.mesh`'s average)."""
+        c, faces = self.config, self.faces
+        lap_scale, flat_scale = (verts.shape[1], self._num_edges) if c.regularizer_reduction == "sum" else (1, 1)
+        return (lap_scale * invrender.mesh.laplacian_loss(verts, faces),
+                flat_scale * invrender.mesh.flatten_loss(verts, faces))
+
+    def fit_template(self, scale: Tensor, translation: Tensor, quaternion: Tensor, masks: Tensor,
+                     steps: Optional[int] = None) -> Tuple[Tensor, float]:
+        """The template fitted to silhouettes ``masks (N, 1, S, S)`` seen by cameras ``scale (N,)``, ``translation
+        (N, 2)``, ``quaternion (N, 4)`` (``template_update: fit``): mirror-symmetric per-vertex offsets from the
+        current template, ``steps`` (default ``template_fit_steps``) of Adam at ``template_fit_lr`` on
+        ``mask_weight`` x the mean negative IoU plus the Laplacian and flatten losses at their weights. Returns the
+        new vertices ``(V, 3)`` and the final mean IoU."""
+        c = self.config
+        steps = c.template_fit_steps if steps is None else steps
+        cams = [t.detach() for t in (scale, translation, quaternion)]
+        masks = masks.detach()
+        N = masks.shape[0]
+        blank = masks.new_zeros(N, 1, *c.uv_size)
+        indep = torch.zeros(1, int(self.delta_source.max()) + 1, 3, dtype=masks.dtype, device=masks.device,
+                            requires_grad=True)
+        opt = torch.optim.Adam([indep], lr=c.template_fit_lr)
+        template = self.template.to(masks.dtype)
+        with torch.enable_grad():
+            for _ in range(steps + 1):
+                verts = template + self.mirror_offsets(indep)
+                _, sil, _ = self.render(verts.expand(N, -1, -1), *cams, blank)
+                iou = invrender.metrics.mask_iou(sil, masks).mean()
+                laplacian, flatten = self.smoothness(verts)
+                loss = c.mask_weight * (1 - iou) + c.laplacian_weight * laplacian + c.flatten_weight * flatten
+                if _ == steps:
+                    break
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return verts.detach()[0], float(iou.detach())
 
     def random_view_renders(self, out: Dict[str, Tensor], generator: Optional[torch.Generator] = None) -> Tensor:
         """The GAN's fakes ``(B, 3, S, S)``: each predicted mesh seen by its most probable camera turned by a random
@@ -939,7 +984,7 @@ class UmrModel(nn.Module):
         c = self.config
         was_training = self.training
         self.eval()
-        feats, ious, sils, uv_maps, tex, seen_maps, best = [], [], [], [], [], [], []
+        feats, ious, sils, uv_maps, tex, seen_maps, best, fit = [], [], [], [], [], [], [], []
         for batch in batches:
             images, masks = batch["image"], batch["mask"]
             out = self.predict(images)
@@ -947,6 +992,8 @@ class UmrModel(nn.Module):
             camera = self.best_camera(out)
             image, sil, fragments = self.render(out["verts"], *camera, texture)
             ious.append(invrender.metrics.mask_iou(sil, masks))
+            if update_template and c.template_update == "fit":
+                fit.append((*camera, masks))
             tex.append(self._texture_error(image, images, masks))
             B = images.shape[0]
             one = torch.ones(B, dtype=images.dtype, device=images.device)
@@ -975,7 +1022,15 @@ class UmrModel(nn.Module):
             raise ValueError("UmrModel.m_step: argument 'batches' is empty")
         feats, ious, sils, tex = torch.cat(feats), torch.cat(ious), torch.cat(sils), torch.cat(tex)
         stats: Dict[str, float] = {"m_step_samples": float(len(feats)), "m_step_mask_iou": float(ious.mean())}
-        if update_template:
+        if update_template and c.template_update == "fit":
+            # (ours) the samples their most probable camera explains best, the template fitted to them
+            q = self._top(ious, c.select_fraction, largest=True)
+            scale, translation, quaternion, masks = (torch.cat(t)[q] for t in zip(*fit))
+            verts, fit_iou = self.fit_template(scale, translation, quaternion, masks)
+            stats.update(template_selected=float(len(q)), template_fit_iou=fit_iou,
+                         template_offset=float((verts - self.template).norm(dim=-1).mean()))
+            self.template.copy_(verts.to(self.template.dtype))
+        elif update_template:
             exemplar = int(ious.argmax())
             similarity = invrender.metrics.mask_iou(sils.float(), sils[exemplar:exemplar + 1].float().expand_as(sils),
                                                     soft=False)

@@ -391,6 +391,41 @@ def test_m_step_moves_the_template_by_the_decoded_mean_code():
     assert model.canonical_parts.abs().sum() == 0  # no part maps: the canonical map is untouched
 
 
+def test_fit_template_recovers_a_flattened_template_from_its_silhouettes():
+    model = tiny_model(template_level=2, template_fit_lr=2e-2)
+    N = 6
+    target = model.template * torch.tensor([1.0, 0.4, 1.0])          # mirror symmetric, a third as tall
+    az = torch.arange(N) * (2 * math.pi / N)
+    quat = U._quaternion_multiply(U.axis_angle_quaternion(torch.full((N,), 0.5), 0), U.axis_angle_quaternion(az, 1))
+    scale, trans = torch.ones(N), torch.zeros(N, 2)
+    with torch.no_grad():
+        _, masks, _ = model.render(target.expand(N, -1, -1), scale, trans, quat, torch.zeros(N, 1, 8, 16))
+        masks = (masks > 0.5).float()
+    start = invrender.metrics.mask_iou(model.render(model.template.expand(N, -1, -1), scale, trans, quat,
+                                                    torch.zeros(N, 1, 8, 16))[1], masks).mean()
+    verts, iou = model.fit_template(scale, trans, quat, masks, steps=150)
+    assert float(start) < 0.75 and iou > 0.9
+    def chamfer(v):                                                         # to the target's surface
+        return float(invrender.metrics.chamfer_l1_meshes([v], [model.faces], [target], [model.faces], 2000,
+                                                         generator=torch.Generator().manual_seed(0))[0])
+
+    assert chamfer(verts) < 0.4 * chamfer(model.template), (chamfer(verts), chamfer(model.template))
+    torch.testing.assert_close(verts[model.mirror] * torch.tensor([-1.0, 1.0, 1.0]), verts)   # still symmetric
+
+
+def test_m_step_fits_the_template_to_the_best_explained_samples():
+    model = tiny_model(template_update="fit", template_fit_steps=5, recenter_decoder=True)
+    batch = _batch(model, B=4, parts=False)
+    before, bias = model.template.clone(), model.shape_head.bias.detach().clone()
+    stats = model.m_step([batch])
+    assert stats["template_selected"] == 2.0 and 0 < stats["template_fit_iou"] <= 1
+    assert (model.template - before).abs().max() > 1e-3
+    torch.testing.assert_close(model.shape_head.bias, bias)              # the decoder is left alone
+    torch.testing.assert_close(model.template[model.mirror] * torch.tensor([-1.0, 1.0, 1.0]), model.template)
+    with pytest.raises(ConfigError, match="template_update"):
+        U.UmrConfig(template_update="mean")
+
+
 def test_the_multiplex_weights_each_hypothesis_by_its_probability():
     model = tiny_model()
     batch = _batch(model, B=2, parts=False)
