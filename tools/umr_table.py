@@ -28,7 +28,9 @@ def stage_options(cfg) -> str:
     out = []
     if m.get("camera_bounds"):
         out.append("bounded cameras" + (" (shared)" if m.get("camera_shared_offsets") else ""))
-    for key, name in (("rigid_steps", "rigid"), ("shape_from_best", "shape from best"),
+    if m.get("rigid_steps"):
+        out.append(f"rigid {m['rigid_steps']} steps")
+    for key, name in (("shape_from_best", "shape from best"),
                       ("reset_multiplex", "reset"), ("semantic_trains_probability", "parts pick camera"),
                       ("texture_dt_flat_inside", "flat DT")):
         if m.get(key):
@@ -41,7 +43,14 @@ def stage_options(cfg) -> str:
         out.append(f"lowest-loss hypothesis (from round {m.get('camera_selection_round', 0)})")
     if m.get("m_step_align_hypotheses"):
         out.append("aligned M-step")
-    for key, name, default in (("laplacian_weight", "Laplacian", 0.15), ("flatten_weight", "flatten", 5e-4)):
+    if m.get("mask_trains_camera") is False:
+        out.append("cameras from the parts")
+    if m.get("template_update") == "fit":
+        out.append("fitted template")
+    if m.get("shape_lr_scale", 1.0) != 1.0:
+        out.append(f"shape lr x{m['shape_lr_scale']:g}")
+    for key, name, default in (("laplacian_weight", "Laplacian", 0.15), ("flatten_weight", "flatten", 5e-4),
+                               ("deform_weight", "deformation", 1.0), ("texture_cycle_weight", "cycle", 1.0)):
         if key in m and m[key] != default:
             out.append(f"{name} {m[key]:g}")
     if m.get("regularizer_reduction", "sum") == "mean":
