@@ -78,7 +78,6 @@ class UmrConfig:
     gamma: float = 1e-4                 # (code) SoftRas depth temperature
     lr: float = 1e-4                    # (code) Adam
     lr_decay: float = 5e-4              # (code) lr / (1 + lr_decay * iteration)
-    shape_lr_scale: float = 1.0         # (ours) the shape decoder's learning rate is lr times this
     betas: Tuple[float, float] = (0.9, 0.999)
     # Loss weights (code; reference-notes).
     mask_weight: float = 2.5
@@ -166,9 +165,6 @@ class UmrConfig:
             fail("camera_selection", "'probability' or 'min_loss'", self.camera_selection)
         if self.semantic_uv_source not in ("flow", "projection"):
             fail("semantic_uv_source", "'flow' or 'projection'", self.semantic_uv_source)
-        if isinstance(self.shape_lr_scale, bool) or not isinstance(self.shape_lr_scale, (int, float)) or \
-                not (math.isfinite(self.shape_lr_scale) and self.shape_lr_scale > 0):
-            fail("shape_lr_scale", "a positive number", self.shape_lr_scale)
         if not 0 < self.select_fraction <= 1:
             fail("select_fraction", "a number in (0, 1]", self.select_fraction)
         b = self.betas
@@ -694,12 +690,8 @@ class UmrModel(nn.Module):
 
     def configure_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
         c = self.config
-        main = [p for n, p in self.named_parameters() if not n.startswith(("discriminator.", "shape_head."))
-                and p.requires_grad]
-        groups = [{"params": main, "lr_scale": 1.0},
-                  {"params": list(self.shape_head.parameters()), "lr_scale": c.shape_lr_scale}]
-        out = {"reconstruction": torch.optim.Adam([{**g, "lr": c.lr * g["lr_scale"]} for g in groups], lr=c.lr,
-                                                  betas=c.betas)}
+        main = [p for n, p in self.named_parameters() if not n.startswith("discriminator.") and p.requires_grad]
+        out = {"reconstruction": torch.optim.Adam(main, lr=c.lr, betas=c.betas)}
         if self.discriminator is not None:
             out["discriminator"] = torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=c.betas)
         return out
@@ -883,13 +875,13 @@ class UmrModel(nn.Module):
         opt = torch.optim.Adam([indep], lr=c.template_fit_lr)
         template = self.template.to(masks.dtype)
         with torch.enable_grad():
-            for _ in range(steps + 1):
+            for step in range(steps + 1):
                 verts = template + self.mirror_offsets(indep)
                 _, sil, _ = self.render(verts.expand(N, -1, -1), *cams, blank)
                 iou = invrender.metrics.mask_iou(sil, masks).mean()
                 laplacian, flatten = self.smoothness(verts)
                 loss = c.mask_weight * (1 - iou) + c.laplacian_weight * laplacian + c.flatten_weight * flatten
-                if _ == steps:
+                if step == steps:
                     break
                 opt.zero_grad()
                 loss.backward()
@@ -924,7 +916,7 @@ class UmrModel(nn.Module):
         c = self.config
         for opt in optimizers.values():
             for group in opt.param_groups:
-                group["lr"] = c.lr * group.get("lr_scale", 1.0) / (1.0 + c.lr_decay * step)
+                group["lr"] = c.lr / (1.0 + c.lr_decay * step)
         images, masks = batch["image"], batch["mask"]
         loss, logs, out = self.losses(images, masks, batch.get("parts"), generator, step=step)
         fake = None
@@ -938,7 +930,7 @@ class UmrModel(nn.Module):
             self.discriminator.requires_grad_(True)
             loss = loss + c.gan_weight * g
             logs["gan_generator"] = g.detach()
-        main = [p for group in optimizers["reconstruction"].param_groups for p in group["params"]]
+        main = optimizers["reconstruction"].param_groups[0]["params"]
         self._step("reconstruction", loss, optimizers, main, reduce_gradients)
         if fake is not None:
             real = self.discriminator((images * masks))

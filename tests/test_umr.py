@@ -155,7 +155,7 @@ def test_bad_configs_raise_naming_the_field():
                          ("semantic_uv_source", "pixels"), ("regularizer_reduction", "max"),
                          ("camera_selection", "best"), ("camera_selection_round", -1),
                          ("camera_choice_weight", -1.0), ("m_step_align_hypotheses", True),
-                         ("shape_lr_scale", 0.0), ("mask_trains_camera", 0)):
+                         ("mask_trains_camera", 0)):
         with pytest.raises(ConfigError, match=field):
             U.UmrConfig(**{field: value})
     with pytest.raises(ValueError, match="images"):
@@ -325,21 +325,6 @@ def test_semantic_losses_start_after_the_first_m_step_and_the_step_lowers_the_lo
     assert {"part_probability", "part_vertex", "texture_cycle", "mask"} <= set(logs)
     assert all(math.isfinite(float(v)) for v in logs.values())
     assert min(losses[-3:]) < losses[0]
-
-
-def test_shape_lr_scale_sets_the_shape_decoders_learning_rate_through_the_decay():
-    model = tiny_model(shape_lr_scale=10.0, gan_weight=0.0, lr=1e-3, lr_decay=0.5)
-    opt = model.configure_optimizers()
-    groups = opt["reconstruction"].param_groups
-    shape = {id(p) for p in model.shape_head.parameters()}
-    assert [len({id(p) for p in g["params"]} & shape) for g in groups] == [0, 2]
-    assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters()])   # every parameter once
-    model.train_step(_batch(model), opt, step=2)
-    assert [g["lr"] for g in groups] == pytest.approx([1e-3 / 2, 1e-2 / 2])
-    before = model.shape_head.bias.detach().clone()
-    model.train_step(_batch(model), opt, step=0)           # Adam's first steps move each weight by about its lr
-    moved = (model.shape_head.bias.detach() - before).abs().max()
-    assert 5e-3 < float(moved) < 2e-2
 
 
 def test_m_step_builds_the_canonical_map_from_projections_over_the_samples_that_see_each_texel():

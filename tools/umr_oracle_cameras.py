@@ -1,18 +1,23 @@
 """UMR's E-step with the true cameras (a diagnostic: does the reconstruction network learn the shapes at a budget
-when pose is not the question?).
+when pose is not the question, and what does a good first template do for the cameras?).
 
 Trains :class:`invrender.models.umr.UmrModel` on the synthetic airplanes as ``invrender train umr`` does (the
-config's losses, the GAN, the M-steps every ``em.steps_per_round`` steps), except that every prediction's camera
-is the data's own: one hypothesis, the view's rotation, the weak-perspective scale of the data's perspective camera
-(focal length over distance) at the template's size, no translation. Then reports on one view per test object the
-Chamfer-L1 x10 (ICP, the evaluation's protocol) of the predicted meshes, the learned template's and the medoid
-training shape's, and the mask IoU under the true cameras::
+config's losses, the GAN, the M-steps every ``em.steps_per_round`` steps), except that the predictions' cameras
+are the data's own: the view's rotation, the weak-perspective scale of the data's perspective camera (focal length
+over distance) at the template's size, no translation, every hypothesis alike. By default in every round with one
+hypothesis (the camera head is never read); ``--oracle-rounds N``: the first ``N`` EM rounds only, then the
+model's own multiplex (the config's ``num_cameras``, learned from there); ``--oracle-from R``: the model's own
+cameras before round ``R``, the true ones from it on. Reports the Chamfer-L1 x10 (ICP, the evaluation's protocol)
+of the predicted meshes on one view per test object, the learned template's and the medoid training shape's, and
+on all test views the mask IoU and the median pose error of the most probable camera (the frame aligned on the
+same views)::
 
-    python tools/umr_oracle_cameras.py [--config configs/umr/airplane_cpu.yaml] [--steps 800] [key=value ...]
+    python tools/umr_oracle_cameras.py [--config configs/umr/airplane_cpu.yaml] [--steps 800]
+        [--oracle-rounds N | --oracle-from R] [--out result.json] [key=value ...]
 
-The overrides are the config's (``model.deform_weight=0.2``, ``em.steps_per_round=200``, ...). The camera head
-still exists but nothing reads it. The weak-perspective camera is an approximation of the data's perspective one:
-the ground-truth meshes drawn that way match the data's masks to a mean IoU of 0.82 at 64^2.
+The overrides are the config's (``model.deform_weight=0``, ``em.steps_per_round=200``, ...). The weak-perspective
+camera is an approximation of the data's perspective one: the ground-truth meshes drawn by it match the data's
+masks to a mean IoU of 0.82 at 64^2 (:func:`ground_truth_iou`).
 """
 
 from __future__ import annotations

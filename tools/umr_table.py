@@ -47,8 +47,6 @@ def stage_options(cfg) -> str:
         out.append("cameras from the parts")
     if m.get("template_update") == "fit":
         out.append("fitted template")
-    if m.get("shape_lr_scale", 1.0) != 1.0:
-        out.append(f"shape lr x{m['shape_lr_scale']:g}")
     for key, name, default in (("laplacian_weight", "Laplacian", 0.15), ("flatten_weight", "flatten", 5e-4),
                                ("deform_weight", "deformation", 1.0), ("texture_cycle_weight", "cycle", 1.0)):
         if key in m and m[key] != default:
