@@ -64,11 +64,10 @@ def ground_truth_iou(base, index, scale: float, image_size: int) -> float:
     import invrender
 
     camera = invrender.cameras.WeakPerspectiveCamera(depth_offset=2.0)
-    names = {o[2]: k for k, o in enumerate(base.objects)}
     ious = []
     for i in index:
         item = base[i]
-        v, f = ground_truth_mesh(base, names[item["object"]])
+        v, f = ground_truth_mesh(base, base._index[i][0])
         ndc = camera.project(v[None], torch.tensor([scale]), torch.zeros(1, 2), item["camera"]["rotation"][None])
         sil = (invrender.rasterize(ndc, f, image_size, 8, 1e-7).face_idx[..., 0] >= 0).float()[:, None]
         ious.append(float(metrics.mask_iou(sil, item["mask"][None], soft=False)))
@@ -181,8 +180,7 @@ def main(argv=None) -> dict:
                                                     icp_num_points=2000).mean())
 
     k = len(objects)
-    mv, mf = ground_truth_mesh(task._base(cfg, "train", noise=False),
-                               medoid_object(train, 16, generator=torch.Generator().manual_seed(4)))
+    mv, mf = ground_truth_mesh(train, medoid_object(train, 16, generator=torch.Generator().manual_seed(4)))
     result = {"steps": steps, "overrides": list(args.overrides),
               "oracle_rounds": args.oracle_rounds, "oracle_from": args.oracle_from, "pose_median_deg": pose["pose_rotation_median_deg"],
               "mask_iou": float(metrics.mask_iou(torch.cat(sils), batch["mask"]).mean()),

@@ -49,7 +49,8 @@ def main(argv=None) -> dict:
     gt_eval = gt_v                                            # as the evaluation reads it (max |v| about 0.5)
     gt_v = gt_v / gt_v.abs().max() * 0.75                     # rendered at the sphere's size
     model = U.UmrModel(U.UmrConfig(image_size=args.size, num_cameras=1, uv_size=(32, 64),
-                                   sigma=1e-5 * (256 / args.size) ** 2, layers=16, gan_weight=0.0))
+                                   sigma=1e-5 * (256 / args.size) ** 2, layers=16, gan_weight=0.0,
+                                   laplacian_weight=args.laplacian, flatten_weight=args.flatten, template_fit_lr=args.lr))
     K = args.views
     az = torch.arange(K) * (2 * math.pi / K)
     el = torch.full((K,), math.radians(30.0))
@@ -59,33 +60,19 @@ def main(argv=None) -> dict:
         ndc = model.project(gt_v[None].expand(K, -1, -1), scale, trans, quat)
         frags = invrender.rasterize(ndc, gt_f, args.size, 8, 1e-7)
         target = (frags.face_idx[..., 0] >= 0).float()[:, None]
-    indep = torch.zeros(1, int((model.delta_source.max() + 1)), 3, requires_grad=True)
-    opt = torch.optim.Adam([indep], lr=args.lr)
-    V, E = model.template.shape[0], model._num_edges
-    for step in range(args.steps + 1):
-        verts = model.template + model.mirror_offsets(indep)
-        _, sil, _ = model.render(verts.expand(K, -1, -1), scale, trans, quat, torch.zeros(K, 1, 32, 64))
-        mask = (1 - metrics.mask_iou(sil, target)).mean()
-        lap = V * invrender.mesh.laplacian_loss(verts, model.faces)
-        flat = E * invrender.mesh.flatten_loss(verts, model.faces)
-        loss = 2.5 * mask + args.laplacian * lap + args.flatten * flat
-        if step % 100 == 0:
-            print(f"step {step:4d}: mask IoU {1 - float(mask.detach()):.3f}  laplacian {float(lap.detach()):.3f}  flatten {float(flat.detach()):.2f}")
-        if step < args.steps:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    # the M-step's template fit (UmrModel.fit_template): mirror-symmetric offsets of the sphere, UMR's mask loss
+    # and its summed Laplacian and flatten losses
+    verts, iou = model.fit_template(scale, trans, quat, target, steps=args.steps)
+    print(f"mask IoU {iou:.3f}")
 
     def chamfer(v, f):
         return 10 * float(metrics.chamfer_l1_meshes([v], [f], [gt_eval], [gt_f], 5000, align=True,
                                                     generator=torch.Generator().manual_seed(0), icp_num_points=2000)[0])
 
-    verts = verts.detach()[0]
-
     def height_width(v):
         return float(v[:, 1].max() - v[:, 1].min()) / float(v[:, 0].max() - v[:, 0].min())
 
-    out = {"mask_iou": 1 - float(mask.detach()), "chamfer_fitted": chamfer(verts, model.faces),
+    out = {"mask_iou": iou, "chamfer_fitted": chamfer(verts, model.faces),
            "chamfer_sphere": chamfer(model.template, model.faces), "height_width_fitted": height_width(verts),
            "height_width_true": height_width(gt_v)}
     print(f"Chamfer-L1 x10 (ICP): fitted {out['chamfer_fitted']:.3f}, sphere {out['chamfer_sphere']:.3f}; "
