@@ -111,6 +111,10 @@ class UmrConfig:
     camera_selection: str = "probability"
     camera_selection_round: int = 0
     camera_choice_weight: float = 1.0
+    # (ours, UNICORN's uniform prior carried to the min-loss choice) the choice minimises the loss plus
+    # camera_balance_weight * log(K u_k), u the running share of images each hypothesis has won (balanced_choice):
+    # a hypothesis that stops winning gets back the images it explains nearly as well, and no hypothesis dies.
+    camera_balance_weight: float = 0.0
     # (ours) the M-step's template update: "mean_code" (eq. 4: the decoded mean code of the selected samples) or
     # "fit": the template fitted directly (per-vertex offsets, mirror symmetric, Adam) to the silhouettes of the
     # select_fraction of samples best explained by their most probable camera, under those cameras, with the mask
@@ -419,6 +423,21 @@ def camera_usage(prob: Tensor) -> Tensor:
     return (prob.mean(0) - 1.0 / prob.shape[1]).abs().sum()
 
 
+def balanced_choice(score: Tensor, usage: Tensor, weight: float) -> Tensor:
+    """Each image's hypothesis of lowest ``score (B, K)`` after a logit adjustment by the running share ``usage (K,)``
+    (sums to 1) of images each hypothesis has won: ``argmin_k score_k + weight * log(K usage_k)`` -> ``(B,)`` long.
+
+    A hypothesis used more than ``1/K`` pays, one used less gains, without bound as its share goes to 0 (the share
+    is clamped at ``1e-3 / K``), so one that stopped winning is tried again on the images it explains nearly best.
+    ``weight`` 0: the plain argmin. This carries UNICORN's uniform prior on its pose candidates, which acts on
+    probabilities, to a choice by loss, where a prior on the probabilities cannot reach the choice."""
+    if weight == 0:
+        return score.argmin(1)
+    K = score.shape[1]
+    prior = (usage.to(score.dtype) * K).clamp_min(1e-3).log()
+    return (score + weight * prior).argmin(1)
+
+
 def mask_distance(mask: Tensor, k: float = 50.0, flat_inside: bool = False) -> Tensor:
     """CMR's distance-transform barrier of silhouettes ``mask (B, 1, H, W)`` -> ``(B, 1, H, W)`` in (0, 1):
     ``sigmoid(k (edt(outside) - edt(inside)) / max(H, W))`` (code: ``compute_dt_barrier``, k = 50), near 0 inside
@@ -530,6 +549,10 @@ class UmrModel(nn.Module):
         self.register_buffer("vertex_part", torch.full((V,), -1, dtype=torch.long))
         self.register_buffer("em_round", torch.zeros((), dtype=torch.long))
         self.register_buffer("base_quaternion", base_quaternions(c.num_cameras, c.camera_elevation))
+        # the running share of images each hypothesis wins (camera_balance_weight; saved only when it is used, so
+        # checkpoints without it still load)
+        self.register_buffer("choice_usage", torch.full((c.num_cameras,), 1.0 / c.num_cameras),
+                             persistent=c.camera_balance_weight > 0)
         self.register_buffer("base_azimuth", torch.arange(c.num_cameras, dtype=torch.float32) * (2 * math.pi / c.num_cameras),
                              persistent=False)
 
@@ -759,7 +782,8 @@ class UmrModel(nn.Module):
         With ``camera_selection: min_loss`` (ours, as UCMR's and UNICORN's multiplexes) each image trains only its
         hypothesis of lowest mask plus semantic loss, and the probabilities learn that choice by cross-entropy
         (logged: ``camera_choice``, ``camera_choice_agreement`` of the most probable and the chosen hypothesis,
-        ``camera_choice_usage`` as :func:`camera_usage` of the choices).
+        ``camera_choice_usage`` as :func:`camera_usage` of the choices); ``camera_balance_weight`` (ours) makes that
+        choice pay for the running share of images each hypothesis wins (:func:`balanced_choice`), so none dies.
 
         Args:
             images: ``(B, 3, S, S)`` in [0, 1]; masks: ``(B, 1, S, S)`` silhouettes; parts: ``(B, Np, S, S)``
@@ -819,8 +843,10 @@ class UmrModel(nn.Module):
             # the only one trained; the probabilities learn to predict that choice (cross-entropy)
             score = sum(weight[k] * per[k].detach().view(B, K) for k in ("mask", "part_probability", "part_vertex")
                         if k in per)
-            choice = score.argmin(1)
+            choice = balanced_choice(score, self.choice_usage, c.camera_balance_weight)
             chosen = F.one_hot(choice, K).to(prob.dtype)
+            if self.training and torch.is_grad_enabled():   # (ours) the running share of wins, over ~100 batches
+                self.choice_usage.mul_(0.99).add_(0.01 * chosen.detach().mean(0).to(self.choice_usage.dtype))
             loss = sum(chosen * (weight[k] * v).view(B, K) for k, v in per.items()).sum(1).mean()
             choice_loss = F.nll_loss(torch.log(prob.clamp_min(1e-12)), choice)
             loss = loss + c.camera_choice_weight * choice_loss

@@ -519,6 +519,49 @@ def test_min_loss_selection_trains_each_images_lowest_loss_hypothesis_and_teache
     assert "camera_choice" not in logs
 
 
+def test_balanced_choice_is_the_argmin_of_the_loss_plus_a_log_usage_prior():
+    score = torch.tensor([[0.30, 0.35, 0.50, 0.90],
+                          [0.10, 0.60, 0.20, 0.40],
+                          [0.50, 0.52, 0.10, 0.11]], dtype=DT)
+    even = torch.full((4,), 0.25)
+    assert U.balanced_choice(score, even, 0.5).tolist() == [0, 0, 2]            # even usage: no adjustment
+    skewed = torch.tensor([0.97, 0.01, 0.01, 0.01])
+    assert U.balanced_choice(score, skewed, 0.0).tolist() == [0, 0, 2]          # weight 0: the argmin
+    # Oracle by hand: hypothesis 0 pays 0.1 * log(3.88) = 0.136, the others gain 0.1 * log(0.04) = -0.322.
+    adjusted = score + 0.1 * torch.log(skewed.double() * 4)
+    assert U.balanced_choice(score, skewed, 0.1).tolist() == adjusted.argmin(1).tolist() == [1, 2, 2]
+    dead = torch.tensor([0.5, 0.5, 0.0, 0.0])                                   # a share of 0 stays finite
+    assert U.balanced_choice(score, dead, 0.1).tolist() == [2, 2, 2]
+
+
+def test_balance_keeps_a_hypothesis_that_stopped_winning_in_use():
+    model = _mask_only(camera_selection="min_loss", camera_balance_weight=0.2)
+    batch = _batch(model, B=4, parts=False)
+    with torch.no_grad():
+        model.camera_head.weight.zero_()
+        model.camera_head.bias.view(4, 8)[:, 0] = torch.tensor([0.0, -1.0, -1.0, -1.0])   # hypothesis 0 fits best
+    assert "choice_usage" in model.state_dict()
+    model.choice_usage.copy_(torch.tensor([0.97, 0.01, 0.01, 0.01]))
+    loss, logs, out = model.losses(batch["image"], batch["mask"])
+    # The others fit worse (mask loss 0.59 against 0.41) but win the images back, and the running shares move to them.
+    torch.testing.assert_close(model.choice_usage[0], torch.tensor(0.97 * 0.99))
+    torch.testing.assert_close(model.choice_usage[1:].sum(), torch.tensor(0.03 * 0.99 + 0.01))
+    assert float(logs["mask"]) > 0.55
+    plain = _mask_only(camera_selection="min_loss")
+    assert "choice_usage" not in plain.state_dict()                            # old checkpoints still load
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "choice_usage"})
+    _, logs, _ = plain.losses(batch["image"], batch["mask"])
+    assert float(logs["camera_choice_usage"]) == 1.5 and float(logs["mask"]) < 0.45   # hypothesis 0 wins all
+    # Evaluation does not move the shares.
+    model.eval()
+    before = model.choice_usage.clone()
+    with torch.no_grad():
+        model.losses(batch["image"], batch["mask"])
+    assert torch.equal(model.choice_usage, before)
+    with pytest.raises(ConfigError, match="camera_balance_weight"):
+        U.UmrConfig(camera_balance_weight=-1.0)
+
+
 @pytest.mark.parametrize("mask_trains_camera", [True, False])
 def test_without_mask_trains_camera_the_mask_loss_moves_the_mesh_and_not_the_cameras(mask_trains_camera):
     model = tiny_model(mask_trains_camera=mask_trains_camera)

@@ -47,6 +47,8 @@ def stage_options(cfg) -> str:
         out.append("cameras from the parts")
     if m.get("template_update") == "fit":
         out.append("fitted template")
+    if m.get("camera_balance_weight"):
+        out.append(f"balanced choice {m['camera_balance_weight']:g}")
     for key, name, default in (("laplacian_weight", "Laplacian", 0.15), ("flatten_weight", "flatten", 5e-4),
                                ("deform_weight", "deformation", 1.0), ("texture_cycle_weight", "cycle", 1.0)):
         if key in m and m[key] != default:
